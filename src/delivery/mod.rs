@@ -1,0 +1,5 @@
+//! Sending events: signatures, body formats, the network policy, and the worker.
+
+pub mod format;
+pub mod policy;
+pub mod signature;

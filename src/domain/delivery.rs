@@ -1,0 +1,149 @@
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{DeliveryId, Event, EventId, EventType, Format, JobId, MessageId, SubscriptionId, Tenant};
+use crate::clock::Timestamp;
+
+/// Where a delivery goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Destination {
+    /// The `callback_url` of a job, signed with the tenant's callback secret.
+    Callback { url: String },
+    /// A subscription, signed with its own secret.
+    Subscription {
+        subscription_id: SubscriptionId,
+        url: String,
+        format: Format,
+    },
+}
+
+impl Destination {
+    pub fn url(&self) -> &str {
+        match self {
+            Destination::Callback { url } | Destination::Subscription { url, .. } => url,
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        match self {
+            Destination::Callback { .. } => Format::Standard,
+            Destination::Subscription { format, .. } => *format,
+        }
+    }
+
+    pub fn subscription_id(&self) -> Option<&SubscriptionId> {
+        match self {
+            Destination::Callback { .. } => None,
+            Destination::Subscription {
+                subscription_id, ..
+            } => Some(subscription_id),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Succeeded,
+    /// Dead letter: every attempt failed, or the destination refused it for good.
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Succeeded => "succeeded",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::Pending, Self::Succeeded, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+    }
+}
+
+/// Why an attempt failed, in words an operator can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    Timeout,
+    Connect,
+    Dns,
+    /// The receiver answered, but not with a 2xx.
+    Http,
+    /// The network policy refused the destination.
+    Blocked,
+    /// Anything else (TLS, a broken connection mid-body, ...).
+    Other,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Connect => "connect",
+            ErrorClass::Dns => "dns",
+            ErrorClass::Http => "http",
+            ErrorClass::Blocked => "blocked",
+            ErrorClass::Other => "other",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at: Timestamp,
+    pub status_code: Option<u16>,
+    pub error: Option<ErrorClass>,
+    pub duration_ms: u64,
+    /// The first 16 KiB of the response body.
+    pub response_body: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: DeliveryId,
+    pub tenant: Tenant,
+    pub event_id: EventId,
+    pub event_type: EventType,
+    pub job_id: Option<JobId>,
+    pub message_id: MessageId,
+    pub destination: Destination,
+    /// The standard event body; other formats are rendered from it at send time.
+    pub payload: Value,
+    pub state: DeliveryState,
+    pub attempts: Vec<Attempt>,
+    pub next_attempt_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Delivery {
+    pub fn new(event: &Event, job_id: Option<JobId>, destination: Destination, now: Timestamp) -> Self {
+        Delivery {
+            id: DeliveryId::generate(),
+            tenant: event.tenant.clone(),
+            event_id: event.id.clone(),
+            event_type: event.event_type,
+            job_id,
+            message_id: MessageId::generate(),
+            destination,
+            payload: event.payload(),
+            state: DeliveryState::Pending,
+            attempts: Vec::new(),
+            next_attempt_at: Some(now),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// A first attempt goes in the fresh queue, which retries never delay.
+    pub fn is_first_attempt(&self) -> bool {
+        self.attempts.is_empty()
+    }
+}

@@ -1,0 +1,93 @@
+//! Prefixed, time-ordered identifiers (`job_01J...`). A ULID sorts by creation time, which keeps
+//! listings chronological and pagination stable.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            pub fn generate() -> Self {
+                Self(format!("{}{}", $prefix, Ulid::new()))
+            }
+
+            /// Accepts only well-formed ids of this kind.
+            pub fn parse(raw: &str) -> Option<Self> {
+                let rest = raw.strip_prefix($prefix)?;
+                Ulid::from_string(rest).ok()?;
+                Some(Self(raw.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// One generation request tracked by agenthook.
+    JobId,
+    "job_"
+);
+prefixed_id!(
+    /// A standing subscription of a tenant.
+    SubscriptionId,
+    "sub_"
+);
+prefixed_id!(
+    /// One event sent to one destination.
+    DeliveryId,
+    "dlv_"
+);
+prefixed_id!(
+    /// An event (agent.ready, agent.failed, webhook.test).
+    EventId,
+    "evt_"
+);
+prefixed_id!(
+    /// The Standard Webhooks `webhook-id`: one per event and destination, stable across retries.
+    MessageId,
+    "msg_"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_back_and_carry_their_prefix() {
+        let id = JobId::generate();
+        assert!(id.as_str().starts_with("job_"));
+        assert_eq!(JobId::parse(id.as_str()), Some(id));
+    }
+
+    #[test]
+    fn ids_of_another_kind_or_malformed_are_refused() {
+        let sub = SubscriptionId::generate();
+        assert_eq!(JobId::parse(sub.as_str()), None);
+        assert_eq!(JobId::parse("job_"), None);
+        assert_eq!(JobId::parse("job_../../etc"), None);
+    }
+}

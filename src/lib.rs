@@ -1,0 +1,10 @@
+//! agenthook: a webhook relay for bitHuman's Agent Generation API.
+//!
+//! A request flows `api` → `store` (the job, durably) → `upstream` (submission); the `poller`
+//! drives each pending job to its end and writes the resulting deliveries in the same
+//! transaction; the `delivery` worker signs and sends them.
+
+pub mod clock;
+pub mod delivery;
+pub mod domain;
+pub mod sim;

@@ -5,6 +5,9 @@
 //! transaction; the `delivery` worker signs and sends them.
 
 pub mod clock;
+pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod store;
+pub mod upstream;
 pub mod sim;

@@ -1,0 +1,242 @@
+//! Deliveries and the worker's queue.
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::{decode, decode_tx, encode, keys, tx_result, Result, Store, StoreError};
+use crate::clock::Timestamp;
+use crate::domain::{Delivery, DeliveryId, DeliveryState, JobId, SubscriptionId, Tenant};
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
+
+/// The worker drains two queues so that a receiver piling up retries never delays fresh
+/// events to healthy receivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryQueue {
+    /// First attempts.
+    Fresh,
+    /// Everything after a failed attempt.
+    Retry,
+}
+
+impl DeliveryQueue {
+    fn tag(self) -> u8 {
+        match self {
+            DeliveryQueue::Fresh => b'f',
+            DeliveryQueue::Retry => b'r',
+        }
+    }
+
+    pub fn of(delivery: &Delivery) -> DeliveryQueue {
+        if delivery.is_first_attempt() {
+            DeliveryQueue::Fresh
+        } else {
+            DeliveryQueue::Retry
+        }
+    }
+}
+
+fn queue_key(delivery: &Delivery) -> Option<Vec<u8>> {
+    if delivery.state != DeliveryState::Pending {
+        return None;
+    }
+    let at = delivery.next_attempt_at?;
+    Some(keys::timed(
+        DeliveryQueue::of(delivery).tag(),
+        at,
+        delivery.id.as_str(),
+    ))
+}
+
+pub(super) fn insert_delivery_tx(
+    deliveries: &TransactionalTree,
+    index: &TransactionalTree,
+    queue: &TransactionalTree,
+    delivery: &Delivery,
+    bytes: &[u8],
+) -> TxResult<()> {
+    let id = delivery.id.as_str();
+    deliveries.insert(id, bytes)?;
+    index.insert(
+        keys::owned(keys::TENANT_DELIVERIES, delivery.tenant.as_str(), id),
+        &[],
+    )?;
+    if let Some(job) = &delivery.job_id {
+        index.insert(keys::owned(keys::JOB_DELIVERIES, job.as_str(), id), &[])?;
+    }
+    if let Some(sub) = delivery.destination.subscription_id() {
+        index.insert(
+            keys::owned(keys::SUBSCRIPTION_DELIVERIES, sub.as_str(), id),
+            &[],
+        )?;
+    }
+    if let Some(key) = queue_key(delivery) {
+        queue.insert(key, &[])?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<Delivery>,
+    pub next: Option<DeliveryId>,
+}
+
+impl Store {
+    /// Store deliveries that no job transition caused (test events, say), queued at once.
+    pub fn insert_deliveries(&self, deliveries: &[Delivery]) -> Result<()> {
+        let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode).collect();
+        let result = (&self.deliveries, &self.index, &self.queue).transaction(|(tree, index, queue)| {
+            for (delivery, bytes) in deliveries.iter().zip(&encoded) {
+                insert_delivery_tx(tree, index, queue, delivery, bytes)?;
+            }
+            Ok(())
+        });
+        tx_result(result)
+    }
+
+    /// Claim up to `limit` deliveries from `queue` that are due at `now`, leasing each until
+    /// `lease_until` (longer than a request's timeout, so one attempt is never sent twice).
+    pub fn claim_due_deliveries(
+        &self,
+        queue: DeliveryQueue,
+        now: Timestamp,
+        limit: usize,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Delivery>> {
+        let start = [queue.tag()];
+        let end = keys::timed_upper(queue.tag(), now);
+        let mut claimed = Vec::new();
+        for entry in self.queue.range(start.as_slice()..end.as_slice()) {
+            if claimed.len() >= limit {
+                break;
+            }
+            let (key, _) = entry?;
+            let Some((_, id)) = keys::parse_timed(&key) else { continue };
+            let id = id.to_owned();
+            let result = (&self.deliveries, &self.queue).transaction(|(tree, queue_tree)| {
+                if queue_tree.get(&key)?.is_none() {
+                    return Ok(None);
+                }
+                queue_tree.remove(&key)?;
+                let Some(raw) = tree.get(id.as_str())? else {
+                    return Ok(None);
+                };
+                let mut delivery: Delivery = decode_tx(&raw)?;
+                if queue_key(&delivery).as_deref() != Some(&key[..]) {
+                    return Ok(None);
+                }
+                delivery.next_attempt_at = Some(lease_until);
+                if let Some(new_key) = queue_key(&delivery) {
+                    queue_tree.insert(new_key, &[])?;
+                }
+                tree.insert(id.as_str(), encode(&delivery))?;
+                Ok(Some(delivery))
+            });
+            if let Some(delivery) = tx_result(result)? {
+                claimed.push(delivery);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Save a delivery (an attempt recorded, a manual retry), moving its queue entry.
+    pub fn save_delivery(&self, delivery: &Delivery) -> Result<()> {
+        let bytes = encode(delivery);
+        let result = (&self.deliveries, &self.queue).transaction(|(tree, queue)| {
+            if let Some(raw) = tree.get(delivery.id.as_str())? {
+                let stored: Delivery = decode_tx(&raw)?;
+                if let Some(key) = queue_key(&stored) {
+                    queue.remove(key)?;
+                }
+            }
+            if let Some(key) = queue_key(delivery) {
+                queue.insert(key, &[])?;
+            }
+            tree.insert(delivery.id.as_str(), bytes.as_slice())?;
+            Ok(())
+        });
+        tx_result(result)
+    }
+
+    pub fn delivery(&self, tenant: &Tenant, id: &DeliveryId) -> Result<Option<Delivery>> {
+        let found: Option<Delivery> = self
+            .deliveries
+            .get(id.as_str())?
+            .map(|raw| decode(&raw))
+            .transpose()?;
+        Ok(found.filter(|d| &d.tenant == tenant))
+    }
+
+    /// A tenant's deliveries, newest first, optionally in one state, after the cursor.
+    pub fn list_deliveries(
+        &self,
+        tenant: &Tenant,
+        state: Option<DeliveryState>,
+        after: Option<&DeliveryId>,
+        limit: usize,
+    ) -> Result<DeliveryPage> {
+        let prefix = keys::owner_prefix(keys::TENANT_DELIVERIES, tenant.as_str());
+        let upper = match after {
+            Some(id) => keys::owned(keys::TENANT_DELIVERIES, tenant.as_str(), id.as_str()),
+            None => {
+                let mut end = prefix.clone();
+                *end.last_mut().expect("prefix ends with a separator") += 1;
+                end
+            }
+        };
+        let mut deliveries: Vec<Delivery> = Vec::new();
+        let mut next = None;
+        for entry in self.index.range(prefix.as_slice()..upper.as_slice()).rev() {
+            let (key, _) = entry?;
+            let Some(id) = keys::last_part(&key) else { continue };
+            let Some(raw) = self.deliveries.get(id)? else { continue };
+            let delivery: Delivery = decode(&raw)?;
+            if state.is_some_and(|s| s != delivery.state) {
+                continue;
+            }
+            if deliveries.len() == limit {
+                next = deliveries.last().map(|d| d.id.clone());
+                break;
+            }
+            deliveries.push(delivery);
+        }
+        Ok(DeliveryPage { deliveries, next })
+    }
+
+    /// Every delivery of a job's events, oldest first.
+    pub fn deliveries_of_job(&self, job: &JobId) -> Result<Vec<Delivery>> {
+        self.deliveries_under(&keys::owner_prefix(keys::JOB_DELIVERIES, job.as_str()))
+    }
+
+    /// Every delivery to a subscription, oldest first.
+    pub fn deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>> {
+        self.deliveries_under(&keys::owner_prefix(keys::SUBSCRIPTION_DELIVERIES, sub.as_str()))
+    }
+
+    fn deliveries_under(&self, prefix: &[u8]) -> Result<Vec<Delivery>> {
+        let mut found = Vec::new();
+        for entry in self.index.scan_prefix(prefix) {
+            let (key, _) = entry?;
+            let Some(id) = keys::last_part(&key) else { continue };
+            if let Some(raw) = self.deliveries.get(id)? {
+                found.push(decode(&raw)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// When the earliest delivery of `queue` is due.
+    pub fn next_delivery_due_at(&self, queue: DeliveryQueue) -> Result<Option<Timestamp>> {
+        let Some((key, _)) = self.queue.scan_prefix([queue.tag()]).next().transpose()? else {
+            return Ok(None);
+        };
+        Ok(keys::parse_timed(&key)
+            .and_then(|(ms, _)| chrono::DateTime::from_timestamp_millis(ms as i64)))
+    }
+
+    /// Deliveries waiting in `queue`.
+    pub fn queued_deliveries(&self, queue: DeliveryQueue) -> usize {
+        self.queue.scan_prefix([queue.tag()]).count()
+    }
+}

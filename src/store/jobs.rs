@@ -1,0 +1,428 @@
+//! Jobs, their scheduler queue, the agent-id index and idempotency records.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::{decode, decode_tx, encode, keys, tx_result, Result, Store, StoreError};
+use crate::clock::Timestamp;
+use crate::domain::{Delivery, Job, JobId, JobStatus, Tenant};
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
+
+/// What the scheduler does next with a pending job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkKind {
+    /// Hand the job to upstream (it has no agent id yet).
+    Submit,
+    /// Ask upstream how the agent is doing.
+    Poll,
+}
+
+impl WorkKind {
+    fn tag(self) -> u8 {
+        match self {
+            WorkKind::Submit => b's',
+            WorkKind::Poll => b'p',
+        }
+    }
+
+    fn of(job: &Job) -> Option<WorkKind> {
+        match job.status {
+            JobStatus::Submitting => Some(WorkKind::Submit),
+            JobStatus::Processing => Some(WorkKind::Poll),
+            _ => None,
+        }
+    }
+}
+
+fn due_key(job: &Job) -> Option<Vec<u8>> {
+    let kind = WorkKind::of(job)?;
+    let at = job.next_poll_at?;
+    Some(keys::timed(kind.tag(), at, job.id.as_str()))
+}
+
+/// An `Idempotency-Key` with the fingerprint of the request that carried it.
+#[derive(Clone, Debug)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// The first answer given for an idempotency key, replayed as it was.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdempotentResponse {
+    pub status: u16,
+    pub body: Value,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct IdempotencyRecord {
+    fingerprint: String,
+    job_id: JobId,
+    response: Option<IdempotentResponse>,
+    created_at: Timestamp,
+}
+
+/// The outcome of asking to create a job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Admission {
+    /// The job is stored; go on and submit it.
+    Created,
+    /// The key was used before with the same body: answer this.
+    Replay(IdempotentResponse),
+    /// The key's first request has not been answered yet.
+    InFlight { job_id: JobId, since: Timestamp },
+    /// The key was used before with another body.
+    Mismatch,
+}
+
+#[derive(Clone, Debug)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// The cursor for the next page, when there is one.
+    pub next: Option<JobId>,
+}
+
+/// How a `DELETE` ended.
+#[derive(Clone, Debug)]
+pub enum Cancellation {
+    Cancelled(Job),
+    AlreadyFinished(Job),
+    NotFound,
+}
+
+impl Store {
+    /// Store a new job, and with it the idempotency record of its key, atomically. A live key
+    /// (younger than `key_ttl`) short-circuits: nothing is written.
+    pub fn create_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyKey>,
+        key_ttl: std::time::Duration,
+    ) -> Result<Admission> {
+        let job_bytes = encode(job);
+        let idem_key = idempotency.map(|k| keys::idempotency(job.tenant.as_str(), &k.key));
+        let result = (&self.jobs, &self.index, &self.due, &self.idempotency).transaction(
+            |(jobs, index, due, idem)| {
+                if let (Some(key), Some(request)) = (&idem_key, idempotency) {
+                    if let Some(raw) = idem.get(key)? {
+                        let record: IdempotencyRecord = decode_tx(&raw)?;
+                        let live = crate::clock::after(record.created_at, key_ttl) > job.created_at;
+                        if live {
+                            return Ok(if record.fingerprint != request.fingerprint {
+                                Admission::Mismatch
+                            } else if let Some(response) = record.response {
+                                Admission::Replay(response)
+                            } else {
+                                Admission::InFlight {
+                                    job_id: record.job_id,
+                                    since: record.created_at,
+                                }
+                            });
+                        }
+                    }
+                    let record = IdempotencyRecord {
+                        fingerprint: request.fingerprint.clone(),
+                        job_id: job.id.clone(),
+                        response: None,
+                        created_at: job.created_at,
+                    };
+                    idem.insert(key.as_slice(), encode(&record))?;
+                }
+                jobs.insert(job.id.as_str(), job_bytes.as_slice())?;
+                index.insert(
+                    keys::owned(keys::TENANT_JOBS, job.tenant.as_str(), job.id.as_str()),
+                    &[],
+                )?;
+                write_indexes(index, due, None, job)?;
+                Ok(Admission::Created)
+            },
+        );
+        tx_result(result)
+    }
+
+    /// Save a pending job's progress, moving its queue entry. Returns `false`, writing nothing,
+    /// when the stored job has meanwhile ended (cancelled, say): the caller's news is stale.
+    /// `response` completes the idempotency record of the request that created the job.
+    pub fn save_job(&self, job: &Job, response: Option<(&str, &IdempotentResponse)>) -> Result<bool> {
+        let job_bytes = encode(job);
+        let result = (&self.jobs, &self.index, &self.due, &self.idempotency).transaction(
+            |(jobs, index, due, idem)| {
+                let Some(stored) = pending_stored(jobs, &job.id)? else {
+                    return Ok(false);
+                };
+                write_indexes(index, due, Some(&stored), job)?;
+                jobs.insert(job.id.as_str(), job_bytes.as_slice())?;
+                if let Some((key, response)) = response {
+                    complete_idempotency(idem, job, key, response)?;
+                }
+                Ok(true)
+            },
+        );
+        tx_result(result)
+    }
+
+    /// Forget a job upstream refused for good; the refusal is what its key replays.
+    pub fn discard_job(&self, job: &Job, response: Option<(&str, &IdempotentResponse)>) -> Result<()> {
+        let result = (&self.jobs, &self.index, &self.due, &self.idempotency).transaction(
+            |(jobs, index, due, idem)| {
+                if let Some(raw) = jobs.remove(job.id.as_str())? {
+                    let stored: Job = decode_tx(&raw)?;
+                    if let Some(key) = due_key(&stored) {
+                        due.remove(key)?;
+                    }
+                    if let Some(agent) = &stored.agent_id {
+                        index.remove(keys::agent(agent))?;
+                    }
+                }
+                index.remove(keys::owned(
+                    keys::TENANT_JOBS,
+                    job.tenant.as_str(),
+                    job.id.as_str(),
+                ))?;
+                if let Some((key, response)) = response {
+                    complete_idempotency(idem, job, key, response)?;
+                }
+                Ok(())
+            },
+        );
+        tx_result(result)
+    }
+
+    /// The outbox: a job's terminal state and the deliveries it causes, in one transaction.
+    /// Returns `false`, writing nothing, when the job had already ended.
+    pub fn complete_job(&self, job: &Job, deliveries: &[Delivery]) -> Result<bool> {
+        debug_assert!(job.status.is_terminal());
+        let job_bytes = encode(job);
+        let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode).collect();
+        let result = (&self.jobs, &self.index, &self.due, &self.deliveries, &self.queue).transaction(
+            |(jobs, index, due, delivery_tree, queue)| {
+                let Some(stored) = pending_stored(jobs, &job.id)? else {
+                    return Ok(false);
+                };
+                write_indexes(index, due, Some(&stored), job)?;
+                jobs.insert(job.id.as_str(), job_bytes.as_slice())?;
+                for (delivery, bytes) in deliveries.iter().zip(&encoded) {
+                    super::deliveries::insert_delivery_tx(delivery_tree, index, queue, delivery, bytes)?;
+                }
+                Ok(true)
+            },
+        );
+        tx_result(result)
+    }
+
+    /// Cancel a tenant's job: no more polls, no events.
+    pub fn cancel_job(&self, tenant: &Tenant, id: &JobId, now: Timestamp) -> Result<Cancellation> {
+        let result = (&self.jobs, &self.index, &self.due).transaction(|(jobs, index, due)| {
+            let Some(raw) = jobs.get(id.as_str())? else {
+                return Ok(Cancellation::NotFound);
+            };
+            let stored: Job = decode_tx(&raw)?;
+            if &stored.tenant != tenant {
+                return Ok(Cancellation::NotFound);
+            }
+            if stored.status.is_terminal() {
+                return Ok(Cancellation::AlreadyFinished(stored));
+            }
+            let mut job = stored.clone();
+            job.finish(JobStatus::Cancelled, None, now);
+            write_indexes(index, due, Some(&stored), &job)?;
+            jobs.insert(id.as_str(), encode(&job))?;
+            Ok(Cancellation::Cancelled(job))
+        });
+        tx_result(result)
+    }
+
+    /// A job of this tenant; another tenant's job is as good as absent.
+    pub fn job(&self, tenant: &Tenant, id: &JobId) -> Result<Option<Job>> {
+        Ok(self.job_by_id(id)?.filter(|job| &job.tenant == tenant))
+    }
+
+    pub fn job_by_id(&self, id: &JobId) -> Result<Option<Job>> {
+        self.jobs.get(id.as_str())?.map(|raw| decode(&raw)).transpose()
+    }
+
+    /// The job that tracks an upstream agent, whichever tenant owns it.
+    pub fn job_by_agent(&self, agent_id: &str) -> Result<Option<Job>> {
+        let Some(id) = self.index.get(keys::agent(agent_id))? else {
+            return Ok(None);
+        };
+        let id = std::str::from_utf8(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.jobs.get(id)?.map(|raw| decode(&raw)).transpose()
+    }
+
+    /// A tenant's jobs, newest first, optionally of one status, after the cursor `after`.
+    pub fn list_jobs(
+        &self,
+        tenant: &Tenant,
+        status: Option<JobStatus>,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<JobPage> {
+        let prefix = keys::owner_prefix(keys::TENANT_JOBS, tenant.as_str());
+        let upper = match after {
+            Some(id) => keys::owned(keys::TENANT_JOBS, tenant.as_str(), id.as_str()),
+            None => {
+                let mut end = prefix.clone();
+                *end.last_mut().expect("prefix ends with a separator") += 1;
+                end
+            }
+        };
+        let mut jobs = Vec::with_capacity(limit.min(256));
+        let mut next = None;
+        for entry in self.index.range(prefix.as_slice()..upper.as_slice()).rev() {
+            let (key, _) = entry?;
+            let Some(id) = keys::last_part(&key) else { continue };
+            let Some(raw) = self.jobs.get(id)? else { continue };
+            let job: Job = decode(&raw)?;
+            if status.is_some_and(|s| s != job.status) {
+                continue;
+            }
+            if jobs.len() == limit {
+                next = jobs.last().map(|j: &Job| j.id.clone());
+                break;
+            }
+            jobs.push(job);
+        }
+        Ok(JobPage { jobs, next })
+    }
+
+    /// Claim up to `limit` jobs of `kind` due at `now`. Each claimed job's queue entry moves
+    /// to `lease_until`, so no one else takes it meanwhile, and it comes back by itself if the
+    /// claimer never reports.
+    pub fn claim_due_jobs(
+        &self,
+        kind: WorkKind,
+        now: Timestamp,
+        limit: usize,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Job>> {
+        let start = [kind.tag()];
+        let end = keys::timed_upper(kind.tag(), now);
+        let mut claimed = Vec::new();
+        for entry in self.due.range(start.as_slice()..end.as_slice()) {
+            if claimed.len() >= limit {
+                break;
+            }
+            let (key, _) = entry?;
+            let Some((_, id)) = keys::parse_timed(&key) else { continue };
+            let id = id.to_owned();
+            let result = (&self.jobs, &self.due).transaction(|(jobs, due)| {
+                if due.get(&key)?.is_none() {
+                    return Ok(None);
+                }
+                let Some(raw) = jobs.get(id.as_str())? else {
+                    due.remove(&key)?;
+                    return Ok(None);
+                };
+                let mut job: Job = decode_tx(&raw)?;
+                due.remove(&key)?;
+                if due_key(&job).as_deref() != Some(&key[..]) {
+                    // A stray entry (its job moved on): drop it, the job has its own.
+                    return Ok(None);
+                }
+                job.next_poll_at = Some(lease_until);
+                if let Some(new_key) = due_key(&job) {
+                    due.insert(new_key, &[])?;
+                }
+                jobs.insert(id.as_str(), encode(&job))?;
+                Ok(Some(job))
+            });
+            if let Some(job) = tx_result(result)? {
+                claimed.push(job);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// When the earliest job of `kind` is due, if any is pending.
+    pub fn next_due_at(&self, kind: WorkKind) -> Result<Option<Timestamp>> {
+        let Some((key, _)) = self.due.scan_prefix([kind.tag()]).next().transpose()? else {
+            return Ok(None);
+        };
+        Ok(keys::parse_timed(&key)
+            .and_then(|(ms, _)| chrono::DateTime::from_timestamp_millis(ms as i64)))
+    }
+
+    /// How many jobs of `kind` are queued, and how many of those are due at `now`.
+    pub fn count_queued(&self, kind: WorkKind, now: Timestamp) -> Result<(usize, usize)> {
+        let end = keys::timed_upper(kind.tag(), now);
+        let mut total = 0;
+        let mut due = 0;
+        for entry in self.due.scan_prefix([kind.tag()]) {
+            let (key, _) = entry?;
+            total += 1;
+            if key.as_ref() < end.as_slice() {
+                due += 1;
+            }
+        }
+        Ok((total, due))
+    }
+
+    /// Drop idempotency records older than `ttl`.
+    pub fn purge_idempotency(&self, now: Timestamp, ttl: std::time::Duration) -> Result<usize> {
+        let mut purged = 0;
+        for entry in self.idempotency.iter() {
+            let (key, raw) = entry?;
+            let record: IdempotencyRecord = decode(&raw)?;
+            if crate::clock::after(record.created_at, ttl) <= now {
+                self.idempotency.compare_and_swap(&key, Some(raw), None::<&[u8]>)?.ok();
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+}
+
+fn pending_stored(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {
+    let Some(raw) = jobs.get(id.as_str())? else {
+        return Ok(None);
+    };
+    let stored: Job = decode_tx(&raw)?;
+    Ok(stored.is_pending().then_some(stored))
+}
+
+/// Move the job's queue entry and agent index from what `old` had to what `job` has.
+fn write_indexes(
+    index: &TransactionalTree,
+    due: &TransactionalTree,
+    old: Option<&Job>,
+    job: &Job,
+) -> TxResult<()> {
+    let old_due = old.and_then(due_key);
+    let new_due = due_key(job);
+    if old_due != new_due {
+        if let Some(key) = old_due {
+            due.remove(key)?;
+        }
+        if let Some(key) = &new_due {
+            due.insert(key.as_slice(), &[])?;
+        }
+    }
+    if let Some(agent) = &job.agent_id {
+        if old.and_then(|o| o.agent_id.as_ref()) != Some(agent) {
+            index.insert(keys::agent(agent), job.id.as_str())?;
+        }
+    }
+    Ok(())
+}
+
+fn complete_idempotency(
+    idem: &TransactionalTree,
+    job: &Job,
+    key: &str,
+    response: &IdempotentResponse,
+) -> TxResult<()> {
+    let tree_key = keys::idempotency(job.tenant.as_str(), key);
+    let Some(raw) = idem.get(&tree_key)? else {
+        return Ok(());
+    };
+    let mut record: IdempotencyRecord = decode_tx(&raw)?;
+    if record.job_id == job.id {
+        record.response = Some(response.clone());
+        idem.insert(tree_key, encode(&record))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Byte layouts of index and queue keys. Times are big-endian millis so keys sort by time.
+
+use crate::clock::{millis, Timestamp};
+
+pub const SEP: u8 = 0;
+
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(SEP);
+        }
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+/// `prefix \0 owner \0` — everything listed under one owner.
+pub fn owner_prefix(prefix: &str, owner: &str) -> Vec<u8> {
+    let mut key = join(&[prefix.as_bytes(), owner.as_bytes()]);
+    key.push(SEP);
+    key
+}
+
+pub fn owned(prefix: &str, owner: &str, id: &str) -> Vec<u8> {
+    join(&[prefix.as_bytes(), owner.as_bytes(), id.as_bytes()])
+}
+
+pub const TENANT_JOBS: &str = "jt";
+pub const TENANT_SUBSCRIPTIONS: &str = "st";
+pub const TENANT_DELIVERIES: &str = "dt";
+pub const JOB_DELIVERIES: &str = "dj";
+pub const SUBSCRIPTION_DELIVERIES: &str = "ds";
+
+pub fn agent(agent_id: &str) -> Vec<u8> {
+    join(&[b"ag", agent_id.as_bytes()])
+}
+
+/// `kind | millis | id`: a time-ordered queue entry.
+pub fn timed(kind: u8, at: Timestamp, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + id.len());
+    key.push(kind);
+    key.extend_from_slice(&millis(at).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Every entry of `kind` due at or before `at`: the exclusive upper bound of a range scan.
+pub fn timed_upper(kind: u8, at: Timestamp) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(kind);
+    key.extend_from_slice(&(millis(at).saturating_add(1)).to_be_bytes());
+    key
+}
+
+/// The due time and id of a queue entry.
+pub fn parse_timed(key: &[u8]) -> Option<(u64, &str)> {
+    let millis = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+    let id = std::str::from_utf8(key.get(9..)?).ok()?;
+    Some((millis, id))
+}
+
+pub fn idempotency(tenant: &str, key: &str) -> Vec<u8> {
+    join(&[tenant.as_bytes(), key.as_bytes()])
+}
+
+/// The id at the end of an `owned` key.
+pub fn last_part(key: &[u8]) -> Option<&str> {
+    let start = key.iter().rposition(|b| *b == SEP)? + 1;
+    std::str::from_utf8(&key[start..]).ok()
+}

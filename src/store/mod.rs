@@ -1,0 +1,130 @@
+//! Durable state on sled, behind an API in domain terms (create a job, complete a job with its
+//! deliveries, claim due work) so another backend can stand beside this one.
+//!
+//! Trees:
+//! - `jobs`: job id → job; `deliveries`: delivery id → delivery; `subscriptions`: id → subscription
+//! - `index`: secondary keys, by prefix (see [`keys`]): a tenant's jobs, subscriptions and
+//!   deliveries, agent id → job id, a job's and a subscription's deliveries
+//! - `due`: the scheduler's queue, `kind | due millis | job id`
+//! - `queue`: the delivery worker's queue, `fresh|retry | due millis | delivery id`
+//! - `idempotency`: `tenant \0 key` → record; `secrets`: tenant → callback signing secrets
+//!
+//! A claim moves a queue entry to the end of its lease: a worker that dies mid-task leaves an
+//! entry that becomes due again when the lease runs out, so nothing is lost and nothing needs a
+//! separate recovery pass.
+
+mod deliveries;
+mod flush;
+mod jobs;
+mod keys;
+mod subscriptions;
+
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+pub use deliveries::{DeliveryPage, DeliveryQueue};
+pub use jobs::{Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, WorkKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage record could not be decoded: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    jobs: sled::Tree,
+    deliveries: sled::Tree,
+    subscriptions: sled::Tree,
+    index: sled::Tree,
+    due: sled::Tree,
+    queue: sled::Tree,
+    idempotency: sled::Tree,
+    secrets: sled::Tree,
+    flusher: flush::GroupFlush,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (or create) the database at `path`, with at most `cache_bytes` of page cache.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        Ok(Store {
+            jobs: db.open_tree("jobs")?,
+            deliveries: db.open_tree("deliveries")?,
+            subscriptions: db.open_tree("subscriptions")?,
+            index: db.open_tree("index")?,
+            due: db.open_tree("due")?,
+            queue: db.open_tree("queue")?,
+            idempotency: db.open_tree("idempotency")?,
+            secrets: db.open_tree("secrets")?,
+            flusher: flush::GroupFlush::start(db.clone()),
+            db,
+        })
+    }
+
+    /// Wait until every write made before this call is on disk. Concurrent callers share one
+    /// fsync, so durability does not serialise requests.
+    pub async fn durable(&self) -> Result<()> {
+        self.flusher.flush().await
+    }
+
+    /// Flush synchronously (shutdown).
+    pub fn flush_now(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A cheap liveness check of the database.
+    pub fn is_healthy(&self) -> bool {
+        self.db.contains_key(b"__probe").is_ok()
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("domain records always serialise")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// For use inside transactions, where errors must be wrapped as aborts.
+fn decode_tx<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
+    decode(bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+fn tx_result<T>(result: std::result::Result<T, TransactionError<StoreError>>) -> Result<T> {
+    result.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Store;
+
+    /// A store in a fresh temporary directory, kept alive by the returned guard.
+    pub fn temp_store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 8 * 1024 * 1024).expect("open store");
+        (store, dir)
+    }
+}

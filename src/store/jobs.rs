@@ -164,8 +164,15 @@ impl Store {
         tx_result(result)
     }
 
-    /// Forget a job upstream refused for good; the refusal is what its key replays.
-    pub fn discard_job(&self, job: &Job, response: Option<(&str, &IdempotentResponse)>) -> Result<()> {
+    /// Forget a job that will not run (upstream refused it, or a synchronous caller could not
+    /// be answered). With `response`, that answer is what the key replays; without, the key
+    /// is released so the client may try again.
+    pub fn discard_job(
+        &self,
+        job: &Job,
+        key: Option<&str>,
+        response: Option<&IdempotentResponse>,
+    ) -> Result<()> {
         let result = (&self.jobs, &self.index, &self.due, &self.idempotency).transaction(
             |(jobs, index, due, idem)| {
                 if let Some(raw) = jobs.remove(job.id.as_str())? {
@@ -182,8 +189,10 @@ impl Store {
                     job.tenant.as_str(),
                     job.id.as_str(),
                 ))?;
-                if let Some((key, response)) = response {
-                    complete_idempotency(idem, job, key, response)?;
+                match (key, response) {
+                    (Some(key), Some(response)) => complete_idempotency(idem, job, key, response)?,
+                    (Some(key), None) => release_idempotency(idem, job, key)?,
+                    _ => {}
                 }
                 Ok(())
             },
@@ -423,6 +432,17 @@ fn complete_idempotency(
     if record.job_id == job.id {
         record.response = Some(response.clone());
         idem.insert(tree_key, encode(&record))?;
+    }
+    Ok(())
+}
+
+fn release_idempotency(idem: &TransactionalTree, job: &Job, key: &str) -> TxResult<()> {
+    let tree_key = keys::idempotency(job.tenant.as_str(), key);
+    if let Some(raw) = idem.get(&tree_key)? {
+        let record: IdempotencyRecord = decode_tx(&raw)?;
+        if record.job_id == job.id {
+            idem.remove(tree_key)?;
+        }
     }
     Ok(())
 }

@@ -5,10 +5,7 @@ use crate::domain::{EventType, SecretSet, Subscription, SubscriptionId, Tenant};
 
 impl Store {
     pub fn save_subscription(&self, sub: &Subscription) -> Result<()> {
-        let bytes = encode(sub);
-        let mut batch = sled::Batch::default();
-        batch.insert(sub.id.as_str(), bytes);
-        self.subscriptions.apply_batch(batch)?;
+        self.subscriptions.insert(sub.id.as_str(), encode(sub))?;
         self.index.insert(
             keys::owned(keys::TENANT_SUBSCRIPTIONS, sub.tenant.as_str(), sub.id.as_str()),
             &[],
@@ -80,5 +77,29 @@ impl Store {
     pub fn save_callback_secrets(&self, tenant: &Tenant, secrets: &SecretSet) -> Result<()> {
         self.secrets.insert(tenant.as_str(), encode(secrets))?;
         Ok(())
+    }
+}
+
+impl Store {
+    /// Change a subscription in place, atomically against concurrent changes. Returns the
+    /// updated subscription, or `None` when it no longer exists.
+    pub fn update_subscription(
+        &self,
+        id: &crate::domain::SubscriptionId,
+        change: impl Fn(&mut Subscription),
+    ) -> Result<Option<Subscription>> {
+        loop {
+            let Some(raw) = self.subscriptions.get(id.as_str())? else {
+                return Ok(None);
+            };
+            let mut sub: Subscription = decode(&raw)?;
+            change(&mut sub);
+            let swapped = self
+                .subscriptions
+                .compare_and_swap(id.as_str(), Some(raw), Some(encode(&sub)))?;
+            if swapped.is_ok() {
+                return Ok(Some(sub));
+            }
+        }
     }
 }

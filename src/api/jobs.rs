@@ -1,0 +1,442 @@
+//! `/v1/jobs`: create (submitting upstream at once), read, list, cancel.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::body::{self, kind_of};
+use super::{ApiError, AppState};
+use crate::clock::after;
+use crate::delivery::policy;
+use crate::domain::{Delivery, Job, JobId, JobStatus, JobView, Tenant};
+use crate::lifecycle::Submission;
+use crate::store::{Admission, Cancellation, IdempotencyKey, IdempotentResponse};
+
+/// Idempotency keys and their answers are kept this long.
+pub const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+const METADATA_LIMIT: usize = 16 * 1024;
+
+/// Upstream generate fields whose type we know; everything else is forwarded untouched.
+const STRING_FIELDS: [&str; 9] = [
+    "prompt",
+    "image",
+    "video",
+    "audio",
+    "aspect_ratio",
+    "framing",
+    "agent_id",
+    "model",
+    "version",
+];
+const BOOL_FIELDS: [&str; 1] = ["transparency"];
+
+/// A generate request, parsed at the edge: agenthook's own fields split from the upstream's.
+#[derive(Debug)]
+pub struct JobSpec {
+    pub upstream: Map<String, Value>,
+    pub callback_url: Option<String>,
+    pub metadata: Map<String, Value>,
+}
+
+impl JobSpec {
+    pub fn parse(mut body: Map<String, Value>, allow_private: bool) -> Result<JobSpec, ApiError> {
+        let callback_url = match body.remove("callback_url") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(raw)) => {
+                let url = policy::check_url(&raw, allow_private).map_err(|e| {
+                    ApiError::bad_request(format!("callback_url is not acceptable: {e}"))
+                        .with_details("callback_url")
+                })?;
+                Some(url.to_string())
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "callback_url must be a string, not {}",
+                    kind_of(&other)
+                ))
+                .with_details("callback_url"))
+            }
+        };
+        let metadata = match body.remove("metadata") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => {
+                let size = serde_json::to_vec(&map).map(|v| v.len()).unwrap_or(usize::MAX);
+                if size > METADATA_LIMIT {
+                    return Err(ApiError::bad_request(format!(
+                        "metadata is {size} bytes; at most {METADATA_LIMIT} are allowed"
+                    ))
+                    .with_details("metadata"));
+                }
+                map
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "metadata must be a JSON object, not {}",
+                    kind_of(&other)
+                ))
+                .with_details("metadata"))
+            }
+        };
+        for (field, value) in &body {
+            let wrong = (STRING_FIELDS.contains(&field.as_str()) && !matches!(value, Value::String(_) | Value::Null))
+                || (BOOL_FIELDS.contains(&field.as_str()) && !matches!(value, Value::Bool(_) | Value::Null));
+            if wrong {
+                let expected = if BOOL_FIELDS.contains(&field.as_str()) { "a boolean" } else { "a string" };
+                return Err(ApiError::bad_request(format!(
+                    "{field} must be {expected}, not {}",
+                    kind_of(value)
+                ))
+                .with_details(field.clone()));
+            }
+        }
+        Ok(JobSpec {
+            upstream: body,
+            callback_url,
+            metadata,
+        })
+    }
+}
+
+/// The `Idempotency-Key` header with the fingerprint of the body it came with.
+pub fn idempotency_key(req: &HttpRequest, body: &Map<String, Value>) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(raw) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .ok_or_else(|| {
+            ApiError::bad_request("Idempotency-Key must be 1-255 printable ASCII characters")
+                .with_details("Idempotency-Key")
+        })?;
+    let canonical = canonical_json(&Value::Object(body.clone()));
+    let fingerprint = hex(&Sha256::digest(canonical.as_bytes()));
+    Ok(Some(IdempotencyKey {
+        key: key.to_owned(),
+        fingerprint,
+    }))
+}
+
+/// JSON with object keys sorted at every level, so key order does not change a fingerprint.
+fn canonical_json(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let inner: Vec<String> = entries
+                .into_iter()
+                .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), canonical_json(v)))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(canonical_json).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How the caller wants an unreachable upstream handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Answer `202 submitting` and keep trying in the background (`/v1/jobs`).
+    Deferrable,
+    /// Answer with the failure; keep nothing (the drop-in generate route).
+    Synchronous,
+}
+
+/// Render the answer for a job that upstream accepted (or that will be retried).
+pub type Render = fn(&Job) -> IdempotentResponse;
+
+/// Store a job, submit it upstream, store the outcome with the answer its idempotency key
+/// replays, make it durable, and answer.
+pub async fn admit(
+    state: &AppState,
+    tenant: Tenant,
+    spec: JobSpec,
+    key: Option<IdempotencyKey>,
+    mode: Mode,
+    render: Render,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let mut job = Job::new(tenant, spec.upstream, spec.callback_url, spec.metadata, now);
+    // Held by this request while it submits; the poller takes it over if we die.
+    job.next_poll_at = Some(after(now, state.settings.poller.lease));
+    match state.store.create_job(&job, key.as_ref(), IDEMPOTENCY_TTL)? {
+        Admission::Created => {}
+        Admission::Replay(response) => return Ok(replay(&response)),
+        Admission::Mismatch => {
+            return Err(ApiError::unprocessable(
+                "this Idempotency-Key was already used with a different request body",
+            ))
+        }
+        Admission::InFlight { job_id, since } => {
+            let abandoned = after(since, state.settings.poller.lease) <= now;
+            match state.store.job(&job.tenant, &job_id)? {
+                Some(first) if abandoned => return Ok(replay(&render(&first))),
+                _ => {
+                    return Err(ApiError::conflict(
+                        "a request with this Idempotency-Key is still in progress",
+                    ))
+                }
+            }
+        }
+    }
+    let key = key.as_ref().map(|k| k.key.as_str());
+    let submission = state.lifecycle.submit(&mut job).await;
+    let answer = match submission {
+        Submission::Accepted => {
+            let response = render(&job);
+            save(state, &job, key, &response)?;
+            response
+        }
+        Submission::Deferred(_) if mode == Mode::Deferrable => {
+            let response = render(&job);
+            save(state, &job, key, &response)?;
+            response
+        }
+        Submission::Deferred(error) => {
+            state.store.discard_job(&job, key, None)?;
+            state.store.durable().await?;
+            return Err(match error {
+                Some(error) => ApiError::upstream(&error),
+                None => {
+                    let wait = crate::clock::until(now, state.lifecycle.upstream.budgets().generate.next_available_at(now));
+                    let mut e = ApiError::rate_limited(wait.as_secs() + 1);
+                    e.message = "the upstream generate budget is used up; try again later".into();
+                    e
+                }
+            });
+        }
+        Submission::Refused(error) => {
+            let api_error = ApiError::upstream(&error);
+            let response = IdempotentResponse {
+                status: api_error.status.as_u16(),
+                body: serde_json::to_value(api_error.body()).expect("error body serialises"),
+            };
+            state.store.discard_job(&job, key, Some(&response))?;
+            state.store.durable().await?;
+            return Err(api_error);
+        }
+    };
+    state.store.durable().await?;
+    state.signals.poller_wake.notify_one();
+    Ok(respond(&answer))
+}
+
+fn save(state: &AppState, job: &Job, key: Option<&str>, response: &IdempotentResponse) -> Result<(), ApiError> {
+    let saved = state.store.save_job(job, key.map(|k| (k, response)))?;
+    if !saved {
+        // Cancelled while we were submitting: the cancellation stands.
+        tracing::info!(job_id = %job.id, "job was cancelled during submission");
+    }
+    Ok(())
+}
+
+fn respond(response: &IdempotentResponse) -> HttpResponse {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
+    HttpResponse::build(status).json(&response.body)
+}
+
+fn replay(response: &IdempotentResponse) -> HttpResponse {
+    let mut answer = respond(response);
+    answer.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
+        actix_web::http::header::HeaderValue::from_static("true"),
+    );
+    answer
+}
+
+fn job_answer(job: &Job) -> IdempotentResponse {
+    IdempotentResponse {
+        status: 202,
+        body: serde_json::to_value(JobView::from(job)).expect("job view serialises"),
+    }
+}
+
+pub async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body::json_object(&req, payload, state.settings.server.max_body_bytes).await?;
+    let key = idempotency_key(&req, &body)?;
+    let spec = JobSpec::parse(body, state.settings.delivery.allow_private_networks)?;
+    admit(&state, tenant, spec, key, Mode::Deferrable, job_answer).await
+}
+
+pub fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::parse(raw).ok_or_else(|| ApiError::not_found("job"))
+}
+
+pub async fn get(
+    path: web::Path<String>,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_job_id(&path)?;
+    let job = state.store.job(&tenant, &id)?.ok_or_else(|| ApiError::not_found("job"))?;
+    Ok(HttpResponse::Ok().json(JobView::from(&job)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+pub const MAX_PAGE: usize = 100;
+
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(20),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_PAGE}")).with_details("limit")),
+    }
+}
+
+pub async fn list(
+    query: web::Query<ListQuery>,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            JobStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_request("status must be one of submitting, processing, ready, failed, cancelled")
+                    .with_details("status")
+            })
+        })
+        .transpose()?;
+    let limit = page_limit(query.limit)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(|a| JobId::parse(a).ok_or_else(|| ApiError::bad_request("after must be a job id").with_details("after")))
+        .transpose()?;
+    let page = state.store.list_jobs(&tenant, status, after.as_ref(), limit)?;
+    let data: Vec<JobView> = page.jobs.iter().map(JobView::from).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data, "next": page.next })))
+}
+
+pub async fn cancel(
+    path: web::Path<String>,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_job_id(&path)?;
+    match state.store.cancel_job(&tenant, &id, state.clock.now())? {
+        Cancellation::Cancelled(job) => {
+            state.store.durable().await?;
+            Ok(HttpResponse::Ok().json(JobView::from(&job)))
+        }
+        Cancellation::AlreadyFinished(job) if job.status == JobStatus::Cancelled => {
+            Ok(HttpResponse::Ok().json(JobView::from(&job)))
+        }
+        Cancellation::AlreadyFinished(job) => Err(ApiError::conflict(format!(
+            "job already ended as {}",
+            job.status.as_str()
+        ))),
+        Cancellation::NotFound => Err(ApiError::not_found("job")),
+    }
+}
+
+pub async fn deliveries(
+    path: web::Path<String>,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_job_id(&path)?;
+    if state.store.job(&tenant, &id)?.is_none() {
+        return Err(ApiError::not_found("job"));
+    }
+    let deliveries = state.store.deliveries_of_job(&id)?;
+    let data: Vec<Value> = deliveries.iter().map(delivery_view).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+}
+
+/// A delivery as the API shows it.
+pub fn delivery_view(d: &Delivery) -> Value {
+    serde_json::json!({
+        "id": d.id,
+        "event_id": d.event_id,
+        "event_type": d.event_type,
+        "job_id": d.job_id,
+        "webhook_id": d.message_id,
+        "destination": d.destination,
+        "state": d.state,
+        "attempts": d.attempts,
+        "next_attempt_at": d.next_attempt_at,
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<JobSpec, ApiError> {
+        JobSpec::parse(v.as_object().unwrap().clone(), true)
+    }
+
+    #[test]
+    fn own_fields_are_split_from_the_forwarded_ones() {
+        let spec = parse(json!({
+            "prompt": "hi", "aspect_ratio": "16:9", "brand_new_field": [1, 2],
+            "callback_url": "http://127.0.0.1:9/cb", "metadata": {"order": 7}
+        }))
+        .unwrap();
+        assert_eq!(spec.callback_url.as_deref(), Some("http://127.0.0.1:9/cb"));
+        assert_eq!(spec.metadata["order"], 7);
+        assert!(!spec.upstream.contains_key("callback_url"));
+        assert!(!spec.upstream.contains_key("metadata"));
+        assert_eq!(spec.upstream["brand_new_field"], json!([1, 2]));
+        assert_eq!(spec.upstream["aspect_ratio"], "16:9");
+    }
+
+    #[test]
+    fn wrong_types_are_refused_naming_the_field() {
+        for (body, field) in [
+            (json!({"prompt": 5}), "prompt"),
+            (json!({"transparency": "yes"}), "transparency"),
+            (json!({"metadata": [1]}), "metadata"),
+            (json!({"callback_url": 3}), "callback_url"),
+            (json!({"callback_url": "not a url"}), "callback_url"),
+        ] {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.details, field);
+        }
+    }
+
+    #[test]
+    fn metadata_over_16_kib_is_refused() {
+        let big = "x".repeat(METADATA_LIMIT);
+        let err = parse(json!({"metadata": {"blob": big}})).unwrap_err();
+        assert_eq!(err.details, "metadata");
+    }
+
+    #[test]
+    fn canonical_json_ignores_key_order() {
+        let a = json!({"b": 1, "a": {"y": [1, {"q": 1, "p": 2}], "x": null}});
+        let b: Value = serde_json::from_str(r#"{"a": {"x": null, "y": [1, {"p": 2, "q": 1}]}, "b": 1}"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_ne!(canonical_json(&a), canonical_json(&json!({"b": 2})));
+    }
+}

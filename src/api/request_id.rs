@@ -1,0 +1,47 @@
+//! `x-request-id` on every response (echoed when the client sent a sane one), and one log line
+//! per request carrying it.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::HttpMessage;
+
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of the request being handled, for handlers and error logs.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+fn acceptable(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .headers()
+        .get(&HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| ulid::Ulid::new().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let started = Instant::now();
+    let mut res = next.call(req).await?;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(HEADER, value);
+    }
+    let status = res.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    if path != "/healthz" && path != "/metrics" {
+        tracing::info!(request_id = %id, %method, %path, status, micros, "request");
+    }
+    Ok(res)
+}

@@ -1,0 +1,211 @@
+//! Wiring: store, upstream client, workers and the HTTP server, and an orderly shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState, KeyRing};
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::lifecycle::Lifecycle;
+use crate::poller::Poller;
+use crate::signals::Signals;
+use crate::store::Store;
+use crate::upstream::{Budgets, UpstreamClient};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("could not open storage at {path}: {source}")]
+    Storage { path: String, source: crate::store::StoreError },
+    #[error("{0}")]
+    Config(String),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The parts a running service is made of, ready to serve.
+pub struct Application {
+    addr: SocketAddr,
+    server: actix_web::dev::Server,
+    store: Store,
+    signals: Arc<Signals>,
+    workers: Vec<JoinHandle<()>>,
+    settings: Arc<Settings>,
+}
+
+/// The shared handles, built once; tests and benchmarks reach in through it.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Store,
+    pub lifecycle: Lifecycle,
+    pub signals: Arc<Signals>,
+    pub clock: SharedClock,
+    pub settings: Arc<Settings>,
+}
+
+impl Services {
+    pub fn build(settings: Settings, clock: SharedClock) -> Result<Services, StartError> {
+        let store = Store::open(&settings.storage.path, settings.storage.cache_bytes).map_err(|source| {
+            StartError::Storage {
+                path: settings.storage.path.display().to_string(),
+                source,
+            }
+        })?;
+        let budgets = Arc::new(Budgets::new(
+            settings.upstream.generate_per_minute,
+            settings.upstream.read_per_minute,
+        ));
+        let upstream = UpstreamClient::new(
+            settings.upstream.base_url.clone(),
+            settings.upstream.api_secret.clone(),
+            settings.upstream.timeout,
+            budgets,
+            clock.clone(),
+            settings.upstream.rate_limit_backoff,
+        );
+        let lifecycle = Lifecycle {
+            store: store.clone(),
+            upstream,
+            clock: clock.clone(),
+            settings: settings.poller.clone(),
+        };
+        Ok(Services {
+            store,
+            lifecycle,
+            signals: Arc::new(Signals::default()),
+            clock,
+            settings: Arc::new(settings),
+        })
+    }
+
+    pub fn poller(&self) -> Poller {
+        Poller::new(self.lifecycle.clone(), self.signals.clone())
+    }
+}
+
+impl Application {
+    /// Open storage, bind the listener (port 0 picks a free one), start the workers.
+    pub async fn build(settings: Settings, clock: SharedClock) -> Result<Application, StartError> {
+        let addr = settings.server.bind;
+        let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        let services = Services::build(settings, clock)?;
+        Self::start(services, listener)
+    }
+
+    /// Start serving with already-built services on an already-bound listener.
+    pub fn start(services: Services, listener: TcpListener) -> Result<Application, StartError> {
+        let addr = listener.local_addr()?;
+        let settings = services.settings.clone();
+        let keys = KeyRing::new(&settings.auth.keys).map_err(StartError::Config)?;
+        let state = web::Data::new(AppState {
+            store: services.store.clone(),
+            lifecycle: services.lifecycle.clone(),
+            clock: services.clock.clone(),
+            keys,
+            settings: settings.clone(),
+            signals: services.signals.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(api::extractor_configs)
+                .configure(api::configure)
+                .default_service(web::to(api::not_found))
+                .wrap(api::error_handlers())
+                .wrap(from_fn(api::request_id::middleware))
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
+        .listen(listener)?
+        .run();
+        let poller = tokio::spawn(services.poller().run());
+        // Deliveries are sent by their own worker; until it runs, the queue only fills.
+        services.signals.set_delivery_running(true);
+        Ok(Application {
+            addr,
+            server,
+            store: services.store,
+            signals: services.signals,
+            workers: vec![poller],
+            settings,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Serve until SIGTERM or Ctrl-C, then shut down in order.
+    pub async fn run_until_signalled(self) -> Result<(), StartError> {
+        let handle = self.server.handle();
+        let signals = self.signals.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            signals.begin_shutdown();
+            handle.stop(true).await;
+        });
+        self.run().await
+    }
+
+    /// Serve until the server is stopped (by [`Application::stop_handle`] or a signal task).
+    pub async fn run(self) -> Result<(), StartError> {
+        self.server.await?;
+        self.signals.begin_shutdown();
+        let grace = self.settings.server.shutdown_grace;
+        for worker in self.workers {
+            if tokio::time::timeout(grace, worker).await.is_err() {
+                tracing::warn!("a worker did not stop within the grace period");
+            }
+        }
+        self.store.flush_now().map_err(|e| StartError::Io(std::io::Error::other(e)))?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Stops the service as SIGTERM would.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            server: self.server.handle(),
+            signals: self.signals.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct StopHandle {
+    server: actix_web::dev::ServerHandle,
+    signals: Arc<Signals>,
+}
+
+impl StopHandle {
+    pub async fn stop(&self) {
+        self.signals.begin_shutdown();
+        self.server.stop(true).await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,390 @@
+//! The delivery worker: claims due deliveries, signs and POSTs them, records every attempt.
+//!
+//! Two queues with separate capacity: first attempts (fresh) and retries. A receiver that is
+//! down piles up retries, which can use only the retry slots, so fresh events to healthy
+//! receivers never wait behind them. A per-destination limit keeps one receiver from taking
+//! every slot. Each claim is leased for longer than the request timeout, so the service never
+//! sends one attempt twice; a crash between sending and recording may send it again, with the
+//! same `webhook-id` (at least once).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::{format, policy, signature};
+use crate::clock::{after, SharedClock, Timestamp};
+use crate::config::DeliverySettings;
+use crate::domain::{Attempt, Delivery, DeliveryState, Destination, ErrorClass, Subscription};
+use crate::signals::Signals;
+use crate::store::{DeliveryQueue, Store, StoreError};
+
+/// Response bodies are kept up to this size in the attempt log.
+pub const RESPONSE_BODY_LIMIT: usize = 16 * 1024;
+/// How long a claim outlives the request timeout.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// When a destination is at its limit, look again this soon.
+const BUSY_DESTINATION_DELAY: Duration = Duration::from_millis(50);
+
+#[derive(Clone)]
+pub struct DeliveryWorker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    clock: SharedClock,
+    settings: DeliverySettings,
+    signals: Arc<Signals>,
+    client: reqwest::Client,
+    fresh_slots: Arc<Semaphore>,
+    retry_slots: Arc<Semaphore>,
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// How one attempt ended, for tests and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptReport {
+    pub delivery_id: String,
+    pub state: DeliveryState,
+    pub status_code: Option<u16>,
+    pub error: Option<ErrorClass>,
+}
+
+impl DeliveryWorker {
+    pub fn new(store: Store, clock: SharedClock, settings: DeliverySettings, signals: Arc<Signals>) -> Self {
+        let client = policy::delivery_client(settings.timeout, settings.allow_private_networks);
+        let retry_capacity = (settings.concurrency / 2).max(1);
+        DeliveryWorker {
+            inner: Arc::new(Inner {
+                fresh_slots: Arc::new(Semaphore::new(settings.concurrency)),
+                retry_slots: Arc::new(Semaphore::new(retry_capacity)),
+                store,
+                clock,
+                settings,
+                signals,
+                client,
+                destinations: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Claim everything due that there is room for and send it; wait for those attempts.
+    pub async fn step(&self) -> Result<Vec<AttemptReport>, StoreError> {
+        let handles = self.dispatch()?;
+        let mut reports = Vec::with_capacity(handles.len());
+        for outcome in join_all(handles).await {
+            match outcome {
+                Ok(Ok(Some(report))) => reports.push(report),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(join) => tracing::error!(error = %join, "delivery task panicked"),
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Claim due deliveries while there are free slots, and start sending each.
+    fn dispatch(&self) -> Result<Vec<JoinHandle<Result<Option<AttemptReport>, StoreError>>>, StoreError> {
+        let inner = &self.inner;
+        let mut started = Vec::new();
+        for (queue, slots) in [
+            (DeliveryQueue::Fresh, &inner.fresh_slots),
+            (DeliveryQueue::Retry, &inner.retry_slots),
+        ] {
+            let free = slots.available_permits();
+            if free == 0 {
+                continue;
+            }
+            let now = inner.clock.now();
+            let lease_until = after(now, inner.settings.timeout + LEASE_MARGIN);
+            for mut delivery in inner.store.claim_due_deliveries(queue, now, free, lease_until)? {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    self.put_back(&mut delivery, now)?;
+                    continue;
+                };
+                let Some(destination_slot) = self.destination_slot(&delivery) else {
+                    self.put_back(&mut delivery, now)?;
+                    continue;
+                };
+                let worker = self.clone();
+                started.push(tokio::spawn(async move {
+                    let report = worker.attempt(delivery).await;
+                    drop((slot, destination_slot));
+                    worker.inner.signals.delivery_wake.notify_one();
+                    report
+                }));
+            }
+        }
+        Ok(started)
+    }
+
+    fn put_back(&self, delivery: &mut Delivery, now: Timestamp) -> Result<(), StoreError> {
+        delivery.next_attempt_at = Some(after(now, BUSY_DESTINATION_DELAY));
+        self.inner.store.save_delivery(delivery)
+    }
+
+    fn destination_slot(&self, delivery: &Delivery) -> Option<OwnedSemaphorePermit> {
+        let key = url::Url::parse(delivery.destination.url())
+            .ok()
+            .map(|u| format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)))
+            .unwrap_or_default();
+        let semaphore = {
+            let mut map = self.inner.destinations.lock().expect("destinations lock");
+            map.retain(|_, s| s.available_permits() < self.inner.settings.per_destination_concurrency);
+            map.entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.inner.settings.per_destination_concurrency)))
+                .clone()
+        };
+        semaphore.try_acquire_owned().ok()
+    }
+
+    /// Send one attempt and record it durably.
+    async fn attempt(&self, mut delivery: Delivery) -> Result<Option<AttemptReport>, StoreError> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let subscription = match &delivery.destination {
+            Destination::Subscription { subscription_id, .. } => {
+                match inner.store.subscription(&delivery.tenant, subscription_id)? {
+                    Some(sub) => Some(sub),
+                    None => {
+                        // Deleted since: nothing to send to.
+                        delivery.state = DeliveryState::Failed;
+                        delivery.next_attempt_at = None;
+                        delivery.updated_at = now;
+                        inner.store.save_delivery(&delivery)?;
+                        return Ok(None);
+                    }
+                }
+            }
+            Destination::Callback { .. } => None,
+        };
+        let secrets = match &subscription {
+            Some(sub) => sub.secrets.clone(),
+            None => inner
+                .store
+                .callback_secrets(&delivery.tenant, signature::SigningSecret::generate)?,
+        };
+        let keys: Vec<signature::SigningSecret> = secrets
+            .active(now)
+            .into_iter()
+            .filter_map(|s| signature::SigningSecret::parse(s).ok())
+            .collect();
+        let body = format::render(delivery.destination.format(), &delivery.payload);
+        let timestamp = now.timestamp();
+        let signature = signature::signature_header(&keys, delivery.message_id.as_str(), timestamp, &body);
+        let sent = self.send(&delivery, timestamp, signature, body).await;
+        let finished = inner.clock.now();
+        let retry_after = sent.retry_after;
+        let attempt = sent.attempt(now);
+        let status_code = attempt.status_code;
+        let error = attempt.error;
+        delivery.attempts.push(attempt);
+        delivery.updated_at = finished;
+        let succeeded = error.is_none();
+        let gone = status_code == Some(410);
+        if succeeded {
+            delivery.state = DeliveryState::Succeeded;
+            delivery.next_attempt_at = None;
+        } else if gone && subscription.is_some() {
+            delivery.state = DeliveryState::Failed;
+            delivery.next_attempt_at = None;
+        } else if let Some(delay) = inner.settings.retry_schedule.get(delivery.attempts.len()) {
+            let wait = with_jitter(*delay).max(retry_after.unwrap_or_default());
+            delivery.next_attempt_at = Some(after(finished, wait));
+        } else {
+            delivery.state = DeliveryState::Failed;
+            delivery.next_attempt_at = None;
+        }
+        inner.store.save_delivery(&delivery)?;
+        if let Some(sub) = &subscription {
+            self.note_outcome(sub, succeeded, gone, finished)?;
+        }
+        inner.store.durable().await?;
+        tracing::info!(
+            delivery_id = %delivery.id,
+            webhook_id = %delivery.message_id,
+            job_id = delivery.job_id.as_ref().map(|j| j.as_str()).unwrap_or(""),
+            attempt = delivery.attempts.len(),
+            status = status_code,
+            error = error.map(ErrorClass::as_str),
+            state = delivery.state.as_str(),
+            "delivery attempt"
+        );
+        Ok(Some(AttemptReport {
+            delivery_id: delivery.id.to_string(),
+            state: delivery.state,
+            status_code,
+            error,
+        }))
+    }
+
+    /// A subscription's health: any success clears its failing run; a 410 or a failing run
+    /// longer than `disable_after` disables it.
+    fn note_outcome(&self, sub: &Subscription, succeeded: bool, gone: bool, now: Timestamp) -> Result<(), StoreError> {
+        let disable_after = self.inner.settings.disable_after;
+        let needs_change = succeeded != sub.failing_since.is_none() || gone || !succeeded;
+        if !needs_change {
+            return Ok(());
+        }
+        self.inner.store.update_subscription(&sub.id, |s| {
+            if succeeded {
+                s.failing_since = None;
+                return;
+            }
+            let since = *s.failing_since.get_or_insert(now);
+            if gone {
+                s.enabled = false;
+                s.disabled_reason = Some("the receiver answered 410 Gone".into());
+            } else if s.enabled && after(since, disable_after) <= now {
+                s.enabled = false;
+                s.disabled_reason = Some(format!(
+                    "every delivery failed for {}",
+                    humantime::format_duration(disable_after)
+                ));
+            }
+            s.updated_at = now;
+        })?;
+        Ok(())
+    }
+
+    async fn send(&self, delivery: &Delivery, timestamp: i64, signature: String, body: Vec<u8>) -> Sent {
+        let started = Instant::now();
+        let url = match url::Url::parse(delivery.destination.url()) {
+            Ok(url) => url,
+            Err(_) => return Sent::failed(ErrorClass::Blocked, started),
+        };
+        if policy::check_literal_host(&url, self.inner.settings.allow_private_networks).is_err() {
+            return Sent::failed(ErrorClass::Blocked, started);
+        }
+        let request = self
+            .inner
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", delivery.message_id.as_str())
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body);
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Sent::failed(policy::classify_error(&e), started),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .filter(|_| status.as_u16() == 429 || status.as_u16() == 503);
+        let mut kept = Vec::new();
+        let mut body_error = None;
+        while kept.len() < RESPONSE_BODY_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    body_error = Some(policy::classify_error(&e));
+                    break;
+                }
+            }
+        }
+        kept.truncate(RESPONSE_BODY_LIMIT);
+        let error = if !status.is_success() {
+            Some(ErrorClass::Http)
+        } else {
+            body_error
+        };
+        Sent {
+            status_code: Some(status.as_u16()),
+            error,
+            duration: started.elapsed(),
+            body: Some(String::from_utf8_lossy(&kept).into_owned()),
+            retry_after,
+        }
+    }
+
+    /// Dispatch until shutdown; then let in-flight attempts finish within the grace period.
+    pub async fn run(self, grace: Duration) {
+        let signals = self.inner.signals.clone();
+        signals.set_delivery_running(true);
+        while !signals.is_shutting_down() {
+            let pause = match self.dispatch() {
+                Ok(_) => self.idle_for(),
+                Err(error) => {
+                    tracing::error!(%error, "delivery dispatch failed");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = signals.delivery_wake.notified() => {}
+            }
+        }
+        let all = |s: &Arc<Semaphore>, n: usize| {
+            let s = s.clone();
+            async move { s.acquire_many_owned(n as u32).await.ok() }
+        };
+        let drained = async {
+            all(&self.inner.fresh_slots, self.inner.settings.concurrency).await;
+            all(&self.inner.retry_slots, (self.inner.settings.concurrency / 2).max(1)).await;
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!("deliveries still in flight at the end of the grace period; their leases will expire and they will be sent again");
+        }
+        signals.set_delivery_running(false);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.inner.clock.now();
+        let mut wake = after(now, Duration::from_secs(1));
+        for queue in [DeliveryQueue::Fresh, DeliveryQueue::Retry] {
+            if let Ok(Some(due)) = self.inner.store.next_delivery_due_at(queue) {
+                wake = wake.min(due);
+            }
+        }
+        crate::clock::until(now, wake).max(Duration::from_millis(2))
+    }
+}
+
+/// Up to 20% later than scheduled, so retries to one receiver do not arrive in lockstep.
+fn with_jitter(delay: Duration) -> Duration {
+    if delay.is_zero() {
+        return delay;
+    }
+    delay.mul_f64(1.0 + rand::random::<f64>() * 0.2)
+}
+
+struct Sent {
+    status_code: Option<u16>,
+    error: Option<ErrorClass>,
+    duration: Duration,
+    body: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+impl Sent {
+    fn failed(error: ErrorClass, started: Instant) -> Sent {
+        Sent {
+            status_code: None,
+            error: Some(error),
+            duration: started.elapsed(),
+            body: None,
+            retry_after: None,
+        }
+    }
+
+    fn attempt(&self, at: Timestamp) -> Attempt {
+        Attempt {
+            at,
+            status_code: self.status_code,
+            error: self.error,
+            duration_ms: self.duration.as_millis() as u64,
+            response_body: self.body.clone(),
+        }
+    }
+}

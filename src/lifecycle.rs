@@ -1,0 +1,228 @@
+//! What happens to a job between its creation and its end: submission upstream, what each
+//! status answer means for it, and the outbox write of its terminal state. Shared by the API
+//! (immediate submission) and the poller (everything after).
+
+use std::time::Duration;
+
+use crate::clock::{after, SharedClock, Timestamp};
+use crate::config::PollerSettings;
+use crate::domain::{Delivery, Destination, Event, Job, JobError, JobStatus};
+use crate::store::{Store, StoreError};
+use crate::upstream::{AgentState, StatusReport, UpstreamClient, UpstreamError};
+
+/// How one submission attempt went; the job has been updated to match.
+#[derive(Debug)]
+pub enum Submission {
+    /// Upstream took it: the job is `processing` with its agent id.
+    Accepted,
+    /// Upstream refused it for good.
+    Refused(UpstreamError),
+    /// Not now (no budget, or a transient failure): the job stays `submitting`, due again later.
+    Deferred(Option<UpstreamError>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    pub store: Store,
+    pub upstream: UpstreamClient,
+    pub clock: SharedClock,
+    pub settings: PollerSettings,
+}
+
+impl Lifecycle {
+    /// One submission attempt, through the generate budget, with the job id as upstream
+    /// `Idempotency-Key` so a retry after an unanswered attempt cannot create a second agent.
+    pub async fn submit(&self, job: &mut Job) -> Submission {
+        let now = self.clock.now();
+        if !self.upstream.budgets().generate.try_acquire(now) {
+            let ready_at = self.upstream.budgets().generate.next_available_at(now);
+            job.next_poll_at = Some(ready_at.max(after(now, Duration::from_millis(100))));
+            job.updated_at = now;
+            return Submission::Deferred(None);
+        }
+        let Some(request) = job.request.as_ref() else {
+            // Cannot happen for a submitting job; fail it rather than retry forever.
+            let error = UpstreamError::Refused {
+                status: 400,
+                code: "MISSING_REQUEST".into(),
+                message: "the job's generate request is no longer stored".into(),
+                details: None,
+            };
+            return Submission::Refused(error);
+        };
+        job.submit_attempts += 1;
+        let result = self.upstream.generate(request, job.id.as_str()).await;
+        let now = self.clock.now();
+        match result {
+            Ok(accepted) => {
+                job.accepted(
+                    accepted.agent_id,
+                    after(now, self.settings.first_poll_after),
+                    now,
+                );
+                Submission::Accepted
+            }
+            Err(error @ UpstreamError::Refused { .. }) => Submission::Refused(error),
+            Err(error) => {
+                job.transient_errors += 1;
+                job.next_poll_at = Some(after(now, self.submit_backoff(job, &error)));
+                job.updated_at = now;
+                Submission::Deferred(Some(error))
+            }
+        }
+    }
+
+    /// Background submission backs off from `submit_retry_after`, doubling, up to
+    /// `max_interval`, and never sooner than upstream's `Retry-After`.
+    fn submit_backoff(&self, job: &Job, error: &UpstreamError) -> Duration {
+        let doublings = job.submit_attempts.saturating_sub(1).min(16);
+        let backoff = self
+            .settings
+            .submit_retry_after
+            .saturating_mul(1 << doublings)
+            .min(self.settings.max_interval);
+        backoff.max(retry_after(error))
+    }
+
+    /// The pause before the next poll: the base interval while the job is young, then a
+    /// twelfth of its age, capped: old jobs, which finish rarely, cost little budget.
+    pub fn poll_interval(&self, job: &Job, now: Timestamp) -> Duration {
+        (job.age(now) / 12).clamp(self.settings.interval, self.settings.max_interval)
+    }
+
+    pub fn is_too_old(&self, job: &Job, now: Timestamp) -> bool {
+        job.age(now) >= self.settings.max_age
+    }
+
+    /// Fold one status answer into the job. Returns `true` when the job has ended.
+    pub fn apply_poll(&self, job: &mut Job, result: Result<StatusReport, UpstreamError>, now: Timestamp) -> bool {
+        job.updated_at = now;
+        match result {
+            Ok(report) => {
+                job.polls += 1;
+                job.not_found_streak = 0;
+                job.agent = Some(serde_json::Value::Object(report.data));
+                match report.state {
+                    AgentState::Running => {}
+                    AgentState::Ready => {
+                        job.finish(JobStatus::Ready, None, now);
+                        return true;
+                    }
+                    AgentState::Failed { message } => {
+                        let message = message.unwrap_or_else(|| "upstream reported the generation as failed".into());
+                        job.finish(
+                            JobStatus::Failed,
+                            Some(JobError {
+                                code: "GENERATION_FAILED".into(),
+                                message,
+                            }),
+                            now,
+                        );
+                        return true;
+                    }
+                }
+                job.next_poll_at = Some(after(now, self.poll_interval(job, now)));
+            }
+            Err(error) if error.is_not_found() => {
+                job.polls += 1;
+                job.not_found_streak += 1;
+                if job.not_found_streak >= self.settings.max_not_found {
+                    let message = format!(
+                        "upstream answered 404 for agent {} {} times in a row",
+                        job.agent_id.as_deref().unwrap_or("?"),
+                        job.not_found_streak
+                    );
+                    job.finish(
+                        JobStatus::Failed,
+                        Some(JobError {
+                            code: "NOT_FOUND".into(),
+                            message,
+                        }),
+                        now,
+                    );
+                    return true;
+                }
+                job.next_poll_at = Some(after(now, self.poll_interval(job, now)));
+            }
+            Err(error) => {
+                job.transient_errors += 1;
+                let wait = self.poll_interval(job, now).max(retry_after(&error));
+                job.next_poll_at = Some(after(now, wait));
+            }
+        }
+        false
+    }
+
+    /// End a job that ran out of time.
+    pub fn expire(&self, job: &mut Job, now: Timestamp) {
+        let message = format!(
+            "no result after {}",
+            humantime::format_duration(self.settings.max_age)
+        );
+        job.finish(
+            JobStatus::Failed,
+            Some(JobError {
+                code: "TIMEOUT".into(),
+                message,
+            }),
+            now,
+        );
+    }
+
+    /// End a job that upstream refused for good during background submission.
+    pub fn refuse(&self, job: &mut Job, error: &UpstreamError, now: Timestamp) {
+        let (code, message) = match error {
+            UpstreamError::Refused { code, message, .. } => (code.clone(), message.clone()),
+            UpstreamError::Transient { reason, .. } => ("UPSTREAM_ERROR".into(), reason.clone()),
+        };
+        job.finish(JobStatus::Failed, Some(JobError { code, message }), now);
+    }
+
+    /// Write a job's terminal state and its deliveries (its callback and every matching
+    /// subscription) in one transaction. Returns how many deliveries were queued, or `None`
+    /// when the job had already ended (cancelled meanwhile).
+    pub fn complete(&self, job: &Job) -> Result<Option<usize>, StoreError> {
+        let now = self.clock.now();
+        let deliveries = match Event::for_job(job, now) {
+            Some(event) => self.deliveries_for(job, &event, now)?,
+            None => Vec::new(),
+        };
+        let written = self.store.complete_job(job, &deliveries)?;
+        Ok(written.then_some(deliveries.len()))
+    }
+
+    fn deliveries_for(&self, job: &Job, event: &Event, now: Timestamp) -> Result<Vec<Delivery>, StoreError> {
+        let mut deliveries = Vec::new();
+        if let Some(url) = &job.callback_url {
+            deliveries.push(Delivery::new(
+                event,
+                Some(job.id.clone()),
+                Destination::Callback { url: url.clone() },
+                now,
+            ));
+        }
+        for sub in self.store.subscriptions_for(&job.tenant, event.event_type)? {
+            deliveries.push(Delivery::new(
+                event,
+                Some(job.id.clone()),
+                Destination::Subscription {
+                    subscription_id: sub.id.clone(),
+                    url: sub.url.clone(),
+                    format: sub.format,
+                },
+                now,
+            ));
+        }
+        Ok(deliveries)
+    }
+}
+
+fn retry_after(error: &UpstreamError) -> Duration {
+    match error {
+        UpstreamError::Transient {
+            retry_after: Some(d),
+            ..
+        } => *d,
+        _ => Duration::ZERO,
+    }
+}

@@ -1,0 +1,208 @@
+//! The status scheduler: drives every pending job to its end within the account's budgets.
+//!
+//! Each [`Poller::step`] claims the jobs that are due (through the due-time index, oldest due
+//! first, so nothing starves), as many as the budgets allow right now, submits or polls them
+//! with bounded concurrency, and writes back what it learned. [`Poller::run`] is a thin loop
+//! around it that sleeps until the next job is due or the budget refills.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use crate::clock::{after, until, Timestamp};
+use crate::domain::Job;
+use crate::lifecycle::{Lifecycle, Submission};
+use crate::signals::Signals;
+use crate::store::{StoreError, WorkKind};
+
+/// What one step did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepReport {
+    pub submitted: usize,
+    pub polled: usize,
+    /// Jobs that reached `ready` or `failed` in this step.
+    pub completed: usize,
+    /// Deliveries queued by those completions.
+    pub deliveries: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Poller {
+    lifecycle: Lifecycle,
+    signals: Arc<Signals>,
+}
+
+/// The longest the loop sleeps without looking again.
+const MAX_IDLE: Duration = Duration::from_secs(5);
+
+impl Poller {
+    pub fn new(lifecycle: Lifecycle, signals: Arc<Signals>) -> Self {
+        Poller { lifecycle, signals }
+    }
+
+    /// One round: claim what is due and affordable, handle it, write the results.
+    pub async fn step(&self) -> Result<StepReport, StoreError> {
+        let lc = &self.lifecycle;
+        let now = lc.clock.now();
+        let lease_until = after(now, lc.settings.lease);
+        let budgets = lc.upstream.budgets();
+        let cap = lc.settings.concurrency;
+        let submits = lc.store.claim_due_jobs(
+            WorkKind::Submit,
+            now,
+            budgets.generate.available(now, cap),
+            lease_until,
+        )?;
+        let polls = lc.store.claim_due_jobs(
+            WorkKind::Poll,
+            now,
+            budgets.read.available(now, cap),
+            lease_until,
+        )?;
+        let mut report = StepReport::default();
+        let submit_results = join_all(submits.into_iter().map(|job| self.submit_one(job, now)));
+        let poll_results = join_all(polls.into_iter().map(|job| self.poll_one(job, now)));
+        let (submit_results, poll_results) = tokio::join!(submit_results, poll_results);
+        for outcome in submit_results {
+            let outcome = outcome?;
+            report.submitted += usize::from(outcome.touched_upstream);
+            report.completed += usize::from(outcome.completed);
+            report.deliveries += outcome.deliveries;
+        }
+        for outcome in poll_results {
+            let outcome = outcome?;
+            report.polled += usize::from(outcome.touched_upstream);
+            report.completed += usize::from(outcome.completed);
+            report.deliveries += outcome.deliveries;
+        }
+        if report.deliveries > 0 {
+            lc.store.durable().await?;
+            self.signals.delivery_wake.notify_one();
+        }
+        Ok(report)
+    }
+
+    async fn submit_one(&self, mut job: Job, claimed_at: Timestamp) -> Result<JobOutcome, StoreError> {
+        let lc = &self.lifecycle;
+        if lc.is_too_old(&job, claimed_at) {
+            lc.expire(&mut job, claimed_at);
+            return self.finish(&job, false);
+        }
+        match lc.submit(&mut job).await {
+            Submission::Accepted => {
+                tracing::info!(job_id = %job.id, agent_id = job.agent_id.as_deref().unwrap_or(""), "submitted upstream");
+                lc.store.save_job(&job, None)?;
+                Ok(JobOutcome::touched())
+            }
+            Submission::Deferred(error) => {
+                if let Some(error) = &error {
+                    tracing::warn!(job_id = %job.id, %error, "submission deferred");
+                }
+                lc.store.save_job(&job, None)?;
+                Ok(JobOutcome {
+                    touched_upstream: error.is_some(),
+                    ..JobOutcome::default()
+                })
+            }
+            Submission::Refused(error) => {
+                tracing::warn!(job_id = %job.id, %error, "upstream refused the job");
+                lc.refuse(&mut job, &error, lc.clock.now());
+                self.finish(&job, true)
+            }
+        }
+    }
+
+    async fn poll_one(&self, mut job: Job, claimed_at: Timestamp) -> Result<JobOutcome, StoreError> {
+        let lc = &self.lifecycle;
+        if lc.is_too_old(&job, claimed_at) {
+            lc.expire(&mut job, claimed_at);
+            return self.finish(&job, false);
+        }
+        let read = &lc.upstream.budgets().read;
+        if !read.try_acquire(claimed_at) {
+            // Someone else (the drop-in status proxy) took the slot: wait for the next one.
+            job.next_poll_at = Some(read.next_available_at(claimed_at));
+            lc.store.save_job(&job, None)?;
+            return Ok(JobOutcome::default());
+        }
+        let agent_id = job.agent_id.clone().unwrap_or_default();
+        let result = lc.upstream.status(&agent_id).await;
+        if let Err(error) = &result {
+            tracing::debug!(job_id = %job.id, %agent_id, %error, "status poll failed");
+        }
+        let now = lc.clock.now();
+        if lc.apply_poll(&mut job, result, now) {
+            return self.finish(&job, true);
+        }
+        lc.store.save_job(&job, None)?;
+        Ok(JobOutcome::touched())
+    }
+
+    fn finish(&self, job: &Job, touched_upstream: bool) -> Result<JobOutcome, StoreError> {
+        let queued = self.lifecycle.complete(job)?;
+        if let Some(n) = queued {
+            tracing::info!(job_id = %job.id, status = job.status.as_str(), deliveries = n, "job ended");
+        }
+        Ok(JobOutcome {
+            touched_upstream,
+            completed: queued.is_some(),
+            deliveries: queued.unwrap_or(0),
+        })
+    }
+
+    /// How long the loop may sleep: until the next job is due and affordable, at most
+    /// [`MAX_IDLE`].
+    fn idle_for(&self) -> Result<Duration, StoreError> {
+        let lc = &self.lifecycle;
+        let now = lc.clock.now();
+        let budgets = lc.upstream.budgets();
+        let mut wake = after(now, MAX_IDLE);
+        for (kind, budget) in [(WorkKind::Submit, &budgets.generate), (WorkKind::Poll, &budgets.read)] {
+            if let Some(due) = lc.store.next_due_at(kind)? {
+                wake = wake.min(due.max(budget.next_available_at(now)));
+            }
+        }
+        Ok(until(now, wake).max(Duration::from_millis(5)))
+    }
+
+    /// Step until shutdown.
+    pub async fn run(self) {
+        self.signals.set_poller_running(true);
+        while !self.signals.is_shutting_down() {
+            let pause = match self.step().await {
+                Ok(report) if report.submitted + report.polled > 0 => Duration::ZERO,
+                Ok(_) => self.idle_for().unwrap_or(MAX_IDLE),
+                Err(error) => {
+                    tracing::error!(%error, "scheduler step failed");
+                    Duration::from_secs(1)
+                }
+            };
+            if pause.is_zero() {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.signals.poller_wake.notified() => {}
+            }
+        }
+        self.signals.set_poller_running(false);
+    }
+}
+
+#[derive(Debug, Default)]
+struct JobOutcome {
+    touched_upstream: bool,
+    completed: bool,
+    deliveries: usize,
+}
+
+impl JobOutcome {
+    fn touched() -> Self {
+        JobOutcome {
+            touched_upstream: true,
+            ..Self::default()
+        }
+    }
+}

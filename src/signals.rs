@@ -1,0 +1,40 @@
+//! What the parts of a running service tell each other: wake-ups, liveness, shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// New work for the poller (a job created or deferred).
+    pub poller_wake: Notify,
+    /// New deliveries queued.
+    pub delivery_wake: Notify,
+    shutting_down: AtomicBool,
+    poller_running: AtomicBool,
+    delivery_running: AtomicBool,
+}
+
+impl Signals {
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.poller_wake.notify_waiters();
+        self.delivery_wake.notify_waiters();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn set_poller_running(&self, running: bool) {
+        self.poller_running.store(running, Ordering::SeqCst);
+    }
+
+    pub fn set_delivery_running(&self, running: bool) {
+        self.delivery_running.store(running, Ordering::SeqCst);
+    }
+
+    pub fn workers_running(&self) -> bool {
+        self.poller_running.load(Ordering::SeqCst) && self.delivery_running.load(Ordering::SeqCst)
+    }
+}

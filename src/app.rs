@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState, KeyRing};
 use crate::clock::SharedClock;
 use crate::config::Settings;
+use crate::delivery::worker::DeliveryWorker;
 use crate::lifecycle::Lifecycle;
 use crate::poller::Poller;
 use crate::signals::Signals;
@@ -19,9 +20,15 @@ use crate::upstream::{Budgets, UpstreamClient};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("could not listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("could not open storage at {path}: {source}")]
-    Storage { path: String, source: crate::store::StoreError },
+    Storage {
+        path: String,
+        source: crate::store::StoreError,
+    },
     #[error("{0}")]
     Config(String),
     #[error("server: {0}")]
@@ -50,12 +57,12 @@ pub struct Services {
 
 impl Services {
     pub fn build(settings: Settings, clock: SharedClock) -> Result<Services, StartError> {
-        let store = Store::open(&settings.storage.path, settings.storage.cache_bytes).map_err(|source| {
-            StartError::Storage {
+        let store = Store::open(&settings.storage.path, settings.storage.cache_bytes).map_err(
+            |source| StartError::Storage {
                 path: settings.storage.path.display().to_string(),
                 source,
-            }
-        })?;
+            },
+        )?;
         let budgets = Arc::new(Budgets::new(
             settings.upstream.generate_per_minute,
             settings.upstream.read_per_minute,
@@ -86,13 +93,24 @@ impl Services {
     pub fn poller(&self) -> Poller {
         Poller::new(self.lifecycle.clone(), self.signals.clone())
     }
+
+    pub fn delivery_worker(&self) -> Result<DeliveryWorker, StartError> {
+        DeliveryWorker::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.settings.delivery.clone(),
+            self.signals.clone(),
+        )
+        .map_err(|e| StartError::Config(format!("could not build the delivery HTTP client: {e}")))
+    }
 }
 
 impl Application {
     /// Open storage, bind the listener (port 0 picks a free one), start the workers.
     pub async fn build(settings: Settings, clock: SharedClock) -> Result<Application, StartError> {
         let addr = settings.server.bind;
-        let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        let listener =
+            TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let services = Services::build(settings, clock)?;
         Self::start(services, listener)
     }
@@ -124,14 +142,17 @@ impl Application {
         .listen(listener)?
         .run();
         let poller = tokio::spawn(services.poller().run());
-        // Deliveries are sent by their own worker; until it runs, the queue only fills.
-        services.signals.set_delivery_running(true);
+        let deliveries = tokio::spawn(
+            services
+                .delivery_worker()?
+                .run(settings.server.shutdown_grace),
+        );
         Ok(Application {
             addr,
             server,
             store: services.store,
             signals: services.signals,
-            workers: vec![poller],
+            workers: vec![poller, deliveries],
             settings,
         })
     }
@@ -167,7 +188,9 @@ impl Application {
                 tracing::warn!("a worker did not stop within the grace period");
             }
         }
-        self.store.flush_now().map_err(|e| StartError::Io(std::io::Error::other(e)))?;
+        self.store
+            .flush_now()
+            .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -10,7 +10,11 @@ use crate::clock;
 use crate::config::{ApiKey, Secret, Settings};
 
 #[derive(Debug, Parser)]
-#[command(name = "agenthook", version, about = "Signed webhooks for bitHuman agent generation: submit once, get called back when the agent is ready.")]
+#[command(
+    name = "agenthook",
+    version,
+    about = "Signed webhooks for bitHuman agent generation: submit once, get called back when the agent is ready."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -158,8 +158,11 @@ impl std::fmt::Debug for Secret {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let raw = String::deserialize(d)?;
-    humantime::parse_duration(&raw)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {raw:?} ({e}); use e.g. \"5s\", \"2h\"")))
+    humantime::parse_duration(&raw).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {raw:?} ({e}); use e.g. \"5s\", \"2h\""
+        ))
+    })
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -167,7 +170,9 @@ fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error>
         .iter()
         .map(|raw| {
             humantime::parse_duration(raw).map_err(|e| {
-                serde::de::Error::custom(format!("invalid duration {raw:?} ({e}); use e.g. \"5s\", \"2h\""))
+                serde::de::Error::custom(format!(
+                    "invalid duration {raw:?} ({e}); use e.g. \"5s\", \"2h\""
+                ))
             })
         })
         .collect()
@@ -227,7 +232,10 @@ impl Settings {
             return Err(invalid("upstream.base_url", "must be an http or https URL"));
         }
         if self.upstream.generate_per_minute == 0 {
-            return Err(invalid("upstream.generate_per_minute", "must be at least 1"));
+            return Err(invalid(
+                "upstream.generate_per_minute",
+                "must be at least 1",
+            ));
         }
         if self.upstream.read_per_minute == 0 {
             return Err(invalid("upstream.read_per_minute", "must be at least 1"));
@@ -239,19 +247,28 @@ impl Settings {
             return Err(invalid("poller.interval", "must be more than 0s"));
         }
         if self.poller.max_interval < self.poller.interval {
-            return Err(invalid("poller.max_interval", "must be at least poller.interval"));
+            return Err(invalid(
+                "poller.max_interval",
+                "must be at least poller.interval",
+            ));
         }
         if self.poller.concurrency == 0 {
             return Err(invalid("poller.concurrency", "must be at least 1"));
         }
         if self.poller.lease <= self.upstream.timeout {
-            return Err(invalid("poller.lease", "must be longer than upstream.timeout"));
+            return Err(invalid(
+                "poller.lease",
+                "must be longer than upstream.timeout",
+            ));
         }
         if self.poller.max_not_found == 0 {
             return Err(invalid("poller.max_not_found", "must be at least 1"));
         }
         if self.delivery.retry_schedule.is_empty() {
-            return Err(invalid("delivery.retry_schedule", "needs at least one entry"));
+            return Err(invalid(
+                "delivery.retry_schedule",
+                "needs at least one entry",
+            ));
         }
         if self.delivery.timeout.is_zero() {
             return Err(invalid("delivery.timeout", "must be more than 0s"));
@@ -273,14 +290,20 @@ impl Settings {
                 ));
             }
             if !names.insert(key.name.as_str()) {
-                return Err(invalid("auth.keys", format!("name {:?} appears twice", key.name)));
+                return Err(invalid(
+                    "auth.keys",
+                    format!("name {:?} appears twice", key.name),
+                ));
             }
             if !keys.insert(key.key.expose()) {
                 return Err(invalid("auth.keys", "two entries share one key"));
             }
         }
         if !self.log.format_is_valid_filter() {
-            return Err(invalid("log.level", format!("{:?} is not a tracing filter", self.log.level)));
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not a tracing filter", self.log.level),
+            ));
         }
         Ok(())
     }
@@ -350,13 +373,24 @@ mod tests {
         let cases = [
             ("AGENTHOOK__SERVER__BIND", "not-an-address", "server.bind"),
             ("AGENTHOOK__POLLER__INTERVAL", "soon", "poller.interval"),
-            ("AGENTHOOK__UPSTREAM__READ_PER_MINUTE", "0", "upstream.read_per_minute"),
-            ("AGENTHOOK__UPSTREAM__BASE_URL", "ftp://x", "upstream.base_url"),
+            (
+                "AGENTHOOK__UPSTREAM__READ_PER_MINUTE",
+                "0",
+                "upstream.read_per_minute",
+            ),
+            (
+                "AGENTHOOK__UPSTREAM__BASE_URL",
+                "ftp://x",
+                "upstream.base_url",
+            ),
             ("AGENTHOOK__LOG__FORMAT", "xml", "log.format"),
         ];
         for (var, value, key) in cases {
             let err = load(&[(var, value)]).expect_err(var).to_string();
-            assert!(err.contains(key), "{var}={value}: {err:?} should name {key}");
+            assert!(
+                err.contains(key),
+                "{var}={value}: {err:?} should name {key}"
+            );
         }
     }
 

@@ -4,17 +4,17 @@
 //! drives each pending job to its end and writes the resulting deliveries in the same
 //! transaction; the `delivery` worker signs and sends them.
 
+pub mod api;
+pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod domain;
-pub mod store;
-pub mod upstream;
-pub mod api;
-pub mod app;
-pub mod cli;
-pub mod telemetry;
 pub mod lifecycle;
 pub mod poller;
 pub mod signals;
 pub mod sim;
+pub mod store;
+pub mod telemetry;
+pub mod upstream;

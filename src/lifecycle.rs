@@ -95,7 +95,12 @@ impl Lifecycle {
     }
 
     /// Fold one status answer into the job. Returns `true` when the job has ended.
-    pub fn apply_poll(&self, job: &mut Job, result: Result<StatusReport, UpstreamError>, now: Timestamp) -> bool {
+    pub fn apply_poll(
+        &self,
+        job: &mut Job,
+        result: Result<StatusReport, UpstreamError>,
+        now: Timestamp,
+    ) -> bool {
         job.updated_at = now;
         match result {
             Ok(report) => {
@@ -109,7 +114,8 @@ impl Lifecycle {
                         return true;
                     }
                     AgentState::Failed { message } => {
-                        let message = message.unwrap_or_else(|| "upstream reported the generation as failed".into());
+                        let message = message
+                            .unwrap_or_else(|| "upstream reported the generation as failed".into());
                         job.finish(
                             JobStatus::Failed,
                             Some(JobError {
@@ -191,7 +197,12 @@ impl Lifecycle {
         Ok(written.then_some(deliveries.len()))
     }
 
-    fn deliveries_for(&self, job: &Job, event: &Event, now: Timestamp) -> Result<Vec<Delivery>, StoreError> {
+    fn deliveries_for(
+        &self,
+        job: &Job,
+        event: &Event,
+        now: Timestamp,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let mut deliveries = Vec::new();
         if let Some(url) = &job.callback_url {
             deliveries.push(Delivery::new(
@@ -201,7 +212,10 @@ impl Lifecycle {
                 now,
             ));
         }
-        for sub in self.store.subscriptions_for(&job.tenant, event.event_type)? {
+        for sub in self
+            .store
+            .subscriptions_for(&job.tenant, event.event_type)?
+        {
             deliveries.push(Delivery::new(
                 event,
                 Some(job.id.clone()),

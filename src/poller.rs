@@ -83,7 +83,11 @@ impl Poller {
         Ok(report)
     }
 
-    async fn submit_one(&self, mut job: Job, claimed_at: Timestamp) -> Result<JobOutcome, StoreError> {
+    async fn submit_one(
+        &self,
+        mut job: Job,
+        claimed_at: Timestamp,
+    ) -> Result<JobOutcome, StoreError> {
         let lc = &self.lifecycle;
         if lc.is_too_old(&job, claimed_at) {
             lc.expire(&mut job, claimed_at);
@@ -113,7 +117,11 @@ impl Poller {
         }
     }
 
-    async fn poll_one(&self, mut job: Job, claimed_at: Timestamp) -> Result<JobOutcome, StoreError> {
+    async fn poll_one(
+        &self,
+        mut job: Job,
+        claimed_at: Timestamp,
+    ) -> Result<JobOutcome, StoreError> {
         let lc = &self.lifecycle;
         if lc.is_too_old(&job, claimed_at) {
             lc.expire(&mut job, claimed_at);
@@ -158,7 +166,10 @@ impl Poller {
         let now = lc.clock.now();
         let budgets = lc.upstream.budgets();
         let mut wake = after(now, MAX_IDLE);
-        for (kind, budget) in [(WorkKind::Submit, &budgets.generate), (WorkKind::Poll, &budgets.read)] {
+        for (kind, budget) in [
+            (WorkKind::Submit, &budgets.generate),
+            (WorkKind::Poll, &budgets.read),
+        ] {
             if let Some(due) = lc.store.next_due_at(kind)? {
                 wake = wake.min(due.max(budget.next_available_at(now)));
             }

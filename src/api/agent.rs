@@ -31,7 +31,15 @@ pub async fn generate(
     let body = body::json_object(&req, payload, state.settings.server.max_body_bytes).await?;
     let key = idempotency_key(&req, &body)?;
     let spec = JobSpec::parse(body, state.settings.delivery.allow_private_networks)?;
-    admit(&state, tenant, spec, key, Mode::Synchronous, generate_answer).await
+    admit(
+        &state,
+        tenant,
+        spec,
+        key,
+        Mode::Synchronous,
+        generate_answer,
+    )
+    .await
 }
 
 fn plausible_agent_id(id: &str) -> bool {
@@ -65,9 +73,11 @@ pub async fn status(
         return Err(ApiError::rate_limited(wait.as_secs() + 1));
     }
     match state.lifecycle.upstream.status_raw(&agent_id).await {
-        Ok((status, bytes)) => Ok(HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
-            .content_type("application/json")
-            .body(bytes)),
+        Ok((status, bytes)) => Ok(HttpResponse::build(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        )
+        .content_type("application/json")
+        .body(bytes)),
         Err(error) => Err(ApiError::upstream(&error)),
     }
 }

@@ -17,7 +17,9 @@ pub struct KeyRing {
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing").field("tenants", &self.keys.len()).finish()
+        f.debug_struct("KeyRing")
+            .field("tenants", &self.keys.len())
+            .finish()
     }
 }
 
@@ -58,7 +60,10 @@ fn presented_key(req: &HttpRequest) -> Option<&str> {
         let (scheme, key) = value.trim().split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
     }
-    headers.get("api-secret").and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get("api-secret")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 impl FromRequest for Tenant {
@@ -86,12 +91,21 @@ mod tests {
     #[test]
     fn each_key_maps_to_its_own_tenant_and_nothing_else_matches() {
         let ring = KeyRing::new(&[
-            ApiKey { name: "acme".into(), key: Secret::new("acme-key-0123456789") },
-            ApiKey { name: "globex".into(), key: Secret::new("globex-key-0123456789") },
+            ApiKey {
+                name: "acme".into(),
+                key: Secret::new("acme-key-0123456789"),
+            },
+            ApiKey {
+                name: "globex".into(),
+                key: Secret::new("globex-key-0123456789"),
+            },
         ])
         .unwrap();
         assert_eq!(ring.tenant("acme-key-0123456789").unwrap().as_str(), "acme");
-        assert_eq!(ring.tenant("globex-key-0123456789").unwrap().as_str(), "globex");
+        assert_eq!(
+            ring.tenant("globex-key-0123456789").unwrap().as_str(),
+            "globex"
+        );
         assert!(ring.tenant("acme-key-012345678").is_none());
         assert!(ring.tenant("").is_none());
     }

@@ -8,7 +8,11 @@ use super::ApiError;
 
 /// Read the whole body, refusing more than `limit` bytes (before reading, when
 /// `content-length` already says so).
-pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+pub async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
     let declared = req
         .headers()
         .get("content-length")
@@ -19,7 +23,8 @@ pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: u
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::payload_too_large(limit));
         }
@@ -31,10 +36,13 @@ pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: u
 /// Parse a JSON body; the parser's message (line and column) goes into `details`.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("request body is empty; a JSON object is expected"));
+        return Err(ApiError::bad_request(
+            "request body is empty; a JSON object is expected",
+        ));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("request body is not valid JSON").with_details(e.to_string()))
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request("request body is not valid JSON").with_details(e.to_string())
+    })
 }
 
 /// A JSON object body, or a 400.

@@ -49,12 +49,20 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "missing or invalid API key")
-            .with_details("send `Authorization: Bearer KEY` or `api-secret: KEY`")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing or invalid API key",
+        )
+        .with_details("send `Authorization: Bearer KEY` or `api-secret: KEY`")
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("{what} not found"),
+        )
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
@@ -90,7 +98,11 @@ impl ApiError {
     /// An internal failure: the cause goes to the log, the client gets no internals.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "internal error",
+        )
     }
 
     /// An upstream failure as the client sees it: a refusal keeps upstream's status and has
@@ -118,10 +130,12 @@ impl ApiError {
                 e.message = "upstream rate limit reached; try again later".into();
                 e
             }
-            UpstreamError::Transient { reason, .. } => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "UPSTREAM_ERROR", "upstream is unavailable")
-                    .with_details(reason.clone())
-            }
+            UpstreamError::Transient { reason, .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UPSTREAM_ERROR",
+                "upstream is unavailable",
+            )
+            .with_details(reason.clone()),
         }
     }
 
@@ -174,11 +188,17 @@ pub fn shape_error_response<B: MessageBody + 'static>(
         StatusCode::METHOD_NOT_ALLOWED => {
             ApiError::new(status, "BAD_REQUEST", "method not allowed on this route")
         }
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(status, "PAYLOAD_TOO_LARGE", "request body too large"),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(status, "PAYLOAD_TOO_LARGE", "request body too large")
+        }
         StatusCode::UNAUTHORIZED => ApiError::unauthorized(),
         StatusCode::TOO_MANY_REQUESTS => ApiError::new(status, "RATE_LIMITED", "too many requests"),
         StatusCode::SERVICE_UNAVAILABLE => ApiError::unavailable("service unavailable"),
-        s if s.is_client_error() => ApiError::new(s, "BAD_REQUEST", s.canonical_reason().unwrap_or("bad request")),
+        s if s.is_client_error() => ApiError::new(
+            s,
+            "BAD_REQUEST",
+            s.canonical_reason().unwrap_or("bad request"),
+        ),
         s => ApiError::new(s, "INTERNAL", "internal error"),
     };
     let (req, res) = res.into_parts();

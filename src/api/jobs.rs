@@ -62,7 +62,9 @@ impl JobSpec {
         let metadata = match body.remove("metadata") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(map)) => {
-                let size = serde_json::to_vec(&map).map(|v| v.len()).unwrap_or(usize::MAX);
+                let size = serde_json::to_vec(&map)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX);
                 if size > METADATA_LIMIT {
                     return Err(ApiError::bad_request(format!(
                         "metadata is {size} bytes; at most {METADATA_LIMIT} are allowed"
@@ -80,10 +82,16 @@ impl JobSpec {
             }
         };
         for (field, value) in &body {
-            let wrong = (STRING_FIELDS.contains(&field.as_str()) && !matches!(value, Value::String(_) | Value::Null))
-                || (BOOL_FIELDS.contains(&field.as_str()) && !matches!(value, Value::Bool(_) | Value::Null));
+            let wrong = (STRING_FIELDS.contains(&field.as_str())
+                && !matches!(value, Value::String(_) | Value::Null))
+                || (BOOL_FIELDS.contains(&field.as_str())
+                    && !matches!(value, Value::Bool(_) | Value::Null));
             if wrong {
-                let expected = if BOOL_FIELDS.contains(&field.as_str()) { "a boolean" } else { "a string" };
+                let expected = if BOOL_FIELDS.contains(&field.as_str()) {
+                    "a boolean"
+                } else {
+                    "a string"
+                };
                 return Err(ApiError::bad_request(format!(
                     "{field} must be {expected}, not {}",
                     kind_of(value)
@@ -100,14 +108,19 @@ impl JobSpec {
 }
 
 /// The `Idempotency-Key` header with the fingerprint of the body it came with.
-pub fn idempotency_key(req: &HttpRequest, body: &Map<String, Value>) -> Result<Option<IdempotencyKey>, ApiError> {
+pub fn idempotency_key(
+    req: &HttpRequest,
+    body: &Map<String, Value>,
+) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(raw) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };
     let key = raw
         .to_str()
         .ok()
-        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .filter(|k| {
+            (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        })
         .ok_or_else(|| {
             ApiError::bad_request("Idempotency-Key must be 1-255 printable ASCII characters")
                 .with_details("Idempotency-Key")
@@ -134,7 +147,11 @@ fn canonical_json(value: &Value) -> String {
         }
         Value::Array(items) => format!(
             "[{}]",
-            items.iter().map(canonical_json).collect::<Vec<_>>().join(",")
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
         ),
         other => other.to_string(),
     }
@@ -170,7 +187,10 @@ pub async fn admit(
     let mut job = Job::new(tenant, spec.upstream, spec.callback_url, spec.metadata, now);
     // Held by this request while it submits; the poller takes it over if we die.
     job.next_poll_at = Some(after(now, state.settings.poller.lease));
-    match state.store.create_job(&job, key.as_ref(), IDEMPOTENCY_TTL)? {
+    match state
+        .store
+        .create_job(&job, key.as_ref(), IDEMPOTENCY_TTL)?
+    {
         Admission::Created => {}
         Admission::Replay(response) => return Ok(replay(&response)),
         Admission::Mismatch => {
@@ -209,7 +229,15 @@ pub async fn admit(
             return Err(match error {
                 Some(error) => ApiError::upstream(&error),
                 None => {
-                    let wait = crate::clock::until(now, state.lifecycle.upstream.budgets().generate.next_available_at(now));
+                    let wait = crate::clock::until(
+                        now,
+                        state
+                            .lifecycle
+                            .upstream
+                            .budgets()
+                            .generate
+                            .next_available_at(now),
+                    );
                     let mut e = ApiError::rate_limited(wait.as_secs() + 1);
                     e.message = "the upstream generate budget is used up; try again later".into();
                     e
@@ -232,7 +260,12 @@ pub async fn admit(
     Ok(respond(&answer))
 }
 
-fn save(state: &AppState, job: &Job, key: Option<&str>, response: &IdempotentResponse) -> Result<(), ApiError> {
+fn save(
+    state: &AppState,
+    job: &Job,
+    key: Option<&str>,
+    response: &IdempotentResponse,
+) -> Result<(), ApiError> {
     let saved = state.store.save_job(job, key.map(|k| (k, response)))?;
     if !saved {
         // Cancelled while we were submitting: the cancellation stands.
@@ -284,7 +317,10 @@ pub async fn get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
-    let job = state.store.job(&tenant, &id)?.ok_or_else(|| ApiError::not_found("job"))?;
+    let job = state
+        .store
+        .job(&tenant, &id)?
+        .ok_or_else(|| ApiError::not_found("job"))?;
     Ok(HttpResponse::Ok().json(JobView::from(&job)))
 }
 
@@ -302,7 +338,10 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(20),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_PAGE}")).with_details("limit")),
+        Some(_) => Err(
+            ApiError::bad_request(format!("limit must be between 1 and {MAX_PAGE}"))
+                .with_details("limit"),
+        ),
     }
 }
 
@@ -317,8 +356,10 @@ pub async fn list(
         .as_deref()
         .map(|s| {
             JobStatus::parse(s).ok_or_else(|| {
-                ApiError::bad_request("status must be one of submitting, processing, ready, failed, cancelled")
-                    .with_details("status")
+                ApiError::bad_request(
+                    "status must be one of submitting, processing, ready, failed, cancelled",
+                )
+                .with_details("status")
             })
         })
         .transpose()?;
@@ -326,9 +367,15 @@ pub async fn list(
     let after = query
         .after
         .as_deref()
-        .map(|a| JobId::parse(a).ok_or_else(|| ApiError::bad_request("after must be a job id").with_details("after")))
+        .map(|a| {
+            JobId::parse(a).ok_or_else(|| {
+                ApiError::bad_request("after must be a job id").with_details("after")
+            })
+        })
         .transpose()?;
-    let page = state.store.list_jobs(&tenant, status, after.as_ref(), limit)?;
+    let page = state
+        .store
+        .list_jobs(&tenant, status, after.as_ref(), limit)?;
     let data: Vec<JobView> = page.jobs.iter().map(JobView::from).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data, "next": page.next })))
 }
@@ -435,7 +482,9 @@ mod tests {
     #[test]
     fn canonical_json_ignores_key_order() {
         let a = json!({"b": 1, "a": {"y": [1, {"q": 1, "p": 2}], "x": null}});
-        let b: Value = serde_json::from_str(r#"{"a": {"x": null, "y": [1, {"p": 2, "q": 1}]}, "b": 1}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"a": {"x": null, "y": [1, {"p": 2, "q": 1}]}, "b": 1}"#)
+                .unwrap();
         assert_eq!(canonical_json(&a), canonical_json(&b));
         assert_ne!(canonical_json(&a), canonical_json(&json!({"b": 2})));
     }

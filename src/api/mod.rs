@@ -48,9 +48,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(jobs::get))
                         .route(web::delete().to(jobs::cancel)),
                 )
-                .service(web::resource("/jobs/{id}/deliveries").route(web::get().to(jobs::deliveries)))
+                .service(
+                    web::resource("/jobs/{id}/deliveries").route(web::get().to(jobs::deliveries)),
+                )
                 .service(web::resource("/agent/generate").route(web::post().to(agent::generate)))
-                .service(web::resource("/agent/status/{agent_id}").route(web::get().to(agent::status))),
+                .service(
+                    web::resource("/agent/status/{agent_id}").route(web::get().to(agent::status)),
+                ),
         );
 }
 

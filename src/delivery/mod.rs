@@ -3,3 +3,4 @@
 pub mod format;
 pub mod policy;
 pub mod signature;
+pub mod worker;

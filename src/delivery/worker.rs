@@ -55,10 +55,15 @@ pub struct AttemptReport {
 }
 
 impl DeliveryWorker {
-    pub fn new(store: Store, clock: SharedClock, settings: DeliverySettings, signals: Arc<Signals>) -> Self {
-        let client = policy::delivery_client(settings.timeout, settings.allow_private_networks);
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        settings: DeliverySettings,
+        signals: Arc<Signals>,
+    ) -> Result<Self, reqwest::Error> {
+        let client = policy::delivery_client(settings.timeout, settings.allow_private_networks)?;
         let retry_capacity = (settings.concurrency / 2).max(1);
-        DeliveryWorker {
+        Ok(DeliveryWorker {
             inner: Arc::new(Inner {
                 fresh_slots: Arc::new(Semaphore::new(settings.concurrency)),
                 retry_slots: Arc::new(Semaphore::new(retry_capacity)),
@@ -69,7 +74,7 @@ impl DeliveryWorker {
                 client,
                 destinations: Mutex::new(HashMap::new()),
             }),
-        }
+        })
     }
 
     /// Claim everything due that there is room for and send it; wait for those attempts.
@@ -88,7 +93,9 @@ impl DeliveryWorker {
     }
 
     /// Claim due deliveries while there are free slots, and start sending each.
-    fn dispatch(&self) -> Result<Vec<JoinHandle<Result<Option<AttemptReport>, StoreError>>>, StoreError> {
+    fn dispatch(
+        &self,
+    ) -> Result<Vec<JoinHandle<Result<Option<AttemptReport>, StoreError>>>, StoreError> {
         let inner = &self.inner;
         let mut started = Vec::new();
         for (queue, slots) in [
@@ -101,7 +108,10 @@ impl DeliveryWorker {
             }
             let now = inner.clock.now();
             let lease_until = after(now, inner.settings.timeout + LEASE_MARGIN);
-            for mut delivery in inner.store.claim_due_deliveries(queue, now, free, lease_until)? {
+            for mut delivery in inner
+                .store
+                .claim_due_deliveries(queue, now, free, lease_until)?
+            {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     self.put_back(&mut delivery, now)?;
                     continue;
@@ -130,13 +140,26 @@ impl DeliveryWorker {
     fn destination_slot(&self, delivery: &Delivery) -> Option<OwnedSemaphorePermit> {
         let key = url::Url::parse(delivery.destination.url())
             .ok()
-            .map(|u| format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)))
+            .map(|u| {
+                format!(
+                    "{}://{}:{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or(""),
+                    u.port_or_known_default().unwrap_or(0)
+                )
+            })
             .unwrap_or_default();
         let semaphore = {
             let mut map = self.inner.destinations.lock().expect("destinations lock");
-            map.retain(|_, s| s.available_permits() < self.inner.settings.per_destination_concurrency);
+            map.retain(|_, s| {
+                s.available_permits() < self.inner.settings.per_destination_concurrency
+            });
             map.entry(key)
-                .or_insert_with(|| Arc::new(Semaphore::new(self.inner.settings.per_destination_concurrency)))
+                .or_insert_with(|| {
+                    Arc::new(Semaphore::new(
+                        self.inner.settings.per_destination_concurrency,
+                    ))
+                })
                 .clone()
         };
         semaphore.try_acquire_owned().ok()
@@ -147,8 +170,13 @@ impl DeliveryWorker {
         let inner = &self.inner;
         let now = inner.clock.now();
         let subscription = match &delivery.destination {
-            Destination::Subscription { subscription_id, .. } => {
-                match inner.store.subscription(&delivery.tenant, subscription_id)? {
+            Destination::Subscription {
+                subscription_id, ..
+            } => {
+                match inner
+                    .store
+                    .subscription(&delivery.tenant, subscription_id)?
+                {
                     Some(sub) => Some(sub),
                     None => {
                         // Deleted since: nothing to send to.
@@ -175,7 +203,8 @@ impl DeliveryWorker {
             .collect();
         let body = format::render(delivery.destination.format(), &delivery.payload);
         let timestamp = now.timestamp();
-        let signature = signature::signature_header(&keys, delivery.message_id.as_str(), timestamp, &body);
+        let signature =
+            signature::signature_header(&keys, delivery.message_id.as_str(), timestamp, &body);
         let sent = self.send(&delivery, timestamp, signature, body).await;
         let finished = inner.clock.now();
         let retry_after = sent.retry_after;
@@ -224,7 +253,13 @@ impl DeliveryWorker {
 
     /// A subscription's health: any success clears its failing run; a 410 or a failing run
     /// longer than `disable_after` disables it.
-    fn note_outcome(&self, sub: &Subscription, succeeded: bool, gone: bool, now: Timestamp) -> Result<(), StoreError> {
+    fn note_outcome(
+        &self,
+        sub: &Subscription,
+        succeeded: bool,
+        gone: bool,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let disable_after = self.inner.settings.disable_after;
         let needs_change = succeeded != sub.failing_since.is_none() || gone || !succeeded;
         if !needs_change {
@@ -251,7 +286,13 @@ impl DeliveryWorker {
         Ok(())
     }
 
-    async fn send(&self, delivery: &Delivery, timestamp: i64, signature: String, body: Vec<u8>) -> Sent {
+    async fn send(
+        &self,
+        delivery: &Delivery,
+        timestamp: i64,
+        signature: String,
+        body: Vec<u8>,
+    ) -> Sent {
         let started = Instant::now();
         let url = match url::Url::parse(delivery.destination.url()) {
             Ok(url) => url,
@@ -331,7 +372,11 @@ impl DeliveryWorker {
         };
         let drained = async {
             all(&self.inner.fresh_slots, self.inner.settings.concurrency).await;
-            all(&self.inner.retry_slots, (self.inner.settings.concurrency / 2).max(1)).await;
+            all(
+                &self.inner.retry_slots,
+                (self.inner.settings.concurrency / 2).max(1),
+            )
+            .await;
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("deliveries still in flight at the end of the grace period; their leases will expire and they will be sent again");

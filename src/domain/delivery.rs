@@ -1,7 +1,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{DeliveryId, Event, EventId, EventType, Format, JobId, MessageId, SubscriptionId, Tenant};
+use super::{
+    DeliveryId, Event, EventId, EventType, Format, JobId, MessageId, SubscriptionId, Tenant,
+};
 use crate::clock::Timestamp;
 
 /// Where a delivery goes.
@@ -124,7 +126,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(event: &Event, job_id: Option<JobId>, destination: Destination, now: Timestamp) -> Self {
+    pub fn new(
+        event: &Event,
+        job_id: Option<JobId>,
+        destination: Destination,
+        now: Timestamp,
+    ) -> Self {
         Delivery {
             id: DeliveryId::generate(),
             tenant: event.tenant.clone(),

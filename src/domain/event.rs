@@ -57,7 +57,12 @@ impl Event {
             _ => return None,
         };
         let agent = job.agent.as_ref().and_then(Value::as_object);
-        let field = |name: &str| agent.and_then(|a| a.get(name)).cloned().unwrap_or(Value::Null);
+        let field = |name: &str| {
+            agent
+                .and_then(|a| a.get(name))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
         let error_message = match (&job.error, field("error_message")) {
             (_, Value::String(upstream)) if !upstream.is_empty() => Value::String(upstream),
             (Some(error), _) => Value::String(error.message.clone()),

@@ -86,12 +86,13 @@ impl Store {
     /// Store deliveries that no job transition caused (test events, say), queued at once.
     pub fn insert_deliveries(&self, deliveries: &[Delivery]) -> Result<()> {
         let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode).collect();
-        let result = (&self.deliveries, &self.index, &self.queue).transaction(|(tree, index, queue)| {
-            for (delivery, bytes) in deliveries.iter().zip(&encoded) {
-                insert_delivery_tx(tree, index, queue, delivery, bytes)?;
-            }
-            Ok(())
-        });
+        let result =
+            (&self.deliveries, &self.index, &self.queue).transaction(|(tree, index, queue)| {
+                for (delivery, bytes) in deliveries.iter().zip(&encoded) {
+                    insert_delivery_tx(tree, index, queue, delivery, bytes)?;
+                }
+                Ok(())
+            });
         tx_result(result)
     }
 
@@ -112,7 +113,9 @@ impl Store {
                 break;
             }
             let (key, _) = entry?;
-            let Some((_, id)) = keys::parse_timed(&key) else { continue };
+            let Some((_, id)) = keys::parse_timed(&key) else {
+                continue;
+            };
             let id = id.to_owned();
             let result = (&self.deliveries, &self.queue).transaction(|(tree, queue_tree)| {
                 if queue_tree.get(&key)?.is_none() {
@@ -189,8 +192,12 @@ impl Store {
         let mut next = None;
         for entry in self.index.range(prefix.as_slice()..upper.as_slice()).rev() {
             let (key, _) = entry?;
-            let Some(id) = keys::last_part(&key) else { continue };
-            let Some(raw) = self.deliveries.get(id)? else { continue };
+            let Some(id) = keys::last_part(&key) else {
+                continue;
+            };
+            let Some(raw) = self.deliveries.get(id)? else {
+                continue;
+            };
             let delivery: Delivery = decode(&raw)?;
             if state.is_some_and(|s| s != delivery.state) {
                 continue;
@@ -211,14 +218,19 @@ impl Store {
 
     /// Every delivery to a subscription, oldest first.
     pub fn deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>> {
-        self.deliveries_under(&keys::owner_prefix(keys::SUBSCRIPTION_DELIVERIES, sub.as_str()))
+        self.deliveries_under(&keys::owner_prefix(
+            keys::SUBSCRIPTION_DELIVERIES,
+            sub.as_str(),
+        ))
     }
 
     fn deliveries_under(&self, prefix: &[u8]) -> Result<Vec<Delivery>> {
         let mut found = Vec::new();
         for entry in self.index.scan_prefix(prefix) {
             let (key, _) = entry?;
-            let Some(id) = keys::last_part(&key) else { continue };
+            let Some(id) = keys::last_part(&key) else {
+                continue;
+            };
             if let Some(raw) = self.deliveries.get(id)? {
                 found.push(decode(&raw)?);
             }

@@ -37,7 +37,11 @@ impl GroupFlush {
 
     pub async fn flush(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        let gone = || StoreError::Sled(sled::Error::Unsupported("the flush thread has stopped".into()));
+        let gone = || {
+            StoreError::Sled(sled::Error::Unsupported(
+                "the flush thread has stopped".into(),
+            ))
+        };
         self.requests.send(tx).map_err(|_| gone())?;
         rx.await
             .map_err(|_| gone())?

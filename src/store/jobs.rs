@@ -146,7 +146,11 @@ impl Store {
     /// Save a pending job's progress, moving its queue entry. Returns `false`, writing nothing,
     /// when the stored job has meanwhile ended (cancelled, say): the caller's news is stale.
     /// `response` completes the idempotency record of the request that created the job.
-    pub fn save_job(&self, job: &Job, response: Option<(&str, &IdempotentResponse)>) -> Result<bool> {
+    pub fn save_job(
+        &self,
+        job: &Job,
+        response: Option<(&str, &IdempotentResponse)>,
+    ) -> Result<bool> {
         let job_bytes = encode(job);
         let result = (&self.jobs, &self.index, &self.due, &self.idempotency).transaction(
             |(jobs, index, due, idem)| {
@@ -206,19 +210,30 @@ impl Store {
         debug_assert!(job.status.is_terminal());
         let job_bytes = encode(job);
         let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode).collect();
-        let result = (&self.jobs, &self.index, &self.due, &self.deliveries, &self.queue).transaction(
-            |(jobs, index, due, delivery_tree, queue)| {
+        let result = (
+            &self.jobs,
+            &self.index,
+            &self.due,
+            &self.deliveries,
+            &self.queue,
+        )
+            .transaction(|(jobs, index, due, delivery_tree, queue)| {
                 let Some(stored) = pending_stored(jobs, &job.id)? else {
                     return Ok(false);
                 };
                 write_indexes(index, due, Some(&stored), job)?;
                 jobs.insert(job.id.as_str(), job_bytes.as_slice())?;
                 for (delivery, bytes) in deliveries.iter().zip(&encoded) {
-                    super::deliveries::insert_delivery_tx(delivery_tree, index, queue, delivery, bytes)?;
+                    super::deliveries::insert_delivery_tx(
+                        delivery_tree,
+                        index,
+                        queue,
+                        delivery,
+                        bytes,
+                    )?;
                 }
                 Ok(true)
-            },
-        );
+            });
         tx_result(result)
     }
 
@@ -250,7 +265,10 @@ impl Store {
     }
 
     pub fn job_by_id(&self, id: &JobId) -> Result<Option<Job>> {
-        self.jobs.get(id.as_str())?.map(|raw| decode(&raw)).transpose()
+        self.jobs
+            .get(id.as_str())?
+            .map(|raw| decode(&raw))
+            .transpose()
     }
 
     /// The job that tracks an upstream agent, whichever tenant owns it.
@@ -283,8 +301,12 @@ impl Store {
         let mut next = None;
         for entry in self.index.range(prefix.as_slice()..upper.as_slice()).rev() {
             let (key, _) = entry?;
-            let Some(id) = keys::last_part(&key) else { continue };
-            let Some(raw) = self.jobs.get(id)? else { continue };
+            let Some(id) = keys::last_part(&key) else {
+                continue;
+            };
+            let Some(raw) = self.jobs.get(id)? else {
+                continue;
+            };
             let job: Job = decode(&raw)?;
             if status.is_some_and(|s| s != job.status) {
                 continue;
@@ -316,7 +338,9 @@ impl Store {
                 break;
             }
             let (key, _) = entry?;
-            let Some((_, id)) = keys::parse_timed(&key) else { continue };
+            let Some((_, id)) = keys::parse_timed(&key) else {
+                continue;
+            };
             let id = id.to_owned();
             let result = (&self.jobs, &self.due).transaction(|(jobs, due)| {
                 if due.get(&key)?.is_none() {
@@ -377,7 +401,9 @@ impl Store {
             let (key, raw) = entry?;
             let record: IdempotencyRecord = decode(&raw)?;
             if crate::clock::after(record.created_at, ttl) <= now {
-                self.idempotency.compare_and_swap(&key, Some(raw), None::<&[u8]>)?.ok();
+                self.idempotency
+                    .compare_and_swap(&key, Some(raw), None::<&[u8]>)?
+                    .ok();
                 purged += 1;
             }
         }

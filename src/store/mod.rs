@@ -106,7 +106,9 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 }
 
 /// For use inside transactions, where errors must be wrapped as aborts.
-fn decode_tx<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
+fn decode_tx<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
     decode(bytes).map_err(ConflictableTransactionError::Abort)
 }
 

@@ -7,13 +7,21 @@ impl Store {
     pub fn save_subscription(&self, sub: &Subscription) -> Result<()> {
         self.subscriptions.insert(sub.id.as_str(), encode(sub))?;
         self.index.insert(
-            keys::owned(keys::TENANT_SUBSCRIPTIONS, sub.tenant.as_str(), sub.id.as_str()),
+            keys::owned(
+                keys::TENANT_SUBSCRIPTIONS,
+                sub.tenant.as_str(),
+                sub.id.as_str(),
+            ),
             &[],
         )?;
         Ok(())
     }
 
-    pub fn subscription(&self, tenant: &Tenant, id: &SubscriptionId) -> Result<Option<Subscription>> {
+    pub fn subscription(
+        &self,
+        tenant: &Tenant,
+        id: &SubscriptionId,
+    ) -> Result<Option<Subscription>> {
         let found: Option<Subscription> = self
             .subscriptions
             .get(id.as_str())?
@@ -28,7 +36,9 @@ impl Store {
         let mut found = Vec::new();
         for entry in self.index.scan_prefix(prefix) {
             let (key, _) = entry?;
-            let Some(id) = keys::last_part(&key) else { continue };
+            let Some(id) = keys::last_part(&key) else {
+                continue;
+            };
             if let Some(raw) = self.subscriptions.get(id)? {
                 found.push(decode(&raw)?);
             }
@@ -37,7 +47,11 @@ impl Store {
     }
 
     /// The enabled subscriptions of a tenant that want this event type.
-    pub fn subscriptions_for(&self, tenant: &Tenant, event_type: EventType) -> Result<Vec<Subscription>> {
+    pub fn subscriptions_for(
+        &self,
+        tenant: &Tenant,
+        event_type: EventType,
+    ) -> Result<Vec<Subscription>> {
         Ok(self
             .list_subscriptions(tenant)?
             .into_iter()
@@ -59,15 +73,21 @@ impl Store {
     }
 
     /// The tenant's callback secrets, created with `generate` on first use.
-    pub fn callback_secrets(&self, tenant: &Tenant, generate: impl Fn() -> String) -> Result<SecretSet> {
+    pub fn callback_secrets(
+        &self,
+        tenant: &Tenant,
+        generate: impl Fn() -> String,
+    ) -> Result<SecretSet> {
         loop {
             if let Some(raw) = self.secrets.get(tenant.as_str())? {
                 return decode(&raw);
             }
             let fresh = SecretSet::new(generate());
-            let created = self
-                .secrets
-                .compare_and_swap(tenant.as_str(), None::<&[u8]>, Some(encode(&fresh)))?;
+            let created = self.secrets.compare_and_swap(
+                tenant.as_str(),
+                None::<&[u8]>,
+                Some(encode(&fresh)),
+            )?;
             if created.is_ok() {
                 return Ok(fresh);
             }
@@ -94,9 +114,9 @@ impl Store {
             };
             let mut sub: Subscription = decode(&raw)?;
             change(&mut sub);
-            let swapped = self
-                .subscriptions
-                .compare_and_swap(id.as_str(), Some(raw), Some(encode(&sub)))?;
+            let swapped =
+                self.subscriptions
+                    .compare_and_swap(id.as_str(), Some(raw), Some(encode(&sub)))?;
             if swapped.is_ok() {
                 return Ok(Some(sub));
             }

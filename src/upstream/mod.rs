@@ -161,7 +161,10 @@ impl UpstreamClient {
     /// The status answer as it came (2xx only), for proxying agents agenthook does not track.
     pub async fn status_raw(&self, agent_id: &str) -> Result<(u16, bytes::Bytes), UpstreamError> {
         let url = self.endpoint(&["v1", "agent", "status", agent_id]);
-        let request = self.http.get(url).header("api-secret", self.secret.expose());
+        let request = self
+            .http
+            .get(url)
+            .header("api-secret", self.secret.expose());
         self.send(request, &self.budgets.read).await
     }
 
@@ -190,7 +193,10 @@ impl UpstreamClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let bytes = response.bytes().await.map_err(|e| {
-            UpstreamError::transient(format!("reading the answer failed: {}", without_url(&e)), Some(status.as_u16()))
+            UpstreamError::transient(
+                format!("reading the answer failed: {}", without_url(&e)),
+                Some(status.as_u16()),
+            )
         })?;
         if status.is_success() {
             return Ok((status.as_u16(), bytes));
@@ -199,7 +205,11 @@ impl UpstreamClient {
         if status == StatusCode::TOO_MANY_REQUESTS {
             let pause = retry_after.unwrap_or(self.rate_limit_backoff);
             bucket.pause_until(after(self.clock.now(), pause));
-            tracing::warn!(bucket = bucket.name(), pause_secs = pause.as_secs(), "upstream rate limit hit; pausing the bucket");
+            tracing::warn!(
+                bucket = bucket.name(),
+                pause_secs = pause.as_secs(),
+                "upstream rate limit hit; pausing the bucket"
+            );
         }
         if is_transient(status) {
             return Err(UpstreamError::Transient {

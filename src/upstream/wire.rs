@@ -32,7 +32,8 @@ pub fn agent_state(data: &Value) -> AgentState {
 
 /// `progress` as a number, tolerating a numeric string.
 fn progress_value(v: &Value) -> Option<f64> {
-    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
 /// The agent id of a generate answer: top level, or under `data` in one older example.
@@ -119,23 +120,49 @@ mod tests {
     fn only_the_documented_terminal_rules_end_a_job() {
         let cases = [
             (json!({"status": "ready"}), AgentState::Ready),
-            (json!({"status": "ready", "model_url": null}), AgentState::Ready),
-            (json!({"status": "success", "progress": 1.0}), AgentState::Ready),
-            (json!({"status": "success", "progress": 1}), AgentState::Ready),
-            (json!({"status": "success", "progress": 0.2}), AgentState::Running),
-            (json!({"status": "success", "progress": 0.45}), AgentState::Running),
+            (
+                json!({"status": "ready", "model_url": null}),
+                AgentState::Ready,
+            ),
+            (
+                json!({"status": "success", "progress": 1.0}),
+                AgentState::Ready,
+            ),
+            (
+                json!({"status": "success", "progress": 1}),
+                AgentState::Ready,
+            ),
+            (
+                json!({"status": "success", "progress": 0.2}),
+                AgentState::Running,
+            ),
+            (
+                json!({"status": "success", "progress": 0.45}),
+                AgentState::Running,
+            ),
             (json!({"status": "success"}), AgentState::Running),
-            (json!({"status": "completed", "progress": 0.05}), AgentState::Running),
-            (json!({"status": "completed", "progress": 1.0}), AgentState::Running),
+            (
+                json!({"status": "completed", "progress": 0.05}),
+                AgentState::Running,
+            ),
+            (
+                json!({"status": "completed", "progress": 1.0}),
+                AgentState::Running,
+            ),
             (json!({"status": "generating"}), AgentState::Running),
             (json!({"status": "processing"}), AgentState::Running),
             (json!({"status": "brand-new-value"}), AgentState::Running),
             (json!({}), AgentState::Running),
             (
                 json!({"status": "failed", "error_message": "Image processing failed: x"}),
-                AgentState::Failed { message: Some("Image processing failed: x".into()) },
+                AgentState::Failed {
+                    message: Some("Image processing failed: x".into()),
+                },
             ),
-            (json!({"status": "failed"}), AgentState::Failed { message: None }),
+            (
+                json!({"status": "failed"}),
+                AgentState::Failed { message: None },
+            ),
         ];
         for (data, expected) in cases {
             assert_eq!(agent_state(&data), expected, "{data}");
@@ -166,7 +193,8 @@ mod tests {
 
     #[test]
     fn both_error_shapes_parse() {
-        let seed = br#"{"error": "Invalid API secret", "code": "UNAUTHORIZED", "details": "check it"}"#;
+        let seed =
+            br#"{"error": "Invalid API secret", "code": "UNAUTHORIZED", "details": "check it"}"#;
         assert_eq!(
             parse_error(seed, 401),
             WireError {

@@ -31,6 +31,25 @@ enum Command {
         #[arg(long)]
         simulator: bool,
     },
+    /// Check a received webhook: headers as flags, the exact body on stdin. Exits 0 when the
+    /// signature and timestamp are valid, 1 when not.
+    Verify {
+        /// The signing secret (`whsec_...`).
+        #[arg(long, env = "AGENTHOOK_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The `webhook-id` header.
+        #[arg(long = "id", value_name = "WEBHOOK_ID")]
+        id: String,
+        /// The `webhook-timestamp` header.
+        #[arg(long, value_name = "UNIX_SECONDS")]
+        timestamp: String,
+        /// The `webhook-signature` header.
+        #[arg(long, value_name = "SIGNATURES")]
+        signature: String,
+        /// How far the timestamp may be from now, in seconds.
+        #[arg(long, default_value_t = crate::delivery::signature::DEFAULT_TOLERANCE_SECS)]
+        tolerance: i64,
+    },
 }
 
 /// The API key `serve --simulator` uses when none is configured: a development convenience
@@ -46,6 +65,13 @@ pub fn main() -> ExitCode {
         .expect("start the async runtime");
     match cli.command {
         Command::Serve { config, simulator } => runtime.block_on(serve(config, simulator)),
+        Command::Verify {
+            secret,
+            id,
+            timestamp,
+            signature,
+            tolerance,
+        } => verify(&secret, &id, &timestamp, &signature, tolerance),
     }
 }
 
@@ -103,5 +129,35 @@ fn dev_key() -> ApiKey {
     ApiKey {
         name: DEV_TENANT.into(),
         key: Secret::new(DEV_KEY),
+    }
+}
+
+fn verify(secret: &str, id: &str, timestamp: &str, signature: &str, tolerance: i64) -> ExitCode {
+    use std::io::Read;
+
+    use crate::delivery::signature::{self, SigningSecret};
+
+    let secret = match SigningSecret::parse(secret) {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("agenthook verify: the secret is not usable: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("agenthook verify: could not read the body from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let now = chrono::Utc::now().timestamp();
+    match signature::verify(&secret, id, timestamp, signature, &body, now, tolerance) {
+        Ok(()) => {
+            println!("valid: signature matches and the timestamp is within {tolerance}s");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("invalid: {e}");
+            ExitCode::from(1)
+        }
     }
 }

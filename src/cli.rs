@@ -31,6 +31,8 @@ enum Command {
         #[arg(long)]
         simulator: bool,
     },
+    /// Run the bitHuman simulator alone (for docker-compose, tests and trying things out).
+    Sim(crate::sim::SimArgs),
     /// Check a received webhook: headers as flags, the exact body on stdin. Exits 0 when the
     /// signature and timestamp are valid, 1 when not.
     Verify {
@@ -65,6 +67,7 @@ pub fn main() -> ExitCode {
         .expect("start the async runtime");
     match cli.command {
         Command::Serve { config, simulator } => runtime.block_on(serve(config, simulator)),
+        Command::Sim(args) => runtime.block_on(simulate(args)),
         Command::Verify {
             secret,
             id,
@@ -84,10 +87,18 @@ async fn serve(config: Option<PathBuf>, simulator: bool) -> ExitCode {
         }
     };
     crate::telemetry::init(&settings.log);
-    if simulator {
-        eprintln!("agenthook: --simulator is not available in this build");
-        return ExitCode::from(2);
-    }
+    // Kept alive for as long as the service runs.
+    let _simulator = if simulator {
+        match start_simulator(&mut settings) {
+            Ok(sim) => Some(sim),
+            Err(e) => {
+                eprintln!("agenthook: could not start the simulator: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
     if settings.upstream.api_secret.is_empty() {
         eprintln!(
             "agenthook: no upstream secret. Set BITHUMAN_API_SECRET (or upstream.api_secret in a --config file, \
@@ -124,7 +135,48 @@ async fn run_service(settings: &mut Settings) -> ExitCode {
     }
 }
 
-#[allow(dead_code)]
+/// Start the simulator on a free loopback port and point the upstream at it. Without
+/// configured API keys, the development key is accepted.
+fn start_simulator(settings: &mut Settings) -> std::io::Result<crate::sim::SimServer> {
+    let config = crate::sim::SimConfig {
+        time_to_ready: std::time::Duration::from_secs(10),
+        generate_per_minute: settings.upstream.generate_per_minute,
+        read_per_minute: settings.upstream.read_per_minute,
+        ..crate::sim::SimConfig::default()
+    };
+    let secret = config.api_secret.clone();
+    let sim = crate::sim::spawn(std::net::TcpListener::bind("127.0.0.1:0")?, config)?;
+    settings.upstream.base_url = sim.base_url.parse().map_err(std::io::Error::other)?;
+    settings.upstream.api_secret = Secret::new(secret);
+    if settings.auth.keys.is_empty() {
+        settings.auth.keys.push(dev_key());
+        eprintln!(
+            "agenthook: simulator mode with no configured API keys: use `Authorization: Bearer {DEV_KEY}` \
+             (tenant \"{DEV_TENANT}\")"
+        );
+    }
+    tracing::info!(upstream = %sim.base_url, "built-in bitHuman simulator running");
+    Ok(sim)
+}
+
+async fn simulate(args: crate::sim::SimArgs) -> ExitCode {
+    crate::telemetry::init(&crate::config::LogSettings {
+        format: crate::config::LogFormat::Pretty,
+        level: "info".into(),
+    });
+    if let Err(e) = args.config.validate() {
+        eprintln!("agenthook sim: {e}");
+        return ExitCode::from(2);
+    }
+    match crate::sim::run(args.bind, args.config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agenthook sim: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn dev_key() -> ApiKey {
     ApiKey {
         name: DEV_TENANT.into(),

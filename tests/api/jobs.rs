@@ -1,0 +1,395 @@
+//! `POST /v1/jobs` and friends: submission, idempotency, tenants, outages, restarts.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn generate_requests(app: &TestApp) -> Vec<agenthook::sim::RecordedRequest> {
+    app.sim
+        .state
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/agent/generate")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_job_is_submitted_upstream_at_once_and_answers_202_processing() {
+    let app = spawn_app().await;
+    let (status, job) = app
+        .create_job(
+            KEY_A,
+            json!({
+                "prompt": "You are a friendly assistant",
+                "aspect_ratio": "16:9",
+                "some_future_field": {"nested": [1, 2]},
+                "callback_url": "http://127.0.0.1:9/hook",
+                "metadata": {"order": 42}
+            }),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["status"], "processing");
+    assert!(job["id"].as_str().unwrap().starts_with("job_"));
+    assert!(job["agent_id"].as_str().is_some_and(|a| !a.is_empty()));
+    assert_eq!(job["metadata"]["order"], 42);
+    assert_eq!(job["callback_url"], "http://127.0.0.1:9/hook");
+
+    let sent = generate_requests(&app);
+    assert_eq!(sent.len(), 1);
+    let body = sent[0].body.clone().unwrap();
+    assert_eq!(body["prompt"], "You are a friendly assistant");
+    assert_eq!(body["aspect_ratio"], "16:9");
+    assert_eq!(body["some_future_field"], json!({"nested": [1, 2]}));
+    assert!(
+        body.get("callback_url").is_none(),
+        "callback_url must not be forwarded"
+    );
+    assert!(
+        body.get("metadata").is_none(),
+        "metadata must not be forwarded"
+    );
+    assert_eq!(
+        sent[0].headers["idempotency-key"],
+        job["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        sent[0].headers["api-secret"],
+        app.sim.state.config().api_secret
+    );
+}
+
+#[tokio::test]
+async fn media_is_not_echoed_and_not_kept_once_accepted() {
+    let app = spawn_app().await;
+    let image = format!("data:image/png;base64,{}", "A".repeat(4096));
+    let (status, job) = app
+        .create_job(KEY_A, json!({"prompt": "p", "image": image}))
+        .await;
+    assert_eq!(status, 202);
+    assert!(!job.to_string().contains("AAAAAAAA"), "media echoed: {job}");
+    let (_, fetched) = app.job(KEY_A, job["id"].as_str().unwrap()).await;
+    assert!(!fetched.to_string().contains("AAAAAAAA"));
+    let id = agenthook::domain::JobId::parse(job["id"].as_str().unwrap()).unwrap();
+    let (_, dir, _) = app.stop().await;
+    let store = open_store(dir.path()).await;
+    let stored = store.job_by_id(&id).unwrap().expect("the job is stored");
+    assert!(
+        stored.request.is_none(),
+        "the generate request (with its media) is still stored"
+    );
+    assert!(!serde_json::to_string(&stored).unwrap().contains("AAAAAAAA"));
+}
+
+#[tokio::test]
+async fn jobs_are_read_back_listed_and_paged() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (_, job) = app
+            .create_job(KEY_A, json!({"prompt": format!("p{i}")}))
+            .await;
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let (status, job) = app.job(KEY_A, &ids[0]).await;
+    assert_eq!(status, 200);
+    assert_eq!(job["id"], ids[0].as_str());
+
+    let page: serde_json::Value = app
+        .get("/v1/jobs?limit=2", KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    let mut seen: Vec<String> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut next = page["next"].as_str().map(str::to_owned);
+    while let Some(after) = next {
+        let page: serde_json::Value = app
+            .get(&format!("/v1/jobs?limit=2&after={after}"), KEY_A)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_owned()),
+        );
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected, "newest first, every job once");
+
+    let filtered: serde_json::Value = app
+        .get("/v1/jobs?status=ready", KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(filtered["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|j| j["status"] == "ready"));
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_and_body_replays_the_first_answer_with_one_upstream_call() {
+    let app = spawn_app().await;
+    let body = json!({"prompt": "idempotent", "metadata": {"a": 1, "b": 2}});
+    let send = |body: serde_json::Value| {
+        app.post("/v1/jobs", KEY_A)
+            .header("Idempotency-Key", "order-1234")
+            .json(&body)
+            .send()
+    };
+    let first = send(body.clone()).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await.unwrap();
+    // Same content, keys in another order.
+    let reordered: serde_json::Value =
+        serde_json::from_str(r#"{"metadata": {"b": 2, "a": 1}, "prompt": "idempotent"}"#).unwrap();
+    let second = send(reordered).await.unwrap();
+    assert_eq!(second.status(), 202);
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    let second: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(first["agent_id"], second["agent_id"]);
+    assert_eq!(
+        generate_requests(&app).len(),
+        1,
+        "upstream must be called once"
+    );
+
+    let different = send(json!({"prompt": "something else"})).await.unwrap();
+    assert_eq!(different.status(), 422);
+    let err: serde_json::Value = different.json().await.unwrap();
+    assert_eq!(err["code"], "UNPROCESSABLE");
+    assert_eq!(generate_requests(&app).len(), 1);
+
+    // Keys are per tenant: tenant B may use the same key for its own job.
+    let other = app
+        .post("/v1/jobs", KEY_B)
+        .header("Idempotency-Key", "order-1234")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 202);
+    let other: serde_json::Value = other.json().await.unwrap();
+    assert_ne!(other["id"], first["id"]);
+}
+
+#[tokio::test]
+async fn a_key_still_in_flight_answers_409() {
+    let app = spawn_app_with(
+        agenthook::sim::SimConfig {
+            latency: Duration::from_millis(800),
+            ..fast_sim_config()
+        },
+        |_| {},
+    )
+    .await;
+    let body = json!({"prompt": "slow"});
+    let first = app
+        .post("/v1/jobs", KEY_A)
+        .header("Idempotency-Key", "slow-1")
+        .json(&body)
+        .send();
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.post("/v1/jobs", KEY_A)
+            .header("Idempotency-Key", "slow-1")
+            .json(&body)
+            .send()
+            .await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.unwrap().status(), 202);
+    let second = second.unwrap();
+    assert_eq!(second.status(), 409);
+    let err: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(err["code"], "CONFLICT");
+    assert_eq!(generate_requests(&app).len(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_idempotency_key_is_refused() {
+    let app = spawn_app().await;
+    let res = app
+        .post("/v1/jobs", KEY_A)
+        .header("Idempotency-Key", "x".repeat(256))
+        .json(&json!({"prompt": "p"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(generate_requests(&app).len(), 0);
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_others_jobs() {
+    let app = spawn_app().await;
+    let (_, job) = app.create_job(KEY_A, json!({"prompt": "mine"})).await;
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(app.job(KEY_B, id).await.0, 404);
+    let list: serde_json::Value = app
+        .get("/v1/jobs", KEY_B)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list["data"].as_array().unwrap().is_empty());
+    assert_eq!(
+        app.delete(&format!("/v1/jobs/{id}"), KEY_B)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/v1/jobs/{id}/deliveries"), KEY_B)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(app.job(KEY_A, id).await.1["status"], "processing");
+}
+
+#[tokio::test]
+async fn permanent_upstream_refusals_are_returned_and_no_job_is_kept() {
+    let app = spawn_app().await;
+    for (status, upstream_code) in [
+        (400, "VALIDATION_ERROR"),
+        (401, "UNAUTHORIZED"),
+        (402, "INSUFFICIENT_BALANCE"),
+    ] {
+        app.sim.state.fail_next(1, status);
+        let (got, err) = app.create_job(KEY_A, json!({"prompt": "refused"})).await;
+        assert_eq!(got, status, "{err}");
+        assert_eq!(err["code"], "UPSTREAM_ERROR");
+        assert_eq!(err["details"], upstream_code);
+    }
+    let list: serde_json::Value = app
+        .get("/v1/jobs", KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list["data"].as_array().unwrap().is_empty(), "{list}");
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_gives_202_submitting_which_survives_a_restart_and_is_submitted_later(
+) {
+    let app = spawn_app().await;
+    app.sim.state.set_outage(true);
+    let (status, job) = app
+        .create_job(KEY_A, json!({"prompt": "during outage"}))
+        .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["status"], "submitting");
+    assert!(job["agent_id"].is_null());
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    let (sim, dir, settings) = app.stop().await;
+    let app = start(sim, dir, settings, agenthook::clock::system()).await;
+    let (status, again) = app.job(KEY_A, &id).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["status"], "submitting");
+
+    app.sim.state.set_outage(false);
+    let done = app.wait_for_status(KEY_A, &id, "processing").await;
+    assert!(done["agent_id"].as_str().is_some());
+    // Every submission attempt carried the job id as upstream Idempotency-Key.
+    assert!(generate_requests(&app)
+        .iter()
+        .all(|r| r.headers["idempotency-key"] == id));
+}
+
+#[tokio::test]
+async fn a_transient_upstream_error_defers_the_submission() {
+    let app = spawn_app().await;
+    app.sim.state.fail_next(1, 503);
+    let (status, job) = app.create_job(KEY_A, json!({"prompt": "retry me"})).await;
+    assert_eq!(status, 202);
+    assert_eq!(job["status"], "submitting");
+    let id = job["id"].as_str().unwrap();
+    app.wait_for_status(KEY_A, id, "processing").await;
+}
+
+#[tokio::test]
+async fn a_cancelled_job_is_never_polled_again() {
+    let app = spawn_app_with(
+        agenthook::sim::SimConfig {
+            time_to_ready: Duration::from_secs(30),
+            ..fast_sim_config()
+        },
+        |_| {},
+    )
+    .await;
+    let (_, job) = app.create_job(KEY_A, json!({"prompt": "cancel me"})).await;
+    let id = job["id"].as_str().unwrap();
+    let res = app
+        .delete(&format!("/v1/jobs/{id}"), KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let cancelled: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    let polls_after_cancel = app.sim.state.status_calls();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(app.sim.state.status_calls(), polls_after_cancel);
+    assert_eq!(app.job(KEY_A, id).await.1["status"], "cancelled");
+    // Cancelling again is harmless; cancelling a finished job is a conflict.
+    assert_eq!(
+        app.delete(&format!("/v1/jobs/{id}"), KEY_A)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_job_runs_to_ready_with_the_latest_upstream_data() {
+    let app = spawn_app().await;
+    let (_, job) = app.create_job(KEY_A, json!({"prompt": "to the end"})).await;
+    let id = job["id"].as_str().unwrap();
+    let done = app.wait_for_status(KEY_A, id, "ready").await;
+    assert_eq!(done["agent"]["status"], "ready");
+    assert!(done["completed_at"].is_string());
+    assert!(done["polls"].as_u64().unwrap() >= 1);
+    let res = app
+        .delete(&format!("/v1/jobs/{id}"), KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the service on port 0, the bitHuman simulator and local receivers, all
+//! real HTTP on 127.0.0.1, sled on disk in a temporary directory.
+
+mod helpers;
+
+mod drop_in;
+mod errors;
+mod jobs;
+mod scheduler;
+mod service;

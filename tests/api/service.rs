@@ -1,0 +1,122 @@
+//! The service as an operator runs it: health, readiness, the real binary, SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn healthz_and_readyz_answer() {
+    let app = spawn_app().await;
+    let res = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut ready = false;
+    for _ in 0..50 {
+        if app
+            .http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "/readyz never turned 200");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_serve_without_an_upstream_secret() {
+    let out = Command::new(env!("CARGO_BIN_EXE_agenthook"))
+        .arg("serve")
+        .env_remove("BITHUMAN_API_SECRET")
+        .env(
+            "AGENTHOOK__SERVER__BIND",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("BITHUMAN_API_SECRET") && stderr.contains("--simulator"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_configuration_value_stops_start_up_naming_the_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_agenthook"))
+        .args(["serve", "--simulator"])
+        .env("AGENTHOOK__POLLER__INTERVAL", "every so often")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("poller.interval"));
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_real_binary_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agenthook"))
+        .args(["serve", "--simulator"])
+        .env("AGENTHOOK__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("AGENTHOOK__STORAGE__PATH", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(res) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
+            if res.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "service never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = client
+        .post(format!("http://127.0.0.1:{port}/v1/jobs"))
+        .bearer_auth(agenthook::cli::DEV_KEY)
+        .json(&serde_json::json!({"prompt": "before shutdown"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+}

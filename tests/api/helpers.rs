@@ -148,9 +148,19 @@ pub async fn start(
     settings: Settings,
     clock: SharedClock,
 ) -> TestApp {
-    let app = Application::build(settings.clone(), clock)
-        .await
-        .expect("start service");
+    // An in-process restart may find the previous instance's last threads still letting go of
+    // the database lock; a new process never does.
+    let mut tries = 0;
+    let app = loop {
+        match Application::build(settings.clone(), clock.clone()).await {
+            Ok(app) => break app,
+            Err(e) if tries < 100 && e.to_string().contains("lock") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("start service: {e}"),
+        }
+    };
     let base = format!("http://{}", app.addr());
     let stop = app.stop_handle();
     let task = tokio::spawn(async move {
@@ -173,7 +183,7 @@ pub struct Harness {
     pub services: Services,
     pub clock: Arc<ManualClock>,
     pub sim: SimServer,
-    pub dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 pub fn harness(sim_config: SimConfig, tweak: impl FnOnce(&mut Settings)) -> Harness {
@@ -187,7 +197,7 @@ pub fn harness(sim_config: SimConfig, tweak: impl FnOnce(&mut Settings)) -> Harn
         services,
         clock,
         sim,
-        dir,
+        _dir: dir,
     }
 }
 

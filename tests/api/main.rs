@@ -6,5 +6,6 @@ mod helpers;
 mod drop_in;
 mod errors;
 mod jobs;
+mod restart;
 mod scheduler;
 mod service;

@@ -1,0 +1,195 @@
+//! Crash safety with the real binaries: `agenthook sim` and `agenthook serve` as processes,
+//! the service killed with SIGKILL mid-run and started again on the same data directory.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const KEY: &str = "restart-test-key-0123456789";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_agenthook"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(res) = client.get(url).send().await {
+            if res.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{url} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn write_config(path: &Path, port: u16, sim_port: u16, data: &Path) {
+    let config = format!(
+        r#"
+[server]
+bind = "127.0.0.1:{port}"
+[storage]
+path = "{data}"
+[upstream]
+base_url = "http://127.0.0.1:{sim_port}"
+api_secret = "sim-secret"
+generate_per_minute = 6000
+read_per_minute = 60000
+[poller]
+first_poll_after = "200ms"
+interval = "200ms"
+max_interval = "500ms"
+submit_retry_after = "200ms"
+lease = "20s"
+[delivery]
+allow_private_networks = true
+[[auth.keys]]
+name = "restart"
+key = "{KEY}"
+"#,
+        data = data.display()
+    );
+    std::fs::write(path, config).unwrap();
+}
+
+#[tokio::test]
+async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim_port = free_port();
+    let port = free_port();
+    let config = dir.path().join("agenthook.toml");
+    write_config(&config, port, sim_port, &dir.path().join("data"));
+    let sim_addr = format!("127.0.0.1:{sim_port}");
+    let _sim = spawn(&[
+        "sim",
+        "--bind",
+        &sim_addr,
+        "--time-to-ready",
+        "3s",
+        "--generate-per-minute",
+        "6000",
+        "--read-per-minute",
+        "60000",
+    ]);
+    let client = reqwest::Client::new();
+    let sim = format!("http://{sim_addr}");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&client, &format!("{sim}/_sim/health")).await;
+
+    let config_arg = config.to_str().unwrap();
+    let mut service = spawn(&["serve", "--config", config_arg]);
+    wait_ready(&client, &format!("{base}/readyz")).await;
+
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let job: Value = client
+            .post(format!("{base}/v1/jobs"))
+            .bearer_auth(KEY)
+            .json(&json!({"prompt": format!("accepted {i}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(job["status"], "processing");
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    // Upstream goes down: these wait in `submitting`.
+    client
+        .post(format!("{sim}/_sim/outage"))
+        .json(&json!({"on": true}))
+        .send()
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let job: Value = client
+            .post(format!("{base}/v1/jobs"))
+            .bearer_auth(KEY)
+            .json(&json!({"prompt": format!("deferred {i}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(job["status"], "submitting");
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Crash, with jobs mid-poll and mid-submission.
+    service.0.kill().unwrap();
+    service.0.wait().unwrap();
+    client
+        .post(format!("{sim}/_sim/outage"))
+        .json(&json!({"on": false}))
+        .send()
+        .await
+        .unwrap();
+    let _service = spawn(&["serve", "--config", config_arg]);
+    drop(service);
+    wait_ready(&client, &format!("{base}/readyz")).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let job: Value = client
+                .get(format!("{base}/v1/jobs/{id}"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if job["status"] == "ready" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} stuck: {job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let stats: Value = client
+        .get(format!("{sim}/_sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["accepted_generates"], 15,
+        "one agent per job: {stats}"
+    );
+}

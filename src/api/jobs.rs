@@ -7,10 +7,11 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::body::{self, kind_of};
+use super::deliveries::delivery_view;
 use super::{ApiError, AppState};
 use crate::clock::after;
 use crate::delivery::policy;
-use crate::domain::{Delivery, Job, JobId, JobStatus, JobView, Tenant};
+use crate::domain::{Job, JobId, JobStatus, JobView, Tenant};
 use crate::lifecycle::Submission;
 use crate::store::{Admission, Cancellation, IdempotencyKey, IdempotentResponse};
 
@@ -414,23 +415,6 @@ pub async fn deliveries(
     let deliveries = state.store.deliveries_of_job(&id)?;
     let data: Vec<Value> = deliveries.iter().map(delivery_view).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
-}
-
-/// A delivery as the API shows it.
-pub fn delivery_view(d: &Delivery) -> Value {
-    serde_json::json!({
-        "id": d.id,
-        "event_id": d.event_id,
-        "event_type": d.event_type,
-        "job_id": d.job_id,
-        "webhook_id": d.message_id,
-        "destination": d.destination,
-        "state": d.state,
-        "attempts": d.attempts,
-        "next_attempt_at": d.next_attempt_at,
-        "created_at": d.created_at,
-        "updated_at": d.updated_at,
-    })
 }
 
 #[cfg(test)]

@@ -3,10 +3,13 @@
 mod agent;
 mod auth;
 pub mod body;
+mod callback_secret;
+mod deliveries;
 mod error;
 mod health;
 mod jobs;
 pub mod request_id;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -54,6 +57,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(web::resource("/agent/generate").route(web::post().to(agent::generate)))
                 .service(
                     web::resource("/agent/status/{agent_id}").route(web::get().to(agent::status)),
+                )
+                .service(
+                    web::resource("/subscriptions")
+                        .route(web::post().to(subscriptions::create))
+                        .route(web::get().to(subscriptions::list)),
+                )
+                .service(
+                    web::resource("/subscriptions/{id}")
+                        .route(web::get().to(subscriptions::get))
+                        .route(web::patch().to(subscriptions::patch))
+                        .route(web::delete().to(subscriptions::delete)),
+                )
+                .service(
+                    web::resource("/subscriptions/{id}/rotate-secret")
+                        .route(web::post().to(subscriptions::rotate_secret)),
+                )
+                .service(
+                    web::resource("/subscriptions/{id}/test")
+                        .route(web::post().to(subscriptions::test)),
+                )
+                .service(
+                    web::resource("/subscriptions/{id}/recover")
+                        .route(web::post().to(subscriptions::recover)),
+                )
+                .service(
+                    web::resource("/callback-secret").route(web::get().to(callback_secret::get)),
+                )
+                .service(
+                    web::resource("/callback-secret/rotate")
+                        .route(web::post().to(callback_secret::rotate)),
+                )
+                .service(web::resource("/deliveries").route(web::get().to(deliveries::list)))
+                .service(web::resource("/deliveries/{id}").route(web::get().to(deliveries::get)))
+                .service(
+                    web::resource("/deliveries/{id}/retry")
+                        .route(web::post().to(deliveries::retry)),
                 ),
         );
 }

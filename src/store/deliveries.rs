@@ -76,6 +76,17 @@ pub(super) fn insert_delivery_tx(
     Ok(())
 }
 
+/// What [`Store::update_delivery`] did.
+#[derive(Clone, Debug)]
+pub enum DeliveryUpdate {
+    /// No such delivery for this tenant.
+    NotFound,
+    /// The change declined; the delivery as stored.
+    Unchanged(Delivery),
+    /// The delivery as changed and stored.
+    Updated(Delivery),
+}
+
 #[derive(Clone, Debug)]
 pub struct DeliveryPage {
     pub deliveries: Vec<Delivery>,
@@ -158,6 +169,39 @@ impl Store {
             }
             tree.insert(delivery.id.as_str(), bytes.as_slice())?;
             Ok(())
+        });
+        tx_result(result)
+    }
+
+    /// Change a tenant's delivery atomically against concurrent writers (the worker recording
+    /// an attempt), moving its queue entry. `change` returns `false` to leave it as it is; it
+    /// may run more than once.
+    pub fn update_delivery(
+        &self,
+        tenant: &Tenant,
+        id: &DeliveryId,
+        change: impl Fn(&mut Delivery) -> bool,
+    ) -> Result<DeliveryUpdate> {
+        let result = (&self.deliveries, &self.queue).transaction(|(tree, queue)| {
+            let Some(raw) = tree.get(id.as_str())? else {
+                return Ok(DeliveryUpdate::NotFound);
+            };
+            let stored: Delivery = decode_tx(&raw)?;
+            if &stored.tenant != tenant {
+                return Ok(DeliveryUpdate::NotFound);
+            }
+            let mut changed = stored.clone();
+            if !change(&mut changed) {
+                return Ok(DeliveryUpdate::Unchanged(stored));
+            }
+            if let Some(key) = queue_key(&stored) {
+                queue.remove(key)?;
+            }
+            if let Some(key) = queue_key(&changed) {
+                queue.insert(key, &[])?;
+            }
+            tree.insert(id.as_str(), encode(&changed))?;
+            Ok(DeliveryUpdate::Updated(changed))
         });
         tx_result(result)
     }
@@ -250,5 +294,68 @@ impl Store {
     /// Deliveries waiting in `queue`.
     pub fn queued_deliveries(&self, queue: DeliveryQueue) -> usize {
         self.queue.scan_prefix([queue.tag()]).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Destination, Event};
+    use crate::store::test_support::temp_store;
+
+    fn failed_delivery(tenant: &Tenant, now: Timestamp) -> Delivery {
+        let event = Event::test(tenant.clone(), now);
+        let mut delivery = Delivery::new(
+            &event,
+            None,
+            Destination::Callback {
+                url: "http://127.0.0.1:9/cb".into(),
+            },
+            now,
+        );
+        delivery.state = DeliveryState::Failed;
+        delivery.next_attempt_at = None;
+        delivery
+    }
+
+    #[test]
+    fn update_delivery_requeues_and_is_scoped_to_the_tenant() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let acme = Tenant::parse("acme").unwrap();
+        let globex = Tenant::parse("globex").unwrap();
+        let delivery = failed_delivery(&acme, now);
+        store
+            .insert_deliveries(std::slice::from_ref(&delivery))
+            .unwrap();
+        assert_eq!(store.queued_deliveries(DeliveryQueue::Fresh), 0);
+
+        let other = store
+            .update_delivery(&globex, &delivery.id, |_| true)
+            .unwrap();
+        assert!(matches!(other, DeliveryUpdate::NotFound));
+
+        let declined = store
+            .update_delivery(&acme, &delivery.id, |_| false)
+            .unwrap();
+        assert!(matches!(declined, DeliveryUpdate::Unchanged(_)));
+
+        let updated = store
+            .update_delivery(&acme, &delivery.id, |d| {
+                d.state = DeliveryState::Pending;
+                d.next_attempt_at = Some(now);
+                true
+            })
+            .unwrap();
+        let DeliveryUpdate::Updated(updated) = updated else {
+            panic!("expected an update");
+        };
+        assert_eq!(updated.message_id, delivery.message_id);
+        assert_eq!(store.queued_deliveries(DeliveryQueue::Fresh), 1);
+        let claimed = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, now)
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, delivery.id);
     }
 }

@@ -94,6 +94,31 @@ impl Store {
         }
     }
 
+    /// Change the tenant's callback secrets atomically against concurrent changes (two
+    /// rotations at once must not lose a secret one of them handed out). Creates them with
+    /// `generate` first when the tenant has none yet.
+    pub fn update_callback_secrets(
+        &self,
+        tenant: &Tenant,
+        generate: impl Fn() -> String,
+        change: impl Fn(&mut SecretSet),
+    ) -> Result<SecretSet> {
+        loop {
+            let stored = self.secrets.get(tenant.as_str())?;
+            let mut secrets = match &stored {
+                Some(raw) => decode(raw)?,
+                None => SecretSet::new(generate()),
+            };
+            change(&mut secrets);
+            let swapped =
+                self.secrets
+                    .compare_and_swap(tenant.as_str(), stored, Some(encode(&secrets)))?;
+            if swapped.is_ok() {
+                return Ok(secrets);
+            }
+        }
+    }
+
     pub fn save_callback_secrets(&self, tenant: &Tenant, secrets: &SecretSet) -> Result<()> {
         self.secrets.insert(tenant.as_str(), encode(secrets))?;
         Ok(())
@@ -121,5 +146,46 @@ impl Store {
                 return Ok(Some(sub));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::Tenant;
+    use crate::store::test_support::temp_store;
+
+    #[test]
+    fn callback_secrets_are_created_once_and_updated_in_place() {
+        let (store, _dir) = temp_store();
+        let tenant = Tenant::parse("acme").unwrap();
+        let first = store
+            .callback_secrets(&tenant, || "whsec_first".into())
+            .unwrap();
+        assert_eq!(first.current, "whsec_first");
+        let until = chrono::Utc::now();
+        let rotated = store
+            .update_callback_secrets(
+                &tenant,
+                || "whsec_never".into(),
+                |s| s.rotate("whsec_second".into(), until),
+            )
+            .unwrap();
+        assert_eq!(rotated.current, "whsec_second");
+        assert_eq!(rotated.previous.as_ref().unwrap().secret, "whsec_first");
+        let read = store
+            .callback_secrets(&tenant, || "whsec_never".into())
+            .unwrap();
+        assert_eq!(read.current, "whsec_second");
+
+        let other = Tenant::parse("globex").unwrap();
+        let created = store
+            .update_callback_secrets(
+                &other,
+                || "whsec_a".into(),
+                |s| s.rotate("whsec_b".into(), until),
+            )
+            .unwrap();
+        assert_eq!(created.current, "whsec_b");
+        assert_eq!(created.previous.unwrap().secret, "whsec_a");
     }
 }

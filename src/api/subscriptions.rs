@@ -1,0 +1,905 @@
+//! `/v1/subscriptions`: standing destinations of a tenant's events, their secrets, test events
+//! and recovery after a receiver's outage.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::body::{self, kind_of};
+use super::deliveries::{delivery_detail, resend};
+use super::{ApiError, AppState};
+use crate::clock::{after, Timestamp};
+use crate::delivery::policy;
+use crate::delivery::signature::{SigningSecret, SECRET_PREFIX};
+use crate::domain::{
+    Delivery, DeliveryState, Destination, Event, EventType, Format, SecretSet, Subscription,
+    SubscriptionId, Tenant,
+};
+use crate::store::DeliveryUpdate;
+
+/// Subscription bodies are small; this is far more than any honest one needs.
+pub const BODY_LIMIT: usize = 64 * 1024;
+const URL_MAX_LEN: usize = 2048;
+const DESCRIPTION_MAX_CHARS: usize = 1024;
+/// Decoded key sizes accepted for a chosen secret (as Svix does; generated ones are 32).
+const SECRET_KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
+const DEFAULT_EVENT_TYPES: [EventType; 2] = [EventType::AgentReady, EventType::AgentFailed];
+
+const CREATE_FIELDS: [&str; 5] = ["url", "event_types", "format", "description", "secret"];
+const PATCH_FIELDS: [&str; 5] = ["url", "event_types", "format", "description", "enabled"];
+
+fn field_error(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(message).with_details(field)
+}
+
+fn wrong_type(field: &str, expected: &str, got: &Value) -> ApiError {
+    field_error(
+        field,
+        format!("{field} must be {expected}, not {}", kind_of(got)),
+    )
+}
+
+/// Refuse fields outside `allowed`, naming the first one found.
+fn only_fields(body: &Map<String, Value>, allowed: &[&str], hint: &str) -> Result<(), ApiError> {
+    match body.keys().find(|k| !allowed.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(field) => Err(field_error(
+            field,
+            format!(
+                "unknown field {field:?}; {hint} takes {}",
+                allowed.join(", ")
+            ),
+        )),
+    }
+}
+
+fn parse_url(value: Value, allow_private: bool) -> Result<String, ApiError> {
+    let Value::String(raw) = value else {
+        return Err(wrong_type("url", "a string", &value));
+    };
+    if raw.len() > URL_MAX_LEN {
+        return Err(field_error(
+            "url",
+            format!("url is longer than {URL_MAX_LEN} bytes"),
+        ));
+    }
+    let url = policy::check_url(&raw, allow_private)
+        .map_err(|e| field_error("url", format!("url is not acceptable: {e}")))?;
+    Ok(url.to_string())
+}
+
+fn parse_event_types(value: Value) -> Result<Vec<EventType>, ApiError> {
+    let Value::Array(items) = value else {
+        return Err(wrong_type("event_types", "an array of strings", &value));
+    };
+    let mut types = Vec::new();
+    for item in &items {
+        let Value::String(raw) = item else {
+            return Err(wrong_type("event_types", "an array of strings", item));
+        };
+        let known = EventType::parse(raw).ok_or_else(|| {
+            let all: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+            field_error(
+                "event_types",
+                format!(
+                    "unknown event type {raw:?}; expected any of {}",
+                    all.join(", ")
+                ),
+            )
+        })?;
+        if !types.contains(&known) {
+            types.push(known);
+        }
+    }
+    if types.is_empty() {
+        return Err(field_error(
+            "event_types",
+            "event_types must name at least one event type",
+        ));
+    }
+    Ok(types)
+}
+
+fn parse_format(value: Value) -> Result<Format, ApiError> {
+    let Value::String(raw) = &value else {
+        return Err(wrong_type("format", "a string", &value));
+    };
+    match raw.as_str() {
+        "standard" => Ok(Format::Standard),
+        "slack" => Ok(Format::Slack),
+        "discord" => Ok(Format::Discord),
+        other => Err(field_error(
+            "format",
+            format!("format must be one of standard, slack, discord, not {other:?}"),
+        )),
+    }
+}
+
+/// A description, or `None` for null (which clears it).
+fn parse_description(value: Value) -> Result<Option<String>, ApiError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(text) if text.chars().count() > DESCRIPTION_MAX_CHARS => Err(field_error(
+            "description",
+            format!("description is longer than {DESCRIPTION_MAX_CHARS} characters"),
+        )),
+        Value::String(text) => Ok(Some(text)),
+        other => Err(wrong_type("description", "a string", &other)),
+    }
+}
+
+const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// A secret chosen by the client: `whsec_` + base64 of 24 to 64 bytes. The error never
+/// repeats the secret.
+pub fn parse_secret(value: Value) -> Result<String, ApiError> {
+    let Value::String(raw) = &value else {
+        return Err(wrong_type("secret", "a string", &value));
+    };
+    let secret = raw.trim();
+    let refuse = || {
+        field_error(
+            "secret",
+            format!(
+                "secret must be {SECRET_PREFIX} followed by the base64 of {} to {} random bytes",
+                SECRET_KEY_BYTES.start(),
+                SECRET_KEY_BYTES.end()
+            ),
+        )
+    };
+    let encoded = secret.strip_prefix(SECRET_PREFIX).ok_or_else(refuse)?;
+    let key = LENIENT_BASE64.decode(encoded).map_err(|_| refuse())?;
+    if !SECRET_KEY_BYTES.contains(&key.len()) || SigningSecret::parse(secret).is_err() {
+        return Err(refuse());
+    }
+    Ok(secret.to_owned())
+}
+
+/// The body of `POST /v1/subscriptions`, validated.
+#[derive(Debug)]
+pub struct NewSubscription {
+    pub url: String,
+    pub event_types: Vec<EventType>,
+    pub format: Format,
+    pub description: Option<String>,
+    pub secret: Option<String>,
+}
+
+impl NewSubscription {
+    pub fn parse(
+        mut body: Map<String, Value>,
+        allow_private: bool,
+    ) -> Result<NewSubscription, ApiError> {
+        only_fields(&body, &CREATE_FIELDS, "a subscription")?;
+        let url = match body.remove("url") {
+            None | Some(Value::Null) => return Err(field_error("url", "url is required")),
+            Some(value) => parse_url(value, allow_private)?,
+        };
+        let event_types = match body.remove("event_types") {
+            None | Some(Value::Null) => DEFAULT_EVENT_TYPES.to_vec(),
+            Some(value) => parse_event_types(value)?,
+        };
+        let format = match body.remove("format") {
+            None | Some(Value::Null) => Format::Standard,
+            Some(value) => parse_format(value)?,
+        };
+        let description = match body.remove("description") {
+            None => None,
+            Some(value) => parse_description(value)?,
+        };
+        let secret = match body.remove("secret") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(parse_secret(value)?),
+        };
+        Ok(NewSubscription {
+            url,
+            event_types,
+            format,
+            description,
+            secret,
+        })
+    }
+
+    pub fn into_subscription(self, tenant: Tenant, now: Timestamp) -> Subscription {
+        Subscription {
+            id: SubscriptionId::generate(),
+            tenant,
+            url: self.url,
+            event_types: self.event_types,
+            format: self.format,
+            description: self.description,
+            enabled: true,
+            disabled_reason: None,
+            secrets: SecretSet::new(self.secret.unwrap_or_else(SigningSecret::generate)),
+            failing_since: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// The body of `PATCH /v1/subscriptions/{id}`: only the fields given change.
+#[derive(Debug, Default)]
+pub struct SubscriptionPatch {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<EventType>>,
+    pub format: Option<Format>,
+    /// `Some(None)` clears the description.
+    pub description: Option<Option<String>>,
+    pub enabled: Option<bool>,
+}
+
+/// Why a subscription is disabled when its owner turns it off.
+pub const DISABLED_BY_CLIENT: &str = "disabled through the API";
+
+impl SubscriptionPatch {
+    pub fn parse(
+        mut body: Map<String, Value>,
+        allow_private: bool,
+    ) -> Result<SubscriptionPatch, ApiError> {
+        if body.contains_key("secret") {
+            return Err(field_error(
+                "secret",
+                "the secret is changed with POST /v1/subscriptions/{id}/rotate-secret, not PATCH",
+            ));
+        }
+        only_fields(&body, &PATCH_FIELDS, "PATCH of a subscription")?;
+        let not_null = |field: &str, value: Option<Value>| match value {
+            Some(Value::Null) => Err(field_error(
+                field,
+                format!("{field} cannot be null; leave it out to keep it"),
+            )),
+            other => Ok(other),
+        };
+        Ok(SubscriptionPatch {
+            url: not_null("url", body.remove("url"))?
+                .map(|v| parse_url(v, allow_private))
+                .transpose()?,
+            event_types: not_null("event_types", body.remove("event_types"))?
+                .map(parse_event_types)
+                .transpose()?,
+            format: not_null("format", body.remove("format"))?
+                .map(parse_format)
+                .transpose()?,
+            description: body
+                .remove("description")
+                .map(parse_description)
+                .transpose()?,
+            enabled: not_null("enabled", body.remove("enabled"))?
+                .map(|v| match v {
+                    Value::Bool(b) => Ok(b),
+                    other => Err(wrong_type("enabled", "a boolean", &other)),
+                })
+                .transpose()?,
+        })
+    }
+
+    pub fn apply(&self, sub: &mut Subscription, now: Timestamp) {
+        if let Some(url) = &self.url {
+            sub.url = url.clone();
+        }
+        if let Some(types) = &self.event_types {
+            sub.event_types = types.clone();
+        }
+        if let Some(format) = self.format {
+            sub.format = format;
+        }
+        if let Some(description) = &self.description {
+            sub.description = description.clone();
+        }
+        match self.enabled {
+            Some(true) => {
+                sub.enabled = true;
+                sub.disabled_reason = None;
+                sub.failing_since = None;
+            }
+            Some(false) if sub.enabled => {
+                sub.enabled = false;
+                sub.disabled_reason = Some(DISABLED_BY_CLIENT.into());
+            }
+            _ => {}
+        }
+        sub.updated_at = now;
+    }
+}
+
+/// A subscription as its owner sees it, secret included (as Svix shows it).
+#[derive(Debug, Serialize)]
+pub struct SubscriptionView {
+    pub id: SubscriptionId,
+    pub url: String,
+    pub event_types: Vec<EventType>,
+    pub format: Format,
+    pub description: Option<String>,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub secret: String,
+    /// When the secret replaced by the last rotation stops signing; null outside an overlap.
+    pub previous_secret_expires_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// When the previous secret of `secrets` stops signing, if it still signs at `now`.
+pub fn overlap_ends(secrets: &SecretSet, now: Timestamp) -> Option<Timestamp> {
+    secrets
+        .previous
+        .as_ref()
+        .map(|p| p.expires_at)
+        .filter(|at| *at > now)
+}
+
+impl SubscriptionView {
+    pub fn of(sub: &Subscription, now: Timestamp) -> SubscriptionView {
+        SubscriptionView {
+            id: sub.id.clone(),
+            url: sub.url.clone(),
+            event_types: sub.event_types.clone(),
+            format: sub.format,
+            description: sub.description.clone(),
+            enabled: sub.enabled,
+            disabled_reason: sub.disabled_reason.clone(),
+            secret: sub.secrets.current.clone(),
+            previous_secret_expires_at: overlap_ends(&sub.secrets, now),
+            created_at: sub.created_at,
+            updated_at: sub.updated_at,
+        }
+    }
+}
+
+/// A JSON object body that may also be absent (empty).
+pub async fn optional_object(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body::read_limited(req, payload, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match body::parse_json(&bytes)? {
+        Value::Object(map) => Ok(map),
+        other => Err(ApiError::bad_request(format!(
+            "request body must be a JSON object, not {}",
+            kind_of(&other)
+        ))),
+    }
+}
+
+/// The body of a rotation: nothing, or `{"secret": "whsec_..."}` to set a chosen one.
+pub fn parse_rotation(mut body: Map<String, Value>) -> Result<String, ApiError> {
+    only_fields(&body, &["secret"], "a rotation")?;
+    match body.remove("secret") {
+        None | Some(Value::Null) => Ok(SigningSecret::generate()),
+        Some(value) => parse_secret(value),
+    }
+}
+
+fn body_limit(state: &AppState) -> usize {
+    BODY_LIMIT.min(state.settings.server.max_body_bytes)
+}
+
+fn parse_id(raw: &str) -> Result<SubscriptionId, ApiError> {
+    SubscriptionId::parse(raw).ok_or_else(|| ApiError::not_found("subscription"))
+}
+
+/// The tenant's subscription `raw`, or a 404.
+fn find(state: &AppState, tenant: &Tenant, raw: &str) -> Result<Subscription, ApiError> {
+    let id = parse_id(raw)?;
+    state
+        .store
+        .subscription(tenant, &id)?
+        .ok_or_else(|| ApiError::not_found("subscription"))
+}
+
+/// Change the tenant's subscription `raw` atomically, or 404.
+fn update(
+    state: &AppState,
+    tenant: &Tenant,
+    raw: &str,
+    change: impl Fn(&mut Subscription),
+) -> Result<Subscription, ApiError> {
+    let sub = find(state, tenant, raw)?;
+    state
+        .store
+        .update_subscription(&sub.id, change)?
+        .ok_or_else(|| ApiError::not_found("subscription"))
+}
+
+pub async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body::json_object(&req, payload, body_limit(&state)).await?;
+    let new = NewSubscription::parse(body, state.settings.delivery.allow_private_networks)?;
+    let now = state.clock.now();
+    let sub = new.into_subscription(tenant, now);
+    state.store.save_subscription(&sub)?;
+    state.store.durable().await?;
+    Ok(HttpResponse::Created().json(SubscriptionView::of(&sub, now)))
+}
+
+pub async fn list(tenant: Tenant, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let data: Vec<SubscriptionView> = state
+        .store
+        .list_subscriptions(&tenant)?
+        .iter()
+        .map(|s| SubscriptionView::of(s, now))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+}
+
+pub async fn get(
+    path: web::Path<String>,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let sub = find(&state, &tenant, &path)?;
+    Ok(HttpResponse::Ok().json(SubscriptionView::of(&sub, state.clock.now())))
+}
+
+pub async fn patch(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let existing = find(&state, &tenant, &path)?;
+    let body = body::json_object(&req, payload, body_limit(&state)).await?;
+    let patch = SubscriptionPatch::parse(body, state.settings.delivery.allow_private_networks)?;
+    let now = state.clock.now();
+    let sub = state
+        .store
+        .update_subscription(&existing.id, |s| patch.apply(s, now))?
+        .ok_or_else(|| ApiError::not_found("subscription"))?;
+    state.store.durable().await?;
+    Ok(HttpResponse::Ok().json(SubscriptionView::of(&sub, now)))
+}
+
+pub async fn delete(
+    path: web::Path<String>,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    if !state.store.delete_subscription(&tenant, &id)? {
+        return Err(ApiError::not_found("subscription"));
+    }
+    state.store.durable().await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn rotate_secret(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let existing = find(&state, &tenant, &path)?;
+    let body = optional_object(&req, payload, body_limit(&state)).await?;
+    let secret = parse_rotation(body)?;
+    if secret == existing.secrets.current {
+        return Err(field_error(
+            "secret",
+            "the new secret must differ from the current one",
+        ));
+    }
+    let now = state.clock.now();
+    let until = after(now, state.settings.delivery.secret_overlap);
+    let sub = update(&state, &tenant, &path, |s| {
+        s.secrets.rotate(secret.clone(), until);
+        s.updated_at = now;
+    })?;
+    state.store.durable().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "secret": sub.secrets.current,
+        "previous_secret_expires_at": overlap_ends(&sub.secrets, now),
+    })))
+}
+
+pub async fn test(
+    path: web::Path<String>,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let sub = find(&state, &tenant, &path)?;
+    let now = state.clock.now();
+    let event = Event::test(tenant, now);
+    let delivery = Delivery::new(
+        &event,
+        None,
+        Destination::Subscription {
+            subscription_id: sub.id.clone(),
+            url: sub.url.clone(),
+            format: sub.format,
+        },
+        now,
+    );
+    state
+        .store
+        .insert_deliveries(std::slice::from_ref(&delivery))?;
+    state.store.durable().await?;
+    state.signals.delivery_wake.notify_one();
+    Ok(HttpResponse::Accepted().json(delivery_detail(&delivery)))
+}
+
+/// `{"since": "RFC 3339"}`.
+pub fn parse_recover(mut body: Map<String, Value>) -> Result<Timestamp, ApiError> {
+    only_fields(&body, &["since"], "recover")?;
+    match body.remove("since") {
+        None | Some(Value::Null) => Err(field_error(
+            "since",
+            "since is required: the RFC 3339 time from which failed deliveries are sent again",
+        )),
+        Some(Value::String(raw)) => chrono::DateTime::parse_from_rfc3339(raw.trim())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| {
+                field_error(
+                    "since",
+                    format!("since must be an RFC 3339 time such as 2026-11-28T16:00:00Z ({e})"),
+                )
+            }),
+        Some(other) => Err(wrong_type("since", "an RFC 3339 string", &other)),
+    }
+}
+
+pub async fn recover(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    tenant: Tenant,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let sub = find(&state, &tenant, &path)?;
+    let body = body::json_object(&req, payload, body_limit(&state)).await?;
+    let since = parse_recover(body)?;
+    if !sub.enabled {
+        return Err(ApiError::conflict(
+            "the subscription is disabled; enable it (PATCH {\"enabled\": true}) before recovering its deliveries",
+        )
+        .with_details(sub.disabled_reason.clone().unwrap_or_default()));
+    }
+    let now = state.clock.now();
+    let mut recovered = 0usize;
+    for delivery in state.store.deliveries_of_subscription(&sub.id)? {
+        if delivery.state != DeliveryState::Failed || delivery.created_at < since {
+            continue;
+        }
+        let update = state.store.update_delivery(&tenant, &delivery.id, |d| {
+            if d.state != DeliveryState::Failed {
+                return false;
+            }
+            resend(d, Some(&sub), now);
+            true
+        })?;
+        if matches!(update, DeliveryUpdate::Updated(_)) {
+            recovered += 1;
+        }
+    }
+    if recovered > 0 {
+        state.store.durable().await?;
+        state.signals.delivery_wake.notify_one();
+    }
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "recovered": recovered })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::StatusCode;
+    use serde_json::json;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn object(v: Value) -> Map<String, Value> {
+        v.as_object().expect("an object").clone()
+    }
+
+    fn create(v: Value) -> Result<NewSubscription, ApiError> {
+        NewSubscription::parse(object(v), true)
+    }
+
+    fn patch(v: Value) -> Result<SubscriptionPatch, ApiError> {
+        SubscriptionPatch::parse(object(v), true)
+    }
+
+    fn refused_field(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+        let err = result.expect_err("should be refused");
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert_eq!(err.code, "BAD_REQUEST");
+        err.details
+    }
+
+    #[test]
+    fn only_the_url_is_required_and_the_rest_has_defaults() {
+        let new = create(json!({"url": "https://example.com/hook"})).unwrap();
+        assert_eq!(new.url, "https://example.com/hook");
+        assert_eq!(new.event_types, DEFAULT_EVENT_TYPES.to_vec());
+        assert_eq!(new.format, Format::Standard);
+        assert_eq!(new.description, None);
+        assert_eq!(new.secret, None);
+        let sub = new.into_subscription(Tenant::parse("acme").unwrap(), chrono::Utc::now());
+        assert!(sub.enabled);
+        assert!(sub.secrets.current.starts_with(SECRET_PREFIX));
+        assert!(SigningSecret::parse(&sub.secrets.current).is_ok());
+    }
+
+    #[test]
+    fn every_field_is_taken_when_given() {
+        let new = create(json!({
+            "url": "http://127.0.0.1:9/slack", "event_types": ["agent.failed", "agent.failed"],
+            "format": "slack", "description": "ops channel", "secret": SECRET
+        }))
+        .unwrap();
+        assert_eq!(new.event_types, vec![EventType::AgentFailed]);
+        assert_eq!(new.format, Format::Slack);
+        assert_eq!(new.description.as_deref(), Some("ops channel"));
+        assert_eq!(new.secret.as_deref(), Some(SECRET));
+        let sub = new.into_subscription(Tenant::parse("acme").unwrap(), chrono::Utc::now());
+        assert_eq!(sub.secrets.current, SECRET);
+    }
+
+    #[test]
+    fn bad_create_bodies_are_refused_naming_the_field() {
+        for (body, field) in [
+            (json!({}), "url"),
+            (json!({"url": null}), "url"),
+            (json!({"url": 5}), "url"),
+            (json!({"url": "not a url"}), "url"),
+            (json!({"url": "/relative"}), "url"),
+            (json!({"url": "ftp://example.com/"}), "url"),
+            (json!({"url": "https://user:pw@example.com/"}), "url"),
+            (
+                json!({"url": format!("https://example.com/{}", "a".repeat(URL_MAX_LEN))}),
+                "url",
+            ),
+            (
+                json!({"url": "https://example.com", "event_types": "agent.ready"}),
+                "event_types",
+            ),
+            (
+                json!({"url": "https://example.com", "event_types": []}),
+                "event_types",
+            ),
+            (
+                json!({"url": "https://example.com", "event_types": ["agent.done"]}),
+                "event_types",
+            ),
+            (
+                json!({"url": "https://example.com", "event_types": [1]}),
+                "event_types",
+            ),
+            (
+                json!({"url": "https://example.com", "format": "teams"}),
+                "format",
+            ),
+            (json!({"url": "https://example.com", "format": 1}), "format"),
+            (
+                json!({"url": "https://example.com", "description": 1}),
+                "description",
+            ),
+            (
+                json!({"url": "https://example.com", "description": "d".repeat(DESCRIPTION_MAX_CHARS + 1)}),
+                "description",
+            ),
+            (
+                json!({"url": "https://example.com", "secret": "hunter2"}),
+                "secret",
+            ),
+            (
+                json!({"url": "https://example.com", "secret": "whsec_!!!"}),
+                "secret",
+            ),
+            (
+                json!({"url": "https://example.com", "secret": "whsec_c2hvcnQ="}),
+                "secret",
+            ),
+            (
+                json!({"url": "https://example.com", "secret": "whsec_"}),
+                "secret",
+            ),
+            (
+                json!({"url": "https://example.com", "secret": 42}),
+                "secret",
+            ),
+            (
+                json!({"url": "https://example.com", "enabled": false}),
+                "enabled",
+            ),
+            (json!({"url": "https://example.com", "urls": []}), "urls"),
+        ] {
+            assert_eq!(refused_field(create(body.clone())), field, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_refused_secret_is_never_echoed() {
+        let err =
+            create(json!({"url": "https://example.com", "secret": "whsec_c2hvcnQ="})).unwrap_err();
+        assert!(!err.message.contains("c2hvcnQ"));
+        assert!(!err.details.contains("c2hvcnQ"));
+    }
+
+    #[test]
+    fn secrets_of_24_to_64_bytes_are_accepted_padded_or_not() {
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+        for n in [24, 32, 64] {
+            let key = vec![7u8; n];
+            for secret in [
+                format!("whsec_{}", STANDARD.encode(&key)),
+                format!("whsec_{}", STANDARD_NO_PAD.encode(&key)),
+            ] {
+                assert_eq!(parse_secret(json!(secret)).unwrap(), secret);
+            }
+        }
+        for n in [23, 65] {
+            let secret = format!("whsec_{}", STANDARD.encode(vec![7u8; n]));
+            assert!(parse_secret(json!(secret)).is_err(), "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn private_urls_are_refused_unless_allowed() {
+        let body = object(json!({"url": "http://127.0.0.1:9/hook"}));
+        let err = NewSubscription::parse(body.clone(), false).unwrap_err();
+        assert_eq!(err.details, "url");
+        assert!(NewSubscription::parse(body, true).is_ok());
+        let err = SubscriptionPatch::parse(object(json!({"url": "http://10.0.0.1/"})), false)
+            .unwrap_err();
+        assert_eq!(err.details, "url");
+    }
+
+    fn subscription() -> Subscription {
+        create(json!({"url": "https://example.com/hook", "description": "old"}))
+            .unwrap()
+            .into_subscription(Tenant::parse("acme").unwrap(), chrono::Utc::now())
+    }
+
+    #[test]
+    fn a_patch_changes_only_what_it_names() {
+        let mut sub = subscription();
+        let before = sub.clone();
+        let later = before.updated_at + chrono::Duration::seconds(5);
+        patch(json!({"format": "discord"}))
+            .unwrap()
+            .apply(&mut sub, later);
+        assert_eq!(sub.format, Format::Discord);
+        assert_eq!(sub.url, before.url);
+        assert_eq!(sub.event_types, before.event_types);
+        assert_eq!(sub.description.as_deref(), Some("old"));
+        assert_eq!(sub.secrets.current, before.secrets.current);
+        assert_eq!(sub.updated_at, later);
+
+        patch(json!({"description": null, "url": "https://example.org/new", "event_types": ["agent.ready"]}))
+            .unwrap()
+            .apply(&mut sub, later);
+        assert_eq!(sub.description, None);
+        assert_eq!(sub.url, "https://example.org/new");
+        assert_eq!(sub.event_types, vec![EventType::AgentReady]);
+    }
+
+    #[test]
+    fn enabling_clears_the_reason_and_the_failing_run() {
+        let mut sub = subscription();
+        let now = sub.created_at;
+        patch(json!({"enabled": false}))
+            .unwrap()
+            .apply(&mut sub, now);
+        assert!(!sub.enabled);
+        assert_eq!(sub.disabled_reason.as_deref(), Some(DISABLED_BY_CLIENT));
+
+        sub.disabled_reason = Some("the receiver answered 410 Gone".into());
+        sub.failing_since = Some(now);
+        patch(json!({"enabled": false}))
+            .unwrap()
+            .apply(&mut sub, now);
+        assert_eq!(
+            sub.disabled_reason.as_deref(),
+            Some("the receiver answered 410 Gone"),
+            "disabling again keeps the first reason"
+        );
+
+        patch(json!({"enabled": true}))
+            .unwrap()
+            .apply(&mut sub, now);
+        assert!(sub.enabled);
+        assert_eq!(sub.disabled_reason, None);
+        assert_eq!(sub.failing_since, None);
+    }
+
+    #[test]
+    fn bad_patches_are_refused_naming_the_field() {
+        for (body, field) in [
+            (json!({"secret": SECRET}), "secret"),
+            (json!({"url": null}), "url"),
+            (json!({"url": "nope"}), "url"),
+            (json!({"event_types": null}), "event_types"),
+            (json!({"event_types": ["agent.*"]}), "event_types"),
+            (json!({"format": null}), "format"),
+            (json!({"format": "xml"}), "format"),
+            (json!({"enabled": null}), "enabled"),
+            (json!({"enabled": "true"}), "enabled"),
+            (json!({"description": ["x"]}), "description"),
+            (json!({"id": "sub_x"}), "id"),
+            (json!({"tenant": "globex"}), "tenant"),
+        ] {
+            assert_eq!(refused_field(patch(body.clone())), field, "{body}");
+        }
+        assert!(patch(json!({})).is_ok());
+    }
+
+    #[test]
+    fn a_rotation_takes_nothing_or_a_valid_secret() {
+        assert!(parse_rotation(Map::new())
+            .unwrap()
+            .starts_with(SECRET_PREFIX));
+        assert!(parse_rotation(object(json!({"secret": null}))).is_ok());
+        assert_eq!(
+            parse_rotation(object(json!({"secret": SECRET}))).unwrap(),
+            SECRET
+        );
+        assert_eq!(
+            refused_field(parse_rotation(object(json!({"secret": "whsec_x"})))),
+            "secret"
+        );
+        assert_eq!(
+            refused_field(parse_rotation(object(json!({"overlap": "1h"})))),
+            "overlap"
+        );
+    }
+
+    #[test]
+    fn recover_needs_an_rfc_3339_since() {
+        let since = parse_recover(object(json!({"since": "2026-11-28T16:00:00+01:00"}))).unwrap();
+        assert_eq!(since.to_rfc3339(), "2026-11-28T15:00:00+00:00");
+        for body in [
+            json!({}),
+            json!({"since": null}),
+            json!({"since": 1700000000}),
+            json!({"since": "yesterday"}),
+            json!({"since": "2026-11-28"}),
+        ] {
+            assert_eq!(refused_field(parse_recover(object(body))), "since");
+        }
+        assert_eq!(
+            refused_field(parse_recover(object(
+                json!({"since": "2026-11-28T16:00:00Z", "until": "x"})
+            ))),
+            "until"
+        );
+    }
+
+    #[test]
+    fn the_view_shows_the_previous_secret_only_during_its_overlap() {
+        let mut sub = subscription();
+        let now = sub.created_at;
+        assert_eq!(
+            SubscriptionView::of(&sub, now).previous_secret_expires_at,
+            None
+        );
+        let until = now + chrono::Duration::hours(24);
+        sub.secrets.rotate(SECRET.into(), until);
+        let view = SubscriptionView::of(&sub, now);
+        assert_eq!(view.secret, SECRET);
+        assert_eq!(view.previous_secret_expires_at, Some(until));
+        assert_eq!(
+            SubscriptionView::of(&sub, until).previous_secret_expires_at,
+            None
+        );
+        let shown = serde_json::to_value(&view).unwrap();
+        assert!(shown.get("tenant").is_none());
+        assert!(shown.get("secrets").is_none());
+    }
+}

@@ -182,9 +182,10 @@ impl Application {
     pub async fn run(self) -> Result<(), StartError> {
         self.server.await?;
         self.signals.begin_shutdown();
-        let grace = self.settings.server.shutdown_grace;
+        // One deadline for every worker, not one each.
+        let deadline = tokio::time::Instant::now() + self.settings.server.shutdown_grace;
         for worker in self.workers {
-            if tokio::time::timeout(grace, worker).await.is_err() {
+            if tokio::time::timeout_at(deadline, worker).await.is_err() {
                 tracing::warn!("a worker did not stop within the grace period");
             }
         }

@@ -40,7 +40,9 @@ pub async fn middleware(
     }
     let status = res.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
-    if path != "/healthz" && path != "/metrics" {
+    if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        tracing::debug!(request_id = %id, %method, %path, status, micros, "probe");
+    } else {
         tracing::info!(request_id = %id, %method, %path, status, micros, "request");
     }
     Ok(res)

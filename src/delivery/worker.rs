@@ -20,7 +20,7 @@ use crate::clock::{after, SharedClock, Timestamp};
 use crate::config::DeliverySettings;
 use crate::domain::{Attempt, Delivery, DeliveryState, Destination, ErrorClass, Subscription};
 use crate::signals::Signals;
-use crate::store::{DeliveryQueue, Store, StoreError};
+use crate::store::{DeliveryQueue, DeliveryUpdate, Store, StoreError};
 
 /// Response bodies are kept up to this size in the attempt log.
 pub const RESPONSE_BODY_LIMIT: usize = 16 * 1024;
@@ -44,6 +44,8 @@ struct Inner {
     retry_slots: Arc<Semaphore>,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
+
+type AttemptTask = JoinHandle<Result<Option<AttemptReport>, StoreError>>;
 
 /// How one attempt ended, for tests and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,9 +95,7 @@ impl DeliveryWorker {
     }
 
     /// Claim due deliveries while there are free slots, and start sending each.
-    fn dispatch(
-        &self,
-    ) -> Result<Vec<JoinHandle<Result<Option<AttemptReport>, StoreError>>>, StoreError> {
+    fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
         let inner = &self.inner;
         let mut started = Vec::new();
         for (queue, slots) in [
@@ -166,29 +166,37 @@ impl DeliveryWorker {
     }
 
     /// Send one attempt and record it durably.
-    async fn attempt(&self, mut delivery: Delivery) -> Result<Option<AttemptReport>, StoreError> {
+    async fn attempt(&self, delivery: Delivery) -> Result<Option<AttemptReport>, StoreError> {
         let inner = &self.inner;
         let now = inner.clock.now();
+        // A subscription is read afresh: its URL, format and secrets may have changed since
+        // the event, and a disabled or deleted one gets nothing more.
         let subscription = match &delivery.destination {
             Destination::Subscription {
                 subscription_id, ..
-            } => {
-                match inner
-                    .store
-                    .subscription(&delivery.tenant, subscription_id)?
-                {
-                    Some(sub) => Some(sub),
-                    None => {
-                        // Deleted since: nothing to send to.
-                        delivery.state = DeliveryState::Failed;
-                        delivery.next_attempt_at = None;
-                        delivery.updated_at = now;
-                        inner.store.save_delivery(&delivery)?;
-                        return Ok(None);
-                    }
+            } => match inner
+                .store
+                .subscription(&delivery.tenant, subscription_id)?
+            {
+                Some(sub) if sub.enabled => Some(sub),
+                _ => {
+                    self.record(&delivery, |d| {
+                        d.state = DeliveryState::Failed;
+                        d.next_attempt_at = None;
+                        d.updated_at = now;
+                    })?;
+                    return Ok(None);
                 }
-            }
+            },
             Destination::Callback { .. } => None,
+        };
+        let destination = match &subscription {
+            Some(sub) => Destination::Subscription {
+                subscription_id: sub.id.clone(),
+                url: sub.url.clone(),
+                format: sub.format,
+            },
+            None => delivery.destination.clone(),
         };
         let secrets = match &subscription {
             Some(sub) => sub.secrets.clone(),
@@ -201,54 +209,82 @@ impl DeliveryWorker {
             .into_iter()
             .filter_map(|s| signature::SigningSecret::parse(s).ok())
             .collect();
-        let body = format::render(delivery.destination.format(), &delivery.payload);
+        let body = format::render(destination.format(), &delivery.payload);
         let timestamp = now.timestamp();
         let signature =
             signature::signature_header(&keys, delivery.message_id.as_str(), timestamp, &body);
-        let sent = self.send(&delivery, timestamp, signature, body).await;
+        let sent = self
+            .send(&destination, &delivery, timestamp, signature, body)
+            .await;
         let finished = inner.clock.now();
-        let retry_after = sent.retry_after;
         let attempt = sent.attempt(now);
         let status_code = attempt.status_code;
         let error = attempt.error;
-        delivery.attempts.push(attempt);
-        delivery.updated_at = finished;
         let succeeded = error.is_none();
-        let gone = status_code == Some(410);
-        if succeeded {
-            delivery.state = DeliveryState::Succeeded;
-            delivery.next_attempt_at = None;
-        } else if gone && subscription.is_some() {
-            delivery.state = DeliveryState::Failed;
-            delivery.next_attempt_at = None;
-        } else if let Some(delay) = inner.settings.retry_schedule.get(delivery.attempts.len()) {
-            let wait = with_jitter(*delay).max(retry_after.unwrap_or_default());
-            delivery.next_attempt_at = Some(after(finished, wait));
-        } else {
-            delivery.state = DeliveryState::Failed;
-            delivery.next_attempt_at = None;
-        }
-        inner.store.save_delivery(&delivery)?;
+        let gone = status_code == Some(410) && subscription.is_some();
+        let schedule = &inner.settings.retry_schedule;
+        // Appended to the stored record, so a manual retry made meanwhile is not lost.
+        let recorded = self.record(&delivery, |d| {
+            d.destination = destination.clone();
+            d.attempts.push(attempt.clone());
+            d.updated_at = finished;
+            if succeeded {
+                d.state = DeliveryState::Succeeded;
+                d.next_attempt_at = None;
+            } else if gone {
+                d.state = DeliveryState::Failed;
+                d.next_attempt_at = None;
+            } else if let Some(delay) = schedule.get(d.attempts.len()) {
+                d.state = DeliveryState::Pending;
+                let wait = with_jitter(*delay).max(sent.retry_after.unwrap_or_default());
+                d.next_attempt_at = Some(after(finished, wait));
+            } else {
+                d.state = DeliveryState::Failed;
+                d.next_attempt_at = None;
+            }
+        })?;
         if let Some(sub) = &subscription {
             self.note_outcome(sub, succeeded, gone, finished)?;
         }
         inner.store.durable().await?;
+        let Some(recorded) = recorded else {
+            return Ok(None);
+        };
         tracing::info!(
-            delivery_id = %delivery.id,
-            webhook_id = %delivery.message_id,
-            job_id = delivery.job_id.as_ref().map(|j| j.as_str()).unwrap_or(""),
-            attempt = delivery.attempts.len(),
+            delivery_id = %recorded.id,
+            webhook_id = %recorded.message_id,
+            job_id = recorded.job_id.as_ref().map(|j| j.as_str()).unwrap_or(""),
+            attempt = recorded.attempts.len(),
             status = status_code,
             error = error.map(ErrorClass::as_str),
-            state = delivery.state.as_str(),
+            state = recorded.state.as_str(),
             "delivery attempt"
         );
         Ok(Some(AttemptReport {
-            delivery_id: delivery.id.to_string(),
-            state: delivery.state,
+            delivery_id: recorded.id.to_string(),
+            state: recorded.state,
             status_code,
             error,
         }))
+    }
+
+    /// Apply `change` to the stored delivery, atomically with its queue entry.
+    fn record(
+        &self,
+        delivery: &Delivery,
+        change: impl Fn(&mut Delivery),
+    ) -> Result<Option<Delivery>, StoreError> {
+        let update = self
+            .inner
+            .store
+            .update_delivery(&delivery.tenant, &delivery.id, |d| {
+                change(d);
+                true
+            })?;
+        Ok(match update {
+            DeliveryUpdate::Updated(d) => Some(d),
+            DeliveryUpdate::Unchanged(_) | DeliveryUpdate::NotFound => None,
+        })
     }
 
     /// A subscription's health: any success clears its failing run; a 410 or a failing run
@@ -288,13 +324,14 @@ impl DeliveryWorker {
 
     async fn send(
         &self,
+        destination: &Destination,
         delivery: &Delivery,
         timestamp: i64,
         signature: String,
         body: Vec<u8>,
     ) -> Sent {
         let started = Instant::now();
-        let url = match url::Url::parse(delivery.destination.url()) {
+        let url = match url::Url::parse(destination.url()) {
             Ok(url) => url,
             Err(_) => return Sent::failed(ErrorClass::Blocked, started),
         };

@@ -65,12 +65,13 @@ base_url = "http://127.0.0.1:{sim_port}"
 api_secret = "sim-secret"
 generate_per_minute = 6000
 read_per_minute = 60000
+timeout = "3s"
 [poller]
 first_poll_after = "200ms"
 interval = "200ms"
 max_interval = "500ms"
 submit_retry_after = "200ms"
-lease = "20s"
+lease = "4s"
 [delivery]
 allow_private_networks = true
 [[auth.keys]]

@@ -31,6 +31,9 @@ enum Command {
         #[arg(long)]
         simulator: bool,
     },
+    /// See it work: the simulator, the service and a local receiver; one job, one signed
+    /// webhook, verified.
+    Demo,
     /// Run the bitHuman simulator alone (for docker-compose, tests and trying things out).
     Sim(crate::sim::SimArgs),
     /// Check a received webhook: headers as flags, the exact body on stdin. Exits 0 when the
@@ -68,6 +71,15 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, simulator } => runtime.block_on(serve(config, simulator)),
         Command::Sim(args) => runtime.block_on(simulate(args)),
+        Command::Demo => runtime.block_on(async {
+            match crate::demo::run().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("agenthook demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }),
         Command::Verify {
             secret,
             id,

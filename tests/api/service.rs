@@ -120,3 +120,23 @@ async fn sigterm_stops_the_real_binary_with_exit_0() {
     };
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test]
+async fn the_demo_shows_a_verified_signed_webhook_and_exits_0() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_agenthook"))
+        .arg("demo")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"type\": \"agent.ready\""), "{stdout}");
+    assert!(stdout.contains("webhook-signature: v1,"), "{stdout}");
+    assert!(stdout.contains("signature valid"), "{stdout}");
+    assert!(stdout.contains("curl"), "{stdout}");
+}

@@ -119,6 +119,7 @@ impl Application {
     pub fn start(services: Services, listener: TcpListener) -> Result<Application, StartError> {
         let addr = listener.local_addr()?;
         let settings = services.settings.clone();
+        crate::telemetry::metrics_handle();
         let keys = KeyRing::new(&settings.auth.keys).map_err(StartError::Config)?;
         let state = web::Data::new(AppState {
             store: services.store.clone(),
@@ -132,6 +133,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .configure(api::extractor_configs)
+                .route("/metrics", web::get().to(api::metrics::render))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
                 .wrap(api::error_handlers())

@@ -150,6 +150,8 @@ impl Poller {
     fn finish(&self, job: &Job, touched_upstream: bool) -> Result<JobOutcome, StoreError> {
         let queued = self.lifecycle.complete(job)?;
         if let Some(n) = queued {
+            metrics::counter!("agenthook_jobs_completed_total", "status" => job.status.as_str())
+                .increment(1);
             tracing::info!(job_id = %job.id, status = job.status.as_str(), deliveries = n, "job ended");
         }
         Ok(JobOutcome {

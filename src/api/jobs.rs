@@ -213,6 +213,12 @@ pub async fn admit(
     }
     let key = key.as_ref().map(|k| k.key.as_str());
     let submission = state.lifecycle.submit(&mut job).await;
+    let outcome = match &submission {
+        Submission::Accepted => "accepted",
+        Submission::Deferred(_) => "deferred",
+        Submission::Refused(_) => "refused",
+    };
+    metrics::counter!("agenthook_jobs_submitted_total", "outcome" => outcome).increment(1);
     let answer = match submission {
         Submission::Accepted => {
             let response = render(&job);

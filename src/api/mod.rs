@@ -8,6 +8,7 @@ mod deliveries;
 mod error;
 mod health;
 mod jobs;
+pub mod metrics;
 pub mod request_id;
 mod subscriptions;
 

@@ -33,13 +33,26 @@ pub async fn middleware(
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let path = req.path().to_owned();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let started = Instant::now();
     let mut res = next.call(req).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(HEADER, value);
     }
     let status = res.status().as_u16();
-    let micros = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed();
+    let micros = elapsed.as_micros() as u64;
+    metrics::counter!(
+        "agenthook_http_requests_total",
+        "method" => method.to_string(),
+        "route" => route.clone(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("agenthook_http_request_duration_seconds", "route" => route)
+        .record(elapsed.as_secs_f64());
     if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
         tracing::debug!(request_id = %id, %method, %path, status, micros, "probe");
     } else {

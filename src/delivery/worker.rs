@@ -250,6 +250,23 @@ impl DeliveryWorker {
         let Some(recorded) = recorded else {
             return Ok(None);
         };
+        let outcome = match recorded.state {
+            DeliveryState::Succeeded => "succeeded",
+            DeliveryState::Pending => "retrying",
+            DeliveryState::Failed => "dead_lettered",
+        };
+        metrics::counter!(
+            "agenthook_delivery_attempts_total",
+            "outcome" => outcome,
+            "error" => error.map_or("none", ErrorClass::as_str)
+        )
+        .increment(1);
+        metrics::histogram!("agenthook_delivery_attempt_duration_seconds")
+            .record(sent.duration.as_secs_f64());
+        if recorded.state == DeliveryState::Succeeded {
+            let lag = crate::clock::until(recorded.created_at, finished);
+            metrics::histogram!("agenthook_event_to_delivery_seconds").record(lag.as_secs_f64());
+        }
         tracing::info!(
             delivery_id = %recorded.id,
             webhook_id = %recorded.message_id,

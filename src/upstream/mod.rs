@@ -129,7 +129,9 @@ impl UpstreamClient {
             .header("api-secret", self.secret.expose())
             .header("idempotency-key", idempotency_key)
             .json(body);
-        let (status, bytes) = self.send(request, &self.budgets.generate).await?;
+        let (status, bytes) = self
+            .send("generate", request, &self.budgets.generate)
+            .await?;
         let parsed: Value = serde_json::from_slice(&bytes).map_err(|_| {
             UpstreamError::transient("generate answered a body that is not JSON", Some(status))
         })?;
@@ -165,12 +167,31 @@ impl UpstreamClient {
             .http
             .get(url)
             .header("api-secret", self.secret.expose());
-        self.send(request, &self.budgets.read).await
+        self.send("status", request, &self.budgets.read).await
     }
 
     /// Send, and sort the answer into success, refusal or transient failure. A 429 pauses the
     /// bucket it was charged to.
     async fn send(
+        &self,
+        endpoint: &'static str,
+        request: reqwest::RequestBuilder,
+        bucket: &Budget,
+    ) -> Result<(u16, bytes::Bytes), UpstreamError> {
+        let started = std::time::Instant::now();
+        let result = self.exchange(request, bucket).await;
+        let outcome = match &result {
+            Ok((status, _)) => status.to_string(),
+            Err(e) => e.outcome_label(),
+        };
+        metrics::counter!("agenthook_upstream_requests_total", "endpoint" => endpoint, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("agenthook_upstream_request_duration_seconds", "endpoint" => endpoint)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
         bucket: &Budget,
@@ -205,6 +226,8 @@ impl UpstreamClient {
         if status == StatusCode::TOO_MANY_REQUESTS {
             let pause = retry_after.unwrap_or(self.rate_limit_backoff);
             bucket.pause_until(after(self.clock.now(), pause));
+            metrics::counter!("agenthook_upstream_rate_limited_total", "bucket" => bucket.name())
+                .increment(1);
             tracing::warn!(
                 bucket = bucket.name(),
                 pause_secs = pause.as_secs(),

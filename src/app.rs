@@ -120,7 +120,8 @@ impl Application {
         let addr = listener.local_addr()?;
         let settings = services.settings.clone();
         crate::telemetry::metrics_handle();
-        let keys = KeyRing::new(&settings.auth.keys).map_err(StartError::Config)?;
+        let keys = KeyRing::new(&settings.auth.keys, settings.auth.requests_per_minute)
+            .map_err(StartError::Config)?;
         let state = web::Data::new(AppState {
             store: services.store.clone(),
             lifecycle: services.lifecycle.clone(),

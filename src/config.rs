@@ -108,6 +108,7 @@ pub struct DeliverySettings {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub keys: Vec<ApiKey>,
+    pub requests_per_minute: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]

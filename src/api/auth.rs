@@ -7,12 +7,17 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
+use std::collections::HashMap;
+
+use crate::clock::Timestamp;
 use crate::config::ApiKey;
 use crate::domain::Tenant;
+use crate::upstream::Budget;
 
-#[derive(Clone)]
 pub struct KeyRing {
     keys: Vec<([u8; 32], Tenant)>,
+    /// One request budget per key, when limited.
+    limits: HashMap<Tenant, Budget>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -24,12 +29,38 @@ impl std::fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
-    pub fn new(keys: &[ApiKey]) -> Result<KeyRing, String> {
-        let keys = keys
+    /// `requests_per_minute` of 0 means no limit.
+    pub fn new(keys: &[ApiKey], requests_per_minute: u32) -> Result<KeyRing, String> {
+        let keys: Vec<([u8; 32], Tenant)> = keys
             .iter()
             .map(|k| Ok((digest(k.key.expose()), Tenant::parse(&k.name)?)))
             .collect::<Result<_, String>>()?;
-        Ok(KeyRing { keys })
+        let limits = if requests_per_minute == 0 {
+            HashMap::new()
+        } else {
+            keys.iter()
+                .map(|(_, tenant)| {
+                    let burst = (requests_per_minute / 10).max(1);
+                    (
+                        tenant.clone(),
+                        Budget::with_burst("api", requests_per_minute, burst),
+                    )
+                })
+                .collect()
+        };
+        Ok(KeyRing { keys, limits })
+    }
+
+    /// Take one request from the tenant's budget; `Err` carries the seconds to wait.
+    pub fn admit(&self, tenant: &Tenant, now: Timestamp) -> Result<(), u64> {
+        let Some(budget) = self.limits.get(tenant) else {
+            return Ok(());
+        };
+        if budget.try_acquire(now) {
+            Ok(())
+        } else {
+            Err(crate::clock::until(now, budget.next_available_at(now)).as_secs() + 1)
+        }
     }
 
     /// The tenant of `presented`. Every key is compared, so timing reveals nothing.
@@ -74,12 +105,21 @@ impl FromRequest for Tenant {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
             return ready(Err(ApiError::internal(&"application state missing")));
         };
-        ready(
-            presented_key(req)
-                .filter(|k| !k.is_empty())
-                .and_then(|k| state.keys.tenant(k))
-                .ok_or_else(ApiError::unauthorized),
-        )
+        let tenant = presented_key(req)
+            .filter(|k| !k.is_empty())
+            .and_then(|k| state.keys.tenant(k))
+            .ok_or_else(ApiError::unauthorized);
+        ready(tenant.and_then(|tenant| {
+            state
+                .keys
+                .admit(&tenant, state.clock.now())
+                .map(|()| tenant)
+                .map_err(|wait| {
+                    let mut e = ApiError::rate_limited(wait);
+                    e.message = "this API key is over its request rate; slow down".into();
+                    e
+                })
+        }))
     }
 }
 
@@ -108,5 +148,44 @@ mod tests {
         );
         assert!(ring.tenant("acme-key-012345678").is_none());
         assert!(ring.tenant("").is_none());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn each_key_has_its_own_budget_and_over_it_gets_a_wait() {
+        let ring = KeyRing::new(
+            &[
+                ApiKey {
+                    name: "noisy".into(),
+                    key: Secret::new("noisy-key-0123456789"),
+                },
+                ApiKey {
+                    name: "quiet".into(),
+                    key: Secret::new("quiet-key-0123456789"),
+                },
+            ],
+            60,
+        )
+        .unwrap();
+        let now = chrono::Utc::now();
+        let noisy = Tenant::parse("noisy").unwrap();
+        let quiet = Tenant::parse("quiet").unwrap();
+        let admitted = (0..100).filter(|_| ring.admit(&noisy, now).is_ok()).count();
+        assert_eq!(admitted, 6, "a burst of a tenth of the minute");
+        assert!(ring.admit(&noisy, now).unwrap_err() >= 1);
+        assert!(
+            ring.admit(&quiet, now).is_ok(),
+            "the other tenant is unaffected"
+        );
+        let later = crate::clock::after(now, std::time::Duration::from_secs(1));
+        assert!(
+            ring.admit(&noisy, later).is_ok(),
+            "one more per second at 60/min"
+        );
     }
 }

@@ -51,6 +51,22 @@ impl Budget {
         }
     }
 
+    /// A budget of `per_minute` evenly spaced requests that also allows bursts of `burst`
+    /// (for clients of our own API, where short bursts are normal).
+    pub fn with_burst(name: &'static str, per_minute: u32, burst: u32) -> Budget {
+        let per_minute = per_minute.max(1);
+        Budget {
+            name,
+            per_minute,
+            spacing: WINDOW / per_minute,
+            burst: burst.max(1),
+            state: Mutex::new(State {
+                next_at: None,
+                paused_until: None,
+            }),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         self.name
     }

@@ -326,3 +326,31 @@ async fn a_stop_during_a_burst_of_deliveries_loses_nothing_and_leaves_nothing_le
         );
     }
 }
+
+#[tokio::test]
+async fn each_api_key_is_rate_limited_on_its_own_with_429_and_retry_after() {
+    let app = spawn_app_with(fast_sim_config(), |s| s.auth.requests_per_minute = 60).await;
+    let mut limited = None;
+    for _ in 0..20 {
+        let res = app.get("/v1/jobs", KEY_A).send().await.unwrap();
+        if res.status() == 429 {
+            limited = Some(res);
+            break;
+        }
+        assert_eq!(res.status(), 200);
+    }
+    let res = limited.expect("tenant A was never limited");
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "RATE_LIMITED");
+    assert_eq!(
+        app.get("/v1/jobs", KEY_B).send().await.unwrap().status(),
+        200,
+        "tenant B is unaffected"
+    );
+}

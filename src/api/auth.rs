@@ -130,16 +130,19 @@ mod tests {
 
     #[test]
     fn each_key_maps_to_its_own_tenant_and_nothing_else_matches() {
-        let ring = KeyRing::new(&[
-            ApiKey {
-                name: "acme".into(),
-                key: Secret::new("acme-key-0123456789"),
-            },
-            ApiKey {
-                name: "globex".into(),
-                key: Secret::new("globex-key-0123456789"),
-            },
-        ])
+        let ring = KeyRing::new(
+            &[
+                ApiKey {
+                    name: "acme".into(),
+                    key: Secret::new("acme-key-0123456789"),
+                },
+                ApiKey {
+                    name: "globex".into(),
+                    key: Secret::new("globex-key-0123456789"),
+                },
+            ],
+            0,
+        )
         .unwrap();
         assert_eq!(ring.tenant("acme-key-0123456789").unwrap().as_str(), "acme");
         assert_eq!(

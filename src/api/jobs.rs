@@ -478,4 +478,70 @@ mod tests {
         assert_eq!(canonical_json(&a), canonical_json(&b));
         assert_ne!(canonical_json(&a), canonical_json(&json!({"b": 2})));
     }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            ".{0,40}".prop_map(Value::String),
+            prop_oneof![
+                Just("http://127.0.0.1:1/x"),
+                Just("ftp://x"),
+                Just("http://[::1]/"),
+                Just("javascript:alert(1)")
+            ]
+            .prop_map(|s| Value::String(s.into())),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            let keys = prop_oneof![
+                Just("prompt".to_owned()),
+                Just("image".to_owned()),
+                Just("transparency".to_owned()),
+                Just("callback_url".to_owned()),
+                Just("metadata".to_owned()),
+                "[a-z_]{1,8}"
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(keys, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_json_object_parses_or_is_a_400_never_a_panic(body in arbitrary_json()) {
+            if let Value::Object(map) = body {
+                for allow_private in [false, true] {
+                    match JobSpec::parse(map.clone(), allow_private) {
+                        Ok(spec) => {
+                            proptest::prop_assert!(!spec.upstream.contains_key("callback_url"));
+                            proptest::prop_assert!(!spec.upstream.contains_key("metadata"));
+                        }
+                        Err(e) => proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn any_bytes_are_parsed_or_refused_with_a_400(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            if let Err(e) = body::parse_json(&bytes) {
+                proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            }
+        }
+
+        #[test]
+        fn canonical_json_is_a_fixed_point_of_reparsing(value in arbitrary_json()) {
+            let once = canonical_json(&value);
+            let reparsed: Value = serde_json::from_str(&once).unwrap();
+            proptest::prop_assert_eq!(canonical_json(&reparsed), once);
+        }
+    }
 }

@@ -515,6 +515,14 @@ pub async fn test(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let sub = find(&state, &tenant, &path)?;
+    // The worker sends nothing to a disabled subscription: accepting the event would only
+    // queue a delivery bound to fail unsent.
+    if !sub.enabled {
+        return Err(ApiError::conflict(
+            "the subscription is disabled; enable it (PATCH {\"enabled\": true}) before sending it a test event",
+        )
+        .with_details(sub.disabled_reason.clone().unwrap_or_default()));
+    }
     let now = state.clock.now();
     let event = Event::test(tenant, now);
     let delivery = Delivery::new(

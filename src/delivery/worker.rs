@@ -373,8 +373,7 @@ impl DeliveryWorker {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
+            .and_then(|v| parse_retry_after(v, self.inner.clock.now()))
             .filter(|_| status.as_u16() == 429 || status.as_u16() == 503);
         let mut kept = Vec::new();
         let mut body_error = None;
@@ -450,6 +449,17 @@ impl DeliveryWorker {
     }
 }
 
+/// How long from `now` a `Retry-After` value asks to wait: delay-seconds, or an HTTP-date
+/// (RFC 9110, section 10.2.3; a date already past means no wait).
+fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(crate::clock::until(now, at.with_timezone(&chrono::Utc)))
+}
+
 /// Up to 20% later than scheduled, so retries to one receiver do not arrive in lockstep.
 fn with_jitter(delay: Duration) -> Duration {
     if delay.is_zero() {
@@ -484,6 +494,35 @@ impl Sent {
             error: self.error,
             duration_ms: self.duration.as_millis() as u64,
             response_body: self.body.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T16:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sat, 28 Nov 2026 16:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sat, 28 Nov 2026 15:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past asks for no wait"
+        );
+        for junk in ["", "soon", "-5", "1.5"] {
+            assert_eq!(parse_retry_after(junk, now), None, "{junk:?}");
         }
     }
 }

@@ -2,7 +2,9 @@
 //! real HTTP on 127.0.0.1, sled on disk in a temporary directory.
 
 mod helpers;
+mod receiver;
 
+mod delivery;
 mod drop_in;
 mod errors;
 mod jobs;

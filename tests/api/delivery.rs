@@ -190,6 +190,39 @@ fn assert_signed(r: &Received, secret: &str) {
     verify(r, secret).unwrap_or_else(|e| panic!("the signature does not verify: {e}"));
 }
 
+/// Where `standardwebhooks` can be imported from: `None` when `python3` has it already;
+/// otherwise it is installed once, from PyPI, into a directory of its own (so a fresh machine
+/// needs nothing beyond Python and pip).
+fn python_deps() -> Option<std::path::PathBuf> {
+    static DEPS: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    DEPS.get_or_init(|| {
+        use std::process::Command;
+        let has_it = Command::new("python3")
+            .args(["-c", "import standardwebhooks"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if has_it {
+            return None;
+        }
+        let dir = std::env::temp_dir().join("agenthook-test-python-deps");
+        let installed = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&dir)
+            .arg("standardwebhooks==1.1.0")
+            .status()
+            .is_ok_and(|s| s.success());
+        installed.then_some(dir)
+    })
+    .clone()
+}
+
 /// Verify a received webhook with the PyPI `standardwebhooks` package, unchanged, once per
 /// secret. `Err` carries what Python said.
 async fn python_verify(r: &Received, secrets: &[&str]) -> Result<(), String> {
@@ -220,7 +253,11 @@ print("verified")
     let output = tokio::task::spawn_blocking(move || {
         use std::io::Write as _;
         use std::process::{Command, Stdio};
-        let mut child = Command::new("python3")
+        let mut command = Command::new("python3");
+        if let Some(deps) = python_deps() {
+            command.env("PYTHONPATH", deps);
+        }
+        let mut child = command
             .args(["-c", SCRIPT])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -6,7 +6,11 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn drop_in_generate_returns_the_upstream_body_and_tracks_the_agent() {
-    let app = spawn_app().await;
+    // No poll may land between the two readings of the simulator's counter below.
+    let app = spawn_app_with(fast_sim_config(), |s| {
+        s.poller.first_poll_after = std::time::Duration::from_secs(600)
+    })
+    .await;
     let res = app
         .http
         .post(app.url("/v1/agent/generate"))

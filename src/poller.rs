@@ -61,20 +61,20 @@ impl Poller {
             lease_until,
         )?;
         let mut report = StepReport::default();
-        let submit_results = join_all(submits.into_iter().map(|job| self.submit_one(job, now)));
+        let submits = self.expire_too_old(submits, now, &mut report)?;
+        let polls = self.expire_too_old(polls, now, &mut report)?;
+        let submit_results = join_all(submits.into_iter().map(|job| self.submit_one(job)));
         let poll_results = join_all(polls.into_iter().map(|job| self.poll_one(job, now)));
         let (submit_results, poll_results) = tokio::join!(submit_results, poll_results);
         for outcome in submit_results {
             let outcome = outcome?;
             report.submitted += usize::from(outcome.touched_upstream);
-            report.completed += usize::from(outcome.completed);
-            report.deliveries += outcome.deliveries;
+            report.add_completion(&outcome);
         }
         for outcome in poll_results {
             let outcome = outcome?;
             report.polled += usize::from(outcome.touched_upstream);
-            report.completed += usize::from(outcome.completed);
-            report.deliveries += outcome.deliveries;
+            report.add_completion(&outcome);
         }
         if report.deliveries > 0 {
             lc.store.durable().await?;
@@ -83,16 +83,29 @@ impl Poller {
         Ok(report)
     }
 
-    async fn submit_one(
+    /// End the jobs that are past their maximum age (without spending budget on them); return
+    /// the others.
+    fn expire_too_old(
         &self,
-        mut job: Job,
-        claimed_at: Timestamp,
-    ) -> Result<JobOutcome, StoreError> {
+        jobs: Vec<Job>,
+        now: Timestamp,
+        report: &mut StepReport,
+    ) -> Result<Vec<Job>, StoreError> {
         let lc = &self.lifecycle;
-        if lc.is_too_old(&job, claimed_at) {
-            lc.expire(&mut job, claimed_at);
-            return self.finish(&job, false);
+        let mut live = Vec::with_capacity(jobs.len());
+        for mut job in jobs {
+            if lc.is_too_old(&job, now) {
+                lc.expire(&mut job, now);
+                report.add_completion(&self.finish(&job, false)?);
+            } else {
+                live.push(job);
+            }
         }
+        Ok(live)
+    }
+
+    async fn submit_one(&self, mut job: Job) -> Result<JobOutcome, StoreError> {
+        let lc = &self.lifecycle;
         match lc.submit(&mut job).await {
             Submission::Accepted => {
                 tracing::info!(job_id = %job.id, agent_id = job.agent_id.as_deref().unwrap_or(""), "submitted upstream");
@@ -123,10 +136,6 @@ impl Poller {
         claimed_at: Timestamp,
     ) -> Result<JobOutcome, StoreError> {
         let lc = &self.lifecycle;
-        if lc.is_too_old(&job, claimed_at) {
-            lc.expire(&mut job, claimed_at);
-            return self.finish(&job, false);
-        }
         let read = &lc.upstream.budgets().read;
         if !read.try_acquire(claimed_at) {
             // Someone else (the drop-in status proxy) took the slot: wait for the next one.
@@ -201,6 +210,13 @@ impl Poller {
             }
         }
         self.signals.set_poller_running(false);
+    }
+}
+
+impl StepReport {
+    fn add_completion(&mut self, outcome: &JobOutcome) {
+        self.completed += usize::from(outcome.completed);
+        self.deliveries += outcome.deliveries;
     }
 }
 

@@ -6,6 +6,7 @@ mod helpers;
 mod drop_in;
 mod errors;
 mod jobs;
+mod openapi;
 mod restart;
 mod scheduler;
 mod service;

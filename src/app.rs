@@ -131,12 +131,10 @@ impl Application {
             signals: services.signals.clone(),
         });
         let server = HttpServer::new(move || {
-            App::new()
+            api::routes(App::new())
                 .app_data(state.clone())
                 .configure(api::extractor_configs)
-                .route("/metrics", web::get().to(api::metrics::render))
-                .configure(api::configure)
-                .default_service(web::to(api::not_found))
+                .default_service(web::to(api::no_route))
                 .wrap(api::error_handlers())
                 .wrap(from_fn(api::request_id::middleware))
         })

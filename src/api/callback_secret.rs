@@ -2,31 +2,55 @@
 
 use std::cell::Cell;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 
-use super::subscriptions::{optional_object, overlap_ends, parse_rotation, BODY_LIMIT};
-use super::{ApiError, AppState};
-use crate::clock::{after, Timestamp};
+use super::subscriptions::{
+    optional_object, parse_rotation, RotateSecretRequest, SecretView, BODY_LIMIT,
+};
+use super::{ApiError, AppState, ErrorBody};
+use crate::clock::after;
 use crate::delivery::signature::SigningSecret;
-use crate::domain::{SecretSet, Tenant};
+use crate::domain::Tenant;
 
-fn view(secrets: &SecretSet, now: Timestamp) -> serde_json::Value {
-    serde_json::json!({
-        "secret": secrets.current,
-        "previous_secret_expires_at": overlap_ends(secrets, now),
-    })
-}
-
+/// The secret that signs job callbacks
+///
+/// Generated on first use.
+#[utoipa::path(
+    tag = "callback secret",
+    operation_id = "get_callback_secret",
+    responses(
+        (status = 200, description = "The tenant's callback secret", body = SecretView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[get("/callback-secret")]
 pub async fn get(tenant: Tenant, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let secrets = state
         .store
         .callback_secrets(&tenant, SigningSecret::generate)?;
     state.store.durable().await?;
-    Ok(HttpResponse::Ok().json(view(&secrets, state.clock.now())))
+    Ok(HttpResponse::Ok().json(SecretView::of(&secrets, state.clock.now())))
 }
 
+/// Rotate the callback secret
+///
 /// A new secret (generated, or `{"secret": "whsec_..."}`); the old one keeps signing beside it
-/// for `delivery.secret_overlap`.
+/// for the overlap (24 h by default).
+#[utoipa::path(
+    tag = "callback secret",
+    operation_id = "rotate_callback_secret",
+    request_body(content = Option<RotateSecretRequest>, description = "Optional: a chosen secret"),
+    responses(
+        (status = 200, description = "The new secret", body = SecretView),
+        (status = 400, description = "Malformed body, or a secret refused or unchanged", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[post("/callback-secret/rotate")]
 pub async fn rotate(
     req: HttpRequest,
     payload: web::Payload,
@@ -62,5 +86,5 @@ pub async fn rotate(
         );
     }
     state.store.durable().await?;
-    Ok(HttpResponse::Ok().json(view(&secrets, now)))
+    Ok(HttpResponse::Ok().json(SecretView::of(&secrets, now)))
 }

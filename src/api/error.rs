@@ -7,15 +7,44 @@ use actix_web::http::{header, StatusCode};
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
 
-#[derive(Debug, Clone, Serialize)]
+/// Every `code` an error body can carry.
+pub const ERROR_CODES: [&str; 10] = [
+    "BAD_REQUEST",
+    "UNAUTHORIZED",
+    "NOT_FOUND",
+    "CONFLICT",
+    "UNPROCESSABLE",
+    "PAYLOAD_TOO_LARGE",
+    "RATE_LIMITED",
+    "UPSTREAM_ERROR",
+    "UNAVAILABLE",
+    "INTERNAL",
+];
+
+/// The error body of every route, in the upstream's flat shape.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"error": "job not found", "code": "NOT_FOUND", "details": ""}))]
 pub struct ErrorBody {
+    /// What went wrong, for a human.
     pub error: String,
+    #[schema(schema_with = error_code_schema)]
     pub code: &'static str,
+    /// The field at fault, upstream's own error code, or other detail; may be empty.
     pub details: String,
+}
+
+fn error_code_schema() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("What went wrong, for a program."))
+        .enum_values(Some(ERROR_CODES))
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,6 +59,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            ERROR_CODES.contains(&code),
+            "undocumented error code {code}"
+        );
         ApiError {
             status,
             code,

@@ -1,14 +1,15 @@
 //! `/v1/jobs`: create (submitting upstream at once), read, list, cancel.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
 
 use super::body::{self, kind_of};
-use super::deliveries::delivery_view;
-use super::{ApiError, AppState};
+use super::deliveries::{DeliveryList, DeliveryView};
+use super::{ApiError, AppState, ErrorBody};
 use crate::clock::after;
 use crate::delivery::policy;
 use crate::domain::{Job, JobId, JobStatus, JobView, Tenant};
@@ -32,6 +33,37 @@ const STRING_FIELDS: [&str; 9] = [
     "version",
 ];
 const BOOL_FIELDS: [&str; 1] = ["transparency"];
+
+/// A generate request: the upstream's fields, forwarded as they came (any other field is
+/// forwarded too), and agenthook's own `callback_url` and `metadata`, never forwarded.
+// Only describes the body for the OpenAPI document; `JobSpec::parse` reads it.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct GenerateRequest {
+    /// The agent's system prompt.
+    prompt: Option<String>,
+    /// Image URL or base64 data.
+    image: Option<String>,
+    /// Video URL or base64 data.
+    video: Option<String>,
+    /// Audio URL or base64 data.
+    audio: Option<String>,
+    aspect_ratio: Option<String>,
+    framing: Option<String>,
+    agent_id: Option<String>,
+    model: Option<String>,
+    version: Option<String>,
+    transparency: Option<bool>,
+    /// Where the signed completion event is POSTed: an absolute http/https URL that passes the
+    /// network policy. Not forwarded.
+    #[schema(format = "uri", example = "https://example.com/hooks/agenthook")]
+    callback_url: Option<String>,
+    /// At most 16 KiB of JSON, echoed in every event of the job. Not forwarded.
+    metadata: Option<Map<String, Value>>,
+}
+
+/// The `Idempotency-Key` request header, as documented on the routes that take it.
+pub const IDEMPOTENCY_KEY_DOC: &str = "1-255 printable ASCII characters. The same key with the same body returns the first response and calls upstream once; with a different body, 422; while the first request is still in flight, 409. Kept 24 h.";
 
 /// A generate request, parsed at the edge: agenthook's own fields split from the upstream's.
 #[derive(Debug)]
@@ -302,6 +334,31 @@ fn job_answer(job: &Job) -> IdempotentResponse {
     }
 }
 
+/// Submit a generation job
+///
+/// Submits upstream right away. `202` means the job is stored durably: `processing` once
+/// upstream has accepted it, `submitting` while upstream is unreachable (it is retried in the
+/// background). A refusal by upstream keeps upstream's status, with `code: UPSTREAM_ERROR` and
+/// upstream's code in `details`, and no job is kept.
+#[utoipa::path(
+    tag = "jobs",
+    operation_id = "create_job",
+    params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY_KEY_DOC)),
+    request_body = GenerateRequest,
+    responses(
+        (status = 202, description = "Stored; submitting or processing", body = JobView),
+        (status = 400, description = "Malformed body, bad `callback_url` or `metadata`, or refused by upstream", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key, or upstream refused the account", body = ErrorBody),
+        (status = 402, description = "Upstream refused: insufficient balance (`UPSTREAM_ERROR`)", body = ErrorBody),
+        (status = 404, description = "Upstream refused (`UPSTREAM_ERROR`)", body = ErrorBody),
+        (status = 409, description = "A request with this `Idempotency-Key` is still in flight", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "`Idempotency-Key` reused with a different body", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[post("/jobs")]
 pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -318,6 +375,20 @@ pub fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
     JobId::parse(raw).ok_or_else(|| ApiError::not_found("job"))
 }
 
+/// One job
+#[utoipa::path(
+    tag = "jobs",
+    operation_id = "get_job",
+    params(("id" = String, Path, description = "Job id (`job_...`)")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[get("/jobs/{id}")]
 pub async fn get(
     path: web::Path<String>,
     tenant: Tenant,
@@ -331,12 +402,27 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(JobView::from(&job)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only jobs in this status.
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
+    /// The `next` of the previous page.
+    #[param(value_type = Option<JobId>)]
     after: Option<String>,
+}
+
+/// One page of jobs, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    pub data: Vec<JobView>,
+    /// Pass as `after` for the next page; null on the last one.
+    pub next: Option<JobId>,
 }
 
 pub const MAX_PAGE: usize = 100;
@@ -352,6 +438,20 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
+/// The tenant's jobs
+#[utoipa::path(
+    tag = "jobs",
+    operation_id = "list_jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of jobs", body = JobPage),
+        (status = 400, description = "Bad query string", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[get("/jobs")]
 pub async fn list(
     query: web::Query<ListQuery>,
     tenant: Tenant,
@@ -383,10 +483,29 @@ pub async fn list(
     let page = state
         .store
         .list_jobs(&tenant, status, after.as_ref(), limit)?;
-    let data: Vec<JobView> = page.jobs.iter().map(JobView::from).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data, "next": page.next })))
+    Ok(HttpResponse::Ok().json(JobPage {
+        data: page.jobs.iter().map(JobView::from).collect(),
+        next: page.next,
+    }))
 }
 
+/// Cancel a job
+///
+/// No more polls, no events. Cancelling a cancelled job answers it again.
+#[utoipa::path(
+    tag = "jobs",
+    operation_id = "cancel_job",
+    params(("id" = String, Path, description = "Job id (`job_...`)")),
+    responses(
+        (status = 200, description = "The cancelled job", body = JobView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 409, description = "The job already ended as ready or failed", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[delete("/jobs/{id}")]
 pub async fn cancel(
     path: web::Path<String>,
     tenant: Tenant,
@@ -409,6 +528,20 @@ pub async fn cancel(
     }
 }
 
+/// The deliveries of a job's events
+#[utoipa::path(
+    tag = "jobs",
+    operation_id = "list_job_deliveries",
+    params(("id" = String, Path, description = "Job id (`job_...`)")),
+    responses(
+        (status = 200, description = "Every delivery of this job's events", body = DeliveryList),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[get("/jobs/{id}/deliveries")]
 pub async fn deliveries(
     path: web::Path<String>,
     tenant: Tenant,
@@ -419,14 +552,30 @@ pub async fn deliveries(
         return Err(ApiError::not_found("job"));
     }
     let deliveries = state.store.deliveries_of_job(&id)?;
-    let data: Vec<Value> = deliveries.iter().map(delivery_view).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+    Ok(HttpResponse::Ok().json(DeliveryList {
+        data: deliveries.iter().map(DeliveryView::of).collect(),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_documented_body_names_every_field_the_parser_knows() {
+        let mut known: Vec<String> = STRING_FIELDS
+            .iter()
+            .chain(&BOOL_FIELDS)
+            .chain(&["callback_url", "metadata"])
+            .map(|f| f.to_string())
+            .collect();
+        known.sort();
+        assert_eq!(
+            crate::api::openapi::property_names::<GenerateRequest>(),
+            known
+        );
+    }
 
     fn parse(v: Value) -> Result<JobSpec, ApiError> {
         JobSpec::parse(v.as_object().unwrap().clone(), true)

@@ -1,11 +1,21 @@
 //! `GET /metrics`: Prometheus text. Counters and histograms are recorded where things happen;
 //! queue depths and budget tokens are read at scrape time.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 
 use super::AppState;
 use crate::store::{DeliveryQueue, WorkKind};
 
+/// Prometheus metrics
+///
+/// Jobs by status, upstream requests by endpoint and outcome, budget tokens, 429s, deliveries
+/// by outcome and error class, queue depths, and latency histograms, all prefixed `agenthook_`.
+#[utoipa::path(
+    tag = "operations",
+    operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")),
+)]
+#[get("/metrics")]
 pub async fn render(state: web::Data<AppState>) -> HttpResponse {
     let now = state.clock.now();
     for (kind, status) in [

@@ -9,16 +9,21 @@ mod error;
 mod health;
 mod jobs;
 pub mod metrics;
+mod openapi;
 pub mod request_id;
 mod subscriptions;
 
 use std::sync::Arc;
 
+use actix_web::dev::{ServiceFactory, ServiceRequest};
 use actix_web::middleware::ErrorHandlers;
-use actix_web::web;
+use actix_web::{web, App};
+use utoipa_actix_web::service_config::ServiceConfig;
+use utoipa_actix_web::{scope, AppExt};
 
 pub use auth::KeyRing;
 pub use error::{ApiError, ErrorBody};
+pub use openapi::{no_route, ApiDocument};
 
 use crate::clock::SharedClock;
 use crate::config::Settings;
@@ -36,66 +41,63 @@ pub struct AppState {
     pub signals: Arc<Signals>,
 }
 
-/// Every route of the service.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/healthz").route(web::get().to(health::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(health::readyz)))
+/// Every route of the service. Each handler is registered and documented by the same
+/// `.service(...)` call: its actix route macro gives the method and path, its
+/// `#[utoipa::path]` the rest of its OpenAPI operation. Register nothing here any other way
+/// (`.route(...)`, `.map(...)`): it would be served undocumented.
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(health::healthz)
+        .service(health::readyz)
+        .service(metrics::render)
+        .service(openapi::openapi_json)
         .service(
-            web::scope("/v1")
-                .service(
-                    web::resource("/jobs")
-                        .route(web::post().to(jobs::create))
-                        .route(web::get().to(jobs::list)),
-                )
-                .service(
-                    web::resource("/jobs/{id}")
-                        .route(web::get().to(jobs::get))
-                        .route(web::delete().to(jobs::cancel)),
-                )
-                .service(
-                    web::resource("/jobs/{id}/deliveries").route(web::get().to(jobs::deliveries)),
-                )
-                .service(web::resource("/agent/generate").route(web::post().to(agent::generate)))
-                .service(
-                    web::resource("/agent/status/{agent_id}").route(web::get().to(agent::status)),
-                )
-                .service(
-                    web::resource("/subscriptions")
-                        .route(web::post().to(subscriptions::create))
-                        .route(web::get().to(subscriptions::list)),
-                )
-                .service(
-                    web::resource("/subscriptions/{id}")
-                        .route(web::get().to(subscriptions::get))
-                        .route(web::patch().to(subscriptions::patch))
-                        .route(web::delete().to(subscriptions::delete)),
-                )
-                .service(
-                    web::resource("/subscriptions/{id}/rotate-secret")
-                        .route(web::post().to(subscriptions::rotate_secret)),
-                )
-                .service(
-                    web::resource("/subscriptions/{id}/test")
-                        .route(web::post().to(subscriptions::test)),
-                )
-                .service(
-                    web::resource("/subscriptions/{id}/recover")
-                        .route(web::post().to(subscriptions::recover)),
-                )
-                .service(
-                    web::resource("/callback-secret").route(web::get().to(callback_secret::get)),
-                )
-                .service(
-                    web::resource("/callback-secret/rotate")
-                        .route(web::post().to(callback_secret::rotate)),
-                )
-                .service(web::resource("/deliveries").route(web::get().to(deliveries::list)))
-                .service(web::resource("/deliveries/{id}").route(web::get().to(deliveries::get)))
-                .service(
-                    web::resource("/deliveries/{id}/retry")
-                        .route(web::post().to(deliveries::retry)),
-                ),
+            scope("/v1")
+                .service(jobs::create)
+                .service(jobs::list)
+                .service(jobs::get)
+                .service(jobs::cancel)
+                .service(jobs::deliveries)
+                .service(agent::generate)
+                .service(agent::status)
+                .service(subscriptions::create)
+                .service(subscriptions::list)
+                .service(subscriptions::get)
+                .service(subscriptions::patch)
+                .service(subscriptions::delete)
+                .service(subscriptions::rotate_secret)
+                .service(subscriptions::test)
+                .service(subscriptions::recover)
+                .service(callback_secret::get)
+                .service(callback_secret::rotate)
+                .service(deliveries::list)
+                .service(deliveries::get)
+                .service(deliveries::retry),
         );
+}
+
+/// Register every route on `app`, with the OpenAPI document collected from those same
+/// registrations: served at `/openapi.json`, and consulted by [`no_route`].
+pub fn routes<T>(app: App<T>) -> App<T>
+where
+    T: ServiceFactory<ServiceRequest, Config = (), Error = actix_web::Error, InitError = ()>,
+{
+    let (app, doc) = collect(app);
+    app.app_data(web::Data::new(ApiDocument::new(&doc)))
+}
+
+/// The OpenAPI document of every route, as `/openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    collect(App::new()).1
+}
+
+fn collect<T>(app: App<T>) -> (App<T>, utoipa::openapi::OpenApi)
+where
+    T: ServiceFactory<ServiceRequest, Config = (), Error = actix_web::Error, InitError = ()>,
+{
+    app.into_utoipa_app()
+        .openapi(openapi::base())
+        .configure(configure)
+        .split_for_parts()
 }
 
 /// Query and path extractor failures in the contract's shape.
@@ -114,9 +116,4 @@ pub fn extractor_configs(cfg: &mut web::ServiceConfig) {
 
 pub fn error_handlers<B: actix_web::body::MessageBody + 'static>() -> ErrorHandlers<B> {
     ErrorHandlers::new().default_handler(error::shape_error_response)
-}
-
-/// Unknown routes.
-pub async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::not_found("route"))
 }

@@ -1,17 +1,19 @@
 //! `/v1/subscriptions`: standing destinations of a tenant's events, their secrets, test events
 //! and recovery after a receiver's outage.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::body::{self, kind_of};
-use super::deliveries::{delivery_detail, resend};
-use super::{ApiError, AppState};
+use super::deliveries::{resend, DeliveryDetail};
+use super::{ApiError, AppState, ErrorBody};
 use crate::clock::{after, Timestamp};
 use crate::delivery::policy;
 use crate::delivery::signature::{SigningSecret, SECRET_PREFIX};
@@ -31,6 +33,8 @@ const DEFAULT_EVENT_TYPES: [EventType; 2] = [EventType::AgentReady, EventType::A
 
 const CREATE_FIELDS: [&str; 5] = ["url", "event_types", "format", "description", "secret"];
 const PATCH_FIELDS: [&str; 5] = ["url", "event_types", "format", "description", "enabled"];
+const ROTATION_FIELDS: [&str; 1] = ["secret"];
+const RECOVER_FIELDS: [&str; 1] = ["since"];
 
 fn field_error(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(message).with_details(field)
@@ -160,6 +164,63 @@ pub fn parse_secret(value: Value) -> Result<String, ApiError> {
         return Err(refuse());
     }
     Ok(secret.to_owned())
+}
+
+/// The body of `POST /v1/subscriptions`.
+// Only describes the body for the OpenAPI document; `NewSubscription::parse` reads it.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct NewSubscriptionRequest {
+    /// An absolute http/https URL that passes the network policy.
+    #[schema(format = "uri", example = "https://example.com/hooks/agenthook")]
+    url: String,
+    /// Default: `agent.ready` and `agent.failed`.
+    event_types: Option<Vec<EventType>>,
+    /// Default: `standard`.
+    format: Option<Format>,
+    #[schema(max_length = 1024)]
+    description: Option<String>,
+    /// `whsec_` + base64 of 24 to 64 random bytes; generated when absent.
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    secret: Option<String>,
+}
+
+/// The body of `PATCH /v1/subscriptions/{id}`: only the fields given change. The secret
+/// changes only through `rotate-secret`.
+// Only describes the body for the OpenAPI document; `SubscriptionPatch::parse` reads it.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct SubscriptionPatchRequest {
+    #[schema(format = "uri", nullable = false)]
+    url: Option<String>,
+    #[schema(nullable = false)]
+    event_types: Option<Vec<EventType>>,
+    #[schema(nullable = false)]
+    format: Option<Format>,
+    /// null clears it.
+    #[schema(max_length = 1024)]
+    description: Option<String>,
+    /// `true` re-enables a disabled subscription and clears the reason.
+    #[schema(nullable = false)]
+    enabled: Option<bool>,
+}
+
+/// The optional body of a rotation: nothing for a generated secret, or a chosen one.
+// Only describes the body for the OpenAPI document; `parse_rotation` reads it.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct RotateSecretRequest {
+    /// `whsec_` + base64 of 24 to 64 random bytes; generated when absent.
+    secret: Option<String>,
+}
+
+/// The body of `recover`.
+// Only describes the body for the OpenAPI document; `parse_recover` reads it.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct RecoverRequest {
+    /// Failed deliveries created at or after this time are sent again.
+    since: DateTime<Utc>,
 }
 
 /// The body of `POST /v1/subscriptions`, validated.
@@ -311,7 +372,7 @@ impl SubscriptionPatch {
 }
 
 /// A subscription as its owner sees it, secret included (as Svix shows it).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SubscriptionView {
     pub id: SubscriptionId,
     pub url: String,
@@ -319,12 +380,45 @@ pub struct SubscriptionView {
     pub format: Format,
     pub description: Option<String>,
     pub enabled: bool,
+    /// Why it is disabled (a `410 Gone`, failing for days, or the API); null when enabled.
     pub disabled_reason: Option<String>,
+    /// The secret that signs its events (`whsec_...`).
     pub secret: String,
     /// When the secret replaced by the last rotation stops signing; null outside an overlap.
-    pub previous_secret_expires_at: Option<Timestamp>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A tenant's subscriptions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionList {
+    pub data: Vec<SubscriptionView>,
+}
+
+/// A signing secret after a read or a rotation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretView {
+    /// The secret that signs from now on (`whsec_...`).
+    pub secret: String,
+    /// When the secret replaced by the last rotation stops signing beside it; null outside an
+    /// overlap.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
+impl SecretView {
+    pub fn of(secrets: &SecretSet, now: Timestamp) -> SecretView {
+        SecretView {
+            secret: secrets.current.clone(),
+            previous_secret_expires_at: overlap_ends(secrets, now),
+        }
+    }
+}
+
+/// How many failed deliveries were queued again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoverResult {
+    pub recovered: usize,
 }
 
 /// When the previous secret of `secrets` stops signing, if it still signs at `now`.
@@ -375,7 +469,7 @@ pub async fn optional_object(
 
 /// The body of a rotation: nothing, or `{"secret": "whsec_..."}` to set a chosen one.
 pub fn parse_rotation(mut body: Map<String, Value>) -> Result<String, ApiError> {
-    only_fields(&body, &["secret"], "a rotation")?;
+    only_fields(&body, &ROTATION_FIELDS, "a rotation")?;
     match body.remove("secret") {
         None | Some(Value::Null) => Ok(SigningSecret::generate()),
         Some(value) => parse_secret(value),
@@ -413,6 +507,21 @@ fn update(
         .ok_or_else(|| ApiError::not_found("subscription"))
 }
 
+/// Subscribe to events
+#[utoipa::path(
+    tag = "subscriptions",
+    operation_id = "create_subscription",
+    request_body = NewSubscriptionRequest,
+    responses(
+        (status = 201, description = "Created, enabled, with its secret", body = SubscriptionView),
+        (status = 400, description = "Malformed body or a field refused (named in `details`)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[post("/subscriptions")]
 pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -428,6 +537,18 @@ pub async fn create(
     Ok(HttpResponse::Created().json(SubscriptionView::of(&sub, now)))
 }
 
+/// The tenant's subscriptions
+#[utoipa::path(
+    tag = "subscriptions",
+    operation_id = "list_subscriptions",
+    responses(
+        (status = 200, description = "Every subscription of the tenant", body = SubscriptionList),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[get("/subscriptions")]
 pub async fn list(tenant: Tenant, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now = state.clock.now();
     let data: Vec<SubscriptionView> = state
@@ -436,9 +557,23 @@ pub async fn list(tenant: Tenant, state: web::Data<AppState>) -> Result<HttpResp
         .iter()
         .map(|s| SubscriptionView::of(s, now))
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": data })))
+    Ok(HttpResponse::Ok().json(SubscriptionList { data }))
 }
 
+/// One subscription
+#[utoipa::path(
+    tag = "subscriptions",
+    operation_id = "get_subscription",
+    params(("id" = String, Path, description = "Subscription id (`sub_...`)")),
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such subscription for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[get("/subscriptions/{id}")]
 pub async fn get(
     path: web::Path<String>,
     tenant: Tenant,
@@ -448,6 +583,23 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(SubscriptionView::of(&sub, state.clock.now())))
 }
 
+/// Change a subscription
+#[utoipa::path(
+    tag = "subscriptions",
+    operation_id = "update_subscription",
+    params(("id" = String, Path, description = "Subscription id (`sub_...`)")),
+    request_body = SubscriptionPatchRequest,
+    responses(
+        (status = 200, description = "The changed subscription", body = SubscriptionView),
+        (status = 400, description = "Malformed body or a field refused (named in `details`)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such subscription for this tenant", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[patch("/subscriptions/{id}")]
 pub async fn patch(
     req: HttpRequest,
     path: web::Path<String>,
@@ -467,6 +619,20 @@ pub async fn patch(
     Ok(HttpResponse::Ok().json(SubscriptionView::of(&sub, now)))
 }
 
+/// Delete a subscription
+#[utoipa::path(
+    tag = "subscriptions",
+    operation_id = "delete_subscription",
+    params(("id" = String, Path, description = "Subscription id (`sub_...`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such subscription for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[delete("/subscriptions/{id}")]
 pub async fn delete(
     path: web::Path<String>,
     tenant: Tenant,
@@ -480,6 +646,24 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Rotate a subscription's secret
+///
+/// The old secret keeps signing beside the new one for the overlap (24 h by default).
+#[utoipa::path(
+    tag = "subscriptions",
+    operation_id = "rotate_subscription_secret",
+    params(("id" = String, Path, description = "Subscription id (`sub_...`)")),
+    request_body(content = Option<RotateSecretRequest>, description = "Optional: a chosen secret"),
+    responses(
+        (status = 200, description = "The new secret", body = SecretView),
+        (status = 400, description = "Malformed body, or a secret refused or unchanged", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such subscription for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[post("/subscriptions/{id}/rotate-secret")]
 pub async fn rotate_secret(
     req: HttpRequest,
     path: web::Path<String>,
@@ -503,12 +687,25 @@ pub async fn rotate_secret(
         s.updated_at = now;
     })?;
     state.store.durable().await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "secret": sub.secrets.current,
-        "previous_secret_expires_at": overlap_ends(&sub.secrets, now),
-    })))
+    Ok(HttpResponse::Ok().json(SecretView::of(&sub.secrets, now)))
 }
 
+/// Send a test event
+///
+/// Queues a `webhook.test` event to the subscription, whatever its event types.
+#[utoipa::path(
+    tag = "subscriptions",
+    operation_id = "test_subscription",
+    params(("id" = String, Path, description = "Subscription id (`sub_...`)")),
+    responses(
+        (status = 202, description = "The queued delivery", body = DeliveryDetail),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such subscription for this tenant", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[post("/subscriptions/{id}/test")]
 pub async fn test(
     path: web::Path<String>,
     tenant: Tenant,
@@ -540,12 +737,12 @@ pub async fn test(
         .insert_deliveries(std::slice::from_ref(&delivery))?;
     state.store.durable().await?;
     state.signals.delivery_wake.notify_one();
-    Ok(HttpResponse::Accepted().json(delivery_detail(&delivery)))
+    Ok(HttpResponse::Accepted().json(DeliveryDetail::of(&delivery)))
 }
 
 /// `{"since": "RFC 3339"}`.
 pub fn parse_recover(mut body: Map<String, Value>) -> Result<Timestamp, ApiError> {
-    only_fields(&body, &["since"], "recover")?;
+    only_fields(&body, &RECOVER_FIELDS, "recover")?;
     match body.remove("since") {
         None | Some(Value::Null) => Err(field_error(
             "since",
@@ -563,6 +760,26 @@ pub fn parse_recover(mut body: Map<String, Value>) -> Result<Timestamp, ApiError
     }
 }
 
+/// Send failed deliveries again
+///
+/// Every failed delivery of the subscription created since `since` is queued again (after an
+/// outage on the receiver's side).
+#[utoipa::path(
+    tag = "subscriptions",
+    operation_id = "recover_subscription",
+    params(("id" = String, Path, description = "Subscription id (`sub_...`)")),
+    request_body = RecoverRequest,
+    responses(
+        (status = 202, description = "How many deliveries were queued", body = RecoverResult),
+        (status = 400, description = "Malformed body or a bad `since`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such subscription for this tenant", body = ErrorBody),
+        (status = 409, description = "The subscription is disabled", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_secret" = [])),
+)]
+#[post("/subscriptions/{id}/recover")]
 pub async fn recover(
     req: HttpRequest,
     path: web::Path<String>,
@@ -600,14 +817,37 @@ pub async fn recover(
         state.store.durable().await?;
         state.signals.delivery_wake.notify_one();
     }
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "recovered": recovered })))
+    Ok(HttpResponse::Accepted().json(RecoverResult { recovered }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::openapi::property_names;
     use actix_web::http::StatusCode;
     use serde_json::json;
+
+    #[test]
+    fn the_documented_bodies_name_exactly_the_fields_the_parsers_take() {
+        fn sorted(fields: &[&str]) -> Vec<String> {
+            let mut v: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            v.sort();
+            v
+        }
+        assert_eq!(
+            property_names::<NewSubscriptionRequest>(),
+            sorted(&CREATE_FIELDS)
+        );
+        assert_eq!(
+            property_names::<SubscriptionPatchRequest>(),
+            sorted(&PATCH_FIELDS)
+        );
+        assert_eq!(
+            property_names::<RotateSecretRequest>(),
+            sorted(&ROTATION_FIELDS)
+        );
+        assert_eq!(property_names::<RecoverRequest>(), sorted(&RECOVER_FIELDS));
+    }
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -1,5 +1,7 @@
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{
     DeliveryId, Event, EventId, EventType, Format, JobId, MessageId, SubscriptionId, Tenant,
@@ -7,7 +9,7 @@ use super::{
 use crate::clock::Timestamp;
 
 /// Where a delivery goes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Destination {
     /// The `callback_url` of a job, signed with the tenant's callback secret.
@@ -44,7 +46,7 @@ impl Destination {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     Pending,
@@ -70,7 +72,7 @@ impl DeliveryState {
 }
 
 /// Why an attempt failed, in words an operator can act on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorClass {
     Timeout,
@@ -97,10 +99,12 @@ impl ErrorClass {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
-    pub at: Timestamp,
+    pub at: DateTime<Utc>,
+    /// The receiver's HTTP status; null when no answer came.
     pub status_code: Option<u16>,
+    /// Why the attempt failed; null when it succeeded.
     pub error: Option<ErrorClass>,
     pub duration_ms: u64,
     /// The first 16 KiB of the response body.

@@ -1,12 +1,14 @@
 //! A generation job: what the client asked for and where it stands.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::{JobId, Tenant};
 use crate::clock::Timestamp;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Accepted by agenthook, not yet by upstream.
@@ -51,7 +53,7 @@ impl JobStatus {
 
 /// Why a job failed: an upstream code (`VALIDATION_ERROR`, ...) or one of agenthook's own
 /// (`TIMEOUT`, `NOT_FOUND`, `GENERATION_FAILED`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobError {
     pub code: String,
     pub message: String,
@@ -147,20 +149,26 @@ impl Job {
 }
 
 /// The job as the API shows it: no tenant, no media, no internal counters.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     pub id: JobId,
+    /// The upstream agent id; null until upstream has accepted the job.
+    #[schema(example = "A91XMB7113")]
     pub agent_id: Option<String>,
     pub status: JobStatus,
     pub callback_url: Option<String>,
+    /// The client's own data, echoed in every event of this job.
     pub metadata: Map<String, Value>,
+    /// The latest upstream status `data`, as received.
     pub agent: Option<Value>,
     pub error: Option<JobError>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-    pub completed_at: Option<Timestamp>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Status polls made upstream so far.
     pub polls: u32,
-    pub next_poll_at: Option<Timestamp>,
+    /// When upstream is next asked; null once the job has ended.
+    pub next_poll_at: Option<DateTime<Utc>>,
 }
 
 impl From<&Job> for JobView {

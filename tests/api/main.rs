@@ -8,6 +8,7 @@ mod delivery;
 mod drop_in;
 mod errors;
 mod jobs;
+mod openapi;
 mod operations;
 mod restart;
 mod scheduler;

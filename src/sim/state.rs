@@ -307,6 +307,10 @@ impl SimState {
     }
 }
 
+fn idempotency_ttl() -> chrono::Duration {
+    chrono::Duration::from_std(IDEMPOTENCY_TTL).unwrap_or(chrono::Duration::MAX)
+}
+
 /// A first answer kept for replay under its idempotency key.
 #[derive(Debug)]
 struct Remembered {
@@ -332,6 +336,9 @@ struct Inner {
     accepted_generates: usize,
     /// Keyed by (api-secret, key): keys are scoped per account.
     idempotency: HashMap<(String, String), Remembered>,
+    /// The same keys in the order they were remembered, so that expiring them looks at the
+    /// oldest few instead of every key on every generate.
+    idempotency_order: VecDeque<((String, String), Timestamp)>,
     generate_bucket: BucketState,
     read_bucket: BucketState,
     outage: bool,
@@ -348,6 +355,7 @@ impl Inner {
             agents_created: 0,
             accepted_generates: 0,
             idempotency: HashMap::new(),
+            idempotency_order: VecDeque::new(),
             generate_bucket: BucketState::default(),
             read_bucket: BucketState::default(),
             outage: false,
@@ -430,7 +438,12 @@ impl Inner {
             .header("idempotency-key")
             .filter(|k| !k.is_empty())
             .map(|k| (self.config.api_secret.clone(), k.to_owned()));
-        if let Some(first) = key.as_ref().and_then(|k| self.idempotency.get(k)) {
+        let live = |first: &&Remembered| now - first.at < idempotency_ttl();
+        if let Some(first) = key
+            .as_ref()
+            .and_then(|k| self.idempotency.get(k))
+            .filter(live)
+        {
             return first
                 .reply
                 .clone()
@@ -445,14 +458,32 @@ impl Inner {
                 reply: reply.clone(),
                 at: now,
             };
+            self.idempotency_order.push_back((key.clone(), now));
             self.idempotency.insert(key, remembered);
         }
         reply
     }
 
+    /// Drops the keys that have lived their time, oldest first. A key whose clock went
+    /// backwards may outstay its turn here, but lookups check the age themselves.
     fn forget_expired_keys(&mut self, now: Timestamp) {
-        let ttl = chrono::Duration::from_std(IDEMPOTENCY_TTL).unwrap_or(chrono::Duration::MAX);
-        self.idempotency.retain(|_, first| now - first.at < ttl);
+        while self
+            .idempotency_order
+            .front()
+            .is_some_and(|(_, at)| now - *at >= idempotency_ttl())
+        {
+            let Some((key, at)) = self.idempotency_order.pop_front() else {
+                break;
+            };
+            // The key may have been remembered again since; only its latest entry counts.
+            if self
+                .idempotency
+                .get(&key)
+                .is_some_and(|first| first.at == at)
+            {
+                self.idempotency.remove(&key);
+            }
+        }
     }
 
     fn create_agent(&mut self, body: &[u8], now: Timestamp) -> Result<String, SimError> {
@@ -599,4 +630,63 @@ fn recorded_body(body: &[u8]) -> Option<Value> {
         serde_json::from_slice(body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generate(key: &str) -> Incoming {
+        Incoming {
+            route: Route::Generate,
+            method: "POST".into(),
+            path: "/v1/agent/generate".into(),
+            headers: BTreeMap::from([
+                ("api-secret".to_owned(), SimConfig::default().api_secret),
+                ("idempotency-key".to_owned(), key.to_owned()),
+            ]),
+            body: br#"{"prompt": "a"}"#.to_vec(),
+        }
+    }
+
+    #[test]
+    fn expired_idempotency_keys_are_forgotten_oldest_first() {
+        let start = chrono::Utc::now();
+        let mut inner = Inner::new(SimConfig {
+            generate_per_minute: 1_000,
+            ..SimConfig::default()
+        });
+        for i in 0..100 {
+            let at = start + chrono::Duration::seconds(i);
+            assert_eq!(inner.serve(&generate(&format!("k{i}")), at).status, 200);
+        }
+        assert_eq!(inner.idempotency.len(), 100);
+        // 24 h after the 50th key was remembered, the first 51 are gone.
+        let later = start + idempotency_ttl() + chrono::Duration::seconds(50);
+        inner.serve(&generate("fresh"), later);
+        assert_eq!(inner.idempotency.len(), 50);
+        assert_eq!(inner.idempotency_order.len(), 50);
+        // An expired key creates a new agent, a live one replays.
+        let agents = inner.accepted_generates;
+        inner.serve(&generate("k10"), later);
+        assert_eq!(inner.accepted_generates, agents + 1);
+        let replay = inner.serve(&generate("k60"), later);
+        assert_eq!(inner.accepted_generates, agents + 1);
+        assert_eq!(replay.status, 200);
+    }
+
+    #[test]
+    fn a_key_is_not_replayed_after_its_time_even_when_the_clock_went_backwards() {
+        let start = chrono::Utc::now();
+        let mut inner = Inner::new(SimConfig::default());
+        let day = idempotency_ttl();
+        inner.serve(&generate("late"), start + day);
+        inner.serve(&generate("early"), start);
+        // "early" sits behind "late" in the order; the lookup still sees it has expired.
+        inner.serve(
+            &generate("early"),
+            start + day + chrono::Duration::seconds(1),
+        );
+        assert_eq!(inner.accepted_generates, 3);
+    }
 }

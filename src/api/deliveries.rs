@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::jobs::page_limit;
+use super::jobs::{page_limit, query_param};
 use super::{ApiError, AppState, ErrorBody};
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -145,26 +145,19 @@ pub async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let wanted = query
-        .state
-        .as_deref()
-        .map(|s| {
-            DeliveryState::parse(s).ok_or_else(|| {
-                ApiError::bad_request("state must be one of pending, succeeded, failed")
-                    .with_details("state")
-            })
-        })
-        .transpose()?;
+    let wanted = query_param(
+        query.state.as_deref(),
+        DeliveryState::parse,
+        "state",
+        "one of pending, succeeded, failed",
+    )?;
     let limit = page_limit(query.limit)?;
-    let after = query
-        .after
-        .as_deref()
-        .map(|a| {
-            DeliveryId::parse(a).ok_or_else(|| {
-                ApiError::bad_request("after must be a delivery id").with_details("after")
-            })
-        })
-        .transpose()?;
+    let after = query_param(
+        query.after.as_deref(),
+        DeliveryId::parse,
+        "after",
+        "a delivery id",
+    )?;
     let page = state
         .store
         .list_deliveries(&tenant, wanted, after.as_ref(), limit)?;

@@ -427,6 +427,22 @@ pub struct JobPage {
 
 pub const MAX_PAGE: usize = 100;
 
+/// An optional query parameter parsed with `parse`; a value that does not parse is a 400
+/// naming the parameter and what it must be.
+pub fn query_param<T>(
+    raw: Option<&str>,
+    parse: impl Fn(&str) -> Option<T>,
+    name: &'static str,
+    must_be: &str,
+) -> Result<Option<T>, ApiError> {
+    raw.map(|value| {
+        parse(value).ok_or_else(|| {
+            ApiError::bad_request(format!("{name} must be {must_be}")).with_details(name)
+        })
+    })
+    .transpose()
+}
+
 pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(20),
@@ -458,28 +474,14 @@ pub async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let status = query
-        .status
-        .as_deref()
-        .map(|s| {
-            JobStatus::parse(s).ok_or_else(|| {
-                ApiError::bad_request(
-                    "status must be one of submitting, processing, ready, failed, cancelled",
-                )
-                .with_details("status")
-            })
-        })
-        .transpose()?;
+    let status = query_param(
+        query.status.as_deref(),
+        JobStatus::parse,
+        "status",
+        "one of submitting, processing, ready, failed, cancelled",
+    )?;
     let limit = page_limit(query.limit)?;
-    let after = query
-        .after
-        .as_deref()
-        .map(|a| {
-            JobId::parse(a).ok_or_else(|| {
-                ApiError::bad_request("after must be a job id").with_details("after")
-            })
-        })
-        .transpose()?;
+    let after = query_param(query.after.as_deref(), JobId::parse, "after", "a job id")?;
     let page = state
         .store
         .list_jobs(&tenant, status, after.as_ref(), limit)?;

@@ -358,10 +358,10 @@ enum Phase {
 impl Phase {
     fn name(self) -> &'static str {
         match self {
-            Phase::Store => "store: create_job + save_job, no flush",
-            Phase::StoreDurable => "store: create_job + save_job + durable()",
+            Phase::Store => "store: save_job of a held job, no flush",
+            Phase::StoreDurable => "store: accept_job (one durable write)",
             Phase::Upstream => "upstream: generate through agenthook's client",
-            Phase::Pipeline => "admit() without HTTP: create_job + submit + save_job + durable()",
+            Phase::Pipeline => "admit() without HTTP: begin_job + submit + accept_job",
         }
     }
 }
@@ -422,10 +422,20 @@ fn run_phases(
                                     .await
                                     .expect("generate");
                             }
+                            Phase::Store => {
+                                // What a held job costs: stored as pending, then saved.
+                                store.hold_job(&job, None).await.expect("hold");
+                                job.accepted(
+                                    format!("agent-{task}-{n}"),
+                                    agenthook::clock::after(now, Duration::from_secs(3600)),
+                                    now,
+                                );
+                                store.save_job(&job).expect("save");
+                            }
                             _ => {
-                                store
-                                    .create_job(&job, None, Duration::from_secs(86_400))
-                                    .expect("create");
+                                let _hold = store
+                                    .begin_job(&job, None, Duration::from_secs(86_400))
+                                    .expect("begin");
                                 if phase == Phase::Pipeline {
                                     lifecycle.submit(&mut job).await;
                                 } else {
@@ -435,10 +445,7 @@ fn run_phases(
                                         now,
                                     );
                                 }
-                                store.save_job(&job, None).expect("save");
-                                if phase != Phase::Store {
-                                    store.durable().await.expect("durable");
-                                }
+                                store.accept_job(job, None).await.expect("accept");
                             }
                         }
                         n += 1;

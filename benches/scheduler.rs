@@ -161,19 +161,27 @@ fn populate(dir: &Path, n: usize, base_ms: i64) {
     let store = Store::open(dir, DEFAULT_CACHE).expect("open store");
     let base = chrono::DateTime::from_timestamp_millis(base_ms).expect("base");
     let created = Utc::now();
-    let threads = 2;
-    std::thread::scope(|scope| {
-        for t in 0..threads {
-            let store = store.clone();
-            scope.spawn(move || {
-                for i in (t..n).step_by(threads) {
-                    let due = base + chrono::Duration::milliseconds(i as i64 * SPACING_MS);
-                    let job = pending_job(agent_for(i), created, due);
-                    store
-                        .create_job(&job, None, Duration::from_secs(86_400))
-                        .expect("create job");
-                }
-            });
+    // Many writers at once, so the store's writer puts many jobs in each round.
+    let writers = 128;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..writers)
+            .map(|t| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in (t..n).step_by(writers) {
+                        let due = base + chrono::Duration::milliseconds(i as i64 * SPACING_MS);
+                        let job = pending_job(agent_for(i), created, due);
+                        store.hold_job(&job, None).await.expect("store job");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("writer task");
         }
     });
     store.flush_now().expect("flush");
@@ -570,13 +578,16 @@ fn part_b(rt: &tokio::runtime::Runtime, per_minute: u32, minutes: usize) -> Budg
     let n = 1000;
     rt.block_on(create_agents(&services, (0..n).map(agent_for)));
     let now = clock.now();
-    for i in 0..n {
-        let job = pending_job(agent_for(i), now, now);
-        services
-            .store
-            .create_job(&job, None, Duration::from_secs(86_400))
-            .expect("create");
-    }
+    rt.block_on(async {
+        for i in 0..n {
+            let job = pending_job(agent_for(i), now, now);
+            services
+                .store
+                .hold_job(&job, None)
+                .await
+                .expect("store job");
+        }
+    });
     let reads_before = sim.state.stats().buckets["read"].requests;
     assert_eq!(reads_before, 0);
 

@@ -109,14 +109,14 @@ impl Poller {
         match lc.submit(&mut job).await {
             Submission::Accepted => {
                 tracing::info!(job_id = %job.id, agent_id = job.agent_id.as_deref().unwrap_or(""), "submitted upstream");
-                lc.store.save_job(&job, None)?;
+                lc.store.save_job(&job)?;
                 Ok(JobOutcome::touched())
             }
             Submission::Deferred(error) => {
                 if let Some(error) = &error {
                     tracing::warn!(job_id = %job.id, %error, "submission deferred");
                 }
-                lc.store.save_job(&job, None)?;
+                lc.store.save_job(&job)?;
                 Ok(JobOutcome {
                     touched_upstream: error.is_some(),
                     ..JobOutcome::default()
@@ -140,7 +140,7 @@ impl Poller {
         if !read.try_acquire(claimed_at) {
             // Someone else (the drop-in status proxy) took the slot: wait for the next one.
             job.next_poll_at = Some(read.next_available_at(claimed_at));
-            lc.store.save_job(&job, None)?;
+            lc.store.save_job(&job)?;
             return Ok(JobOutcome::default());
         }
         let agent_id = job.agent_id.clone().unwrap_or_default();
@@ -152,7 +152,7 @@ impl Poller {
         if lc.apply_poll(&mut job, result, now) {
             return self.finish(&job, true);
         }
-        lc.store.save_job(&job, None)?;
+        lc.store.save_job(&job)?;
         Ok(JobOutcome::touched())
     }
 

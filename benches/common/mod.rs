@@ -87,8 +87,8 @@ impl ThreadGroups {
     }
 
     fn group_of(&self, tid: u32, name: &str) -> String {
-        if name.starts_with("agenthook-flush") {
-            return "agenthook: group-flush thread".into();
+        if name.starts_with("agenthook-writer") {
+            return "agenthook: storage writer thread".into();
         }
         if name.starts_with("sled") {
             return "sled background threads".into();

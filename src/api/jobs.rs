@@ -206,10 +206,15 @@ pub enum Mode {
 /// Render the answer for a job that upstream accepted (or that will be retried).
 pub type Render = fn(&Job) -> IdempotentResponse;
 
-/// Store a job, submit it upstream, store the outcome with the answer its idempotency key
-/// replays, make it durable, and answer.
+/// How long a request may wait for upstream's answer before its job is stored as pending
+/// (durably), so that a crash while upstream takes its time cannot leave an agent that no
+/// job tracks. Upstream usually answers sooner: then the job is written once, accepted.
+pub const HOLD_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Settle the idempotency key, submit the job upstream, store the outcome with the answer
+/// its key replays, durably, and answer.
 pub async fn admit(
-    state: &AppState,
+    state: &web::Data<AppState>,
     tenant: Tenant,
     spec: JobSpec,
     key: Option<IdempotencyKey>,
@@ -218,13 +223,10 @@ pub async fn admit(
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock.now();
     let mut job = Job::new(tenant, spec.upstream, spec.callback_url, spec.metadata, now);
-    // Held by this request while it submits; the poller takes it over if we die.
+    // If the job has to be held: the poller takes it over then, should we die meanwhile.
     job.next_poll_at = Some(after(now, state.settings.poller.lease));
-    match state
-        .store
-        .create_job(&job, key.as_ref(), IDEMPOTENCY_TTL)?
-    {
-        Admission::Created => {}
+    let hold = match state.store.begin_job(&job, key.as_ref(), IDEMPOTENCY_TTL)? {
+        Admission::Created(hold) => hold,
         Admission::Replay(response) => return Ok(replay(&response)),
         Admission::Mismatch => {
             return Err(ApiError::unprocessable(
@@ -242,29 +244,52 @@ pub async fn admit(
                 }
             }
         }
+    };
+    // From here on the job is upstream's business too: finish even if the client goes away.
+    let state = state.clone();
+    let finished = actix_web::rt::spawn(async move {
+        let answer = submit_and_store(&state, job, key, mode, render).await;
+        drop(hold);
+        answer
+    });
+    match finished.await {
+        Ok(answer) => answer.map(|response| respond(&response)),
+        Err(e) => Err(ApiError::internal(&e)),
     }
-    let key = key.as_ref().map(|k| k.key.as_str());
-    let submission = state.lifecycle.submit(&mut job).await;
+}
+
+async fn submit_and_store(
+    state: &AppState,
+    mut job: Job,
+    key: Option<IdempotencyKey>,
+    mode: Mode,
+    render: Render,
+) -> Result<IdempotentResponse, ApiError> {
+    let now = job.created_at;
+    let pending = job.clone();
+    let submission = {
+        let submit = state.lifecycle.submit(&mut job);
+        tokio::pin!(submit);
+        tokio::select! {
+            submission = &mut submit => submission,
+            _ = tokio::time::sleep(HOLD_AFTER) => {
+                state.store.hold_job(&pending, key.as_ref()).await?;
+                submit.await
+            }
+        }
+    };
+    drop(pending);
     let outcome = match &submission {
         Submission::Accepted => "accepted",
         Submission::Deferred(_) => "deferred",
         Submission::Refused(_) => "refused",
     };
     metrics::counter!("agenthook_jobs_submitted_total", "outcome" => outcome).increment(1);
-    let answer = match submission {
-        Submission::Accepted => {
-            let response = render(&job);
-            save(state, &job, key, &response)?;
-            response
-        }
-        Submission::Deferred(_) if mode == Mode::Deferrable => {
-            let response = render(&job);
-            save(state, &job, key, &response)?;
-            response
-        }
+    match submission {
+        Submission::Accepted => {}
+        Submission::Deferred(_) if mode == Mode::Deferrable => {}
         Submission::Deferred(error) => {
-            state.store.discard_job(&job, key, None)?;
-            state.store.durable().await?;
+            state.store.refuse_job(&job, key.as_ref(), None).await?;
             return Err(match error {
                 Some(error) => ApiError::upstream(&error),
                 None => {
@@ -289,28 +314,25 @@ pub async fn admit(
                 status: api_error.status.as_u16(),
                 body: serde_json::to_value(api_error.body()).expect("error body serialises"),
             };
-            state.store.discard_job(&job, key, Some(&response))?;
-            state.store.durable().await?;
+            state
+                .store
+                .refuse_job(&job, key.as_ref(), Some(&response))
+                .await?;
             return Err(api_error);
         }
-    };
-    state.store.durable().await?;
-    state.signals.poller_wake.notify_one();
-    Ok(respond(&answer))
-}
-
-fn save(
-    state: &AppState,
-    job: &Job,
-    key: Option<&str>,
-    response: &IdempotentResponse,
-) -> Result<(), ApiError> {
-    let saved = state.store.save_job(job, key.map(|k| (k, response)))?;
-    if !saved {
-        // Cancelled while we were submitting: the cancellation stands.
-        tracing::info!(job_id = %job.id, "job was cancelled during submission");
     }
-    Ok(())
+    let response = render(&job);
+    let id = job.id.clone();
+    let saved = state
+        .store
+        .accept_job(job, key.map(|k| (k, response.clone())))
+        .await?;
+    if saved {
+        state.signals.poller_wake.notify_one();
+    } else {
+        tracing::info!(job_id = %id, "job was cancelled during submission");
+    }
+    Ok(response)
 }
 
 fn respond(response: &IdempotentResponse) -> HttpResponse {

@@ -1,15 +1,17 @@
 //! Jobs, their scheduler queue, the agent-id index and idempotency records.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
+use super::writer::TxResult;
 use super::{decode, decode_tx, encode, keys, tx_result, Result, Store, StoreError};
 use crate::clock::Timestamp;
 use crate::domain::{Delivery, Job, JobId, JobStatus, Tenant};
-
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
 
 /// What the scheduler does next with a pending job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,11 +67,46 @@ struct IdempotencyRecord {
     created_at: Timestamp,
 }
 
+/// Idempotency keys whose first request is still being answered, with its job and start.
+#[derive(Clone, Default)]
+pub(super) struct InFlight(Arc<Mutex<HeldKeys>>);
+
+/// Idempotency tree key → the job admitted with it and when.
+type HeldKeys = HashMap<Vec<u8>, (JobId, Timestamp)>;
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeldKeys> {
+        // The map is only ever left consistent: a panic elsewhere does not poison its use.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An idempotency key held for the request that is admitting a job; released when dropped,
+/// which the request does once the key's record is stored (or the request has failed).
+#[derive(Debug)]
+pub struct KeyHold {
+    slot: Option<(InFlight, Vec<u8>)>,
+}
+
+impl Drop for KeyHold {
+    fn drop(&mut self) {
+        if let Some((held, key)) = self.slot.take() {
+            held.lock().remove(&key);
+        }
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
+    }
+}
+
 /// The outcome of asking to create a job.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub enum Admission {
-    /// The job is stored; go on and submit it.
-    Created,
+    /// Go on and submit it; the key (if any) is held until the hold is dropped.
+    Created(KeyHold),
     /// The key was used before with the same body: answer this.
     Replay(IdempotentResponse),
     /// The key's first request has not been answered yet.
@@ -94,113 +131,198 @@ pub enum Cancellation {
 }
 
 impl Store {
-    /// Store a new job, and with it the idempotency record of its key, atomically. A live key
-    /// (younger than `key_ttl`) short-circuits: nothing is written.
-    pub fn create_job(
+    /// Start admitting a new job: settle its idempotency key without writing anything. A live
+    /// key (younger than `key_ttl`) short-circuits; otherwise the key is held in memory until
+    /// the returned [`KeyHold`] is dropped, and a second request with it meanwhile is told
+    /// [`Admission::InFlight`]. Nothing is stored until [`Store::accept_job`] (or
+    /// [`Store::hold_job`], when upstream is slow to answer).
+    ///
+    /// Holding keys in memory is sound because one process at a time opens a sled database.
+    pub fn begin_job(
         &self,
         job: &Job,
         idempotency: Option<&IdempotencyKey>,
         key_ttl: std::time::Duration,
     ) -> Result<Admission> {
-        let job_bytes = encode(job);
-        let idem_key = idempotency.map(|k| keys::idempotency(job.tenant.as_str(), &k.key));
-        let result = (&self.jobs, &self.index, &self.due, &self.idempotency).transaction(
-            |(jobs, index, due, idem)| {
-                if let (Some(key), Some(request)) = (&idem_key, idempotency) {
-                    if let Some(raw) = idem.get(key)? {
-                        let record: IdempotencyRecord = decode_tx(&raw)?;
-                        let live = crate::clock::after(record.created_at, key_ttl) > job.created_at;
-                        if live {
-                            return Ok(if record.fingerprint != request.fingerprint {
-                                Admission::Mismatch
-                            } else if let Some(response) = record.response {
-                                Admission::Replay(response)
-                            } else {
-                                Admission::InFlight {
-                                    job_id: record.job_id,
-                                    since: record.created_at,
-                                }
-                            });
+        let Some(request) = idempotency else {
+            return Ok(Admission::Created(KeyHold { slot: None }));
+        };
+        let key = keys::idempotency(job.tenant.as_str(), &request.key);
+        let mut held = self.in_flight.lock();
+        if let Some((job_id, since)) = held.get(&key) {
+            return Ok(Admission::InFlight {
+                job_id: job_id.clone(),
+                since: *since,
+            });
+        }
+        if let Some(raw) = self.idempotency.get(&key)? {
+            let record: IdempotencyRecord = decode(&raw)?;
+            if crate::clock::after(record.created_at, key_ttl) > job.created_at {
+                return Ok(if record.fingerprint != request.fingerprint {
+                    Admission::Mismatch
+                } else if let Some(response) = record.response {
+                    Admission::Replay(response)
+                } else {
+                    Admission::InFlight {
+                        job_id: record.job_id,
+                        since: record.created_at,
+                    }
+                });
+            }
+        }
+        held.insert(key.clone(), (job.id.clone(), job.created_at));
+        drop(held);
+        Ok(Admission::Created(KeyHold {
+            slot: Some((self.in_flight.clone(), key)),
+        }))
+    }
+
+    /// Store a pending job durably, with the idempotency record of its key marked in flight:
+    /// the poller takes the job over at its `next_poll_at` if no one saves it before.
+    pub async fn hold_job(&self, job: &Job, idempotency: Option<&IdempotencyKey>) -> Result<()> {
+        let job = job.clone();
+        let bytes = encode(&job);
+        let record = idempotency.map(|k| {
+            let key = keys::idempotency(job.tenant.as_str(), &k.key);
+            let record = IdempotencyRecord {
+                fingerprint: k.fingerprint.clone(),
+                job_id: job.id.clone(),
+                response: None,
+                created_at: job.created_at,
+            };
+            (key, encode(&record))
+        });
+        self.writer
+            .write(move |tx| {
+                if let Some((key, record)) = &record {
+                    tx.idempotency.insert(key.as_slice(), record.as_slice())?;
+                }
+                let old = stored_job(tx.jobs, &job.id)?;
+                if old.is_none() {
+                    tx.index.insert(
+                        keys::owned(keys::TENANT_JOBS, job.tenant.as_str(), job.id.as_str()),
+                        &[],
+                    )?;
+                }
+                write_indexes(tx.index, tx.due, old.as_ref(), &job)?;
+                tx.jobs.insert(job.id.as_str(), bytes.as_slice())?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Store a job that upstream accepted (or that will be submitted in the background), with
+    /// the answer its idempotency key replays, durably. Returns `false`, writing nothing, when
+    /// the job was held and has meanwhile ended (cancelled): the cancellation stands.
+    pub async fn accept_job(
+        &self,
+        job: Job,
+        idempotency: Option<(IdempotencyKey, IdempotentResponse)>,
+    ) -> Result<bool> {
+        let bytes = encode(&job);
+        let record = idempotency.map(|(k, response)| {
+            let key = keys::idempotency(job.tenant.as_str(), &k.key);
+            let record = IdempotencyRecord {
+                fingerprint: k.fingerprint,
+                job_id: job.id.clone(),
+                response: Some(response),
+                created_at: job.created_at,
+            };
+            (key, encode(&record))
+        });
+        self.writer
+            .write(move |tx| {
+                let old = stored_job(tx.jobs, &job.id)?;
+                match &old {
+                    Some(old) if !old.is_pending() => return Ok(false),
+                    Some(_) => {}
+                    None => {
+                        tx.index.insert(
+                            keys::owned(keys::TENANT_JOBS, job.tenant.as_str(), job.id.as_str()),
+                            &[],
+                        )?;
+                    }
+                }
+                write_indexes(tx.index, tx.due, old.as_ref(), &job)?;
+                tx.jobs.insert(job.id.as_str(), bytes.as_slice())?;
+                if let Some((key, record)) = &record {
+                    tx.idempotency.insert(key.as_slice(), record.as_slice())?;
+                }
+                Ok(true)
+            })
+            .await
+    }
+
+    /// Keep nothing of a job that will not run (upstream refused it, or a synchronous caller
+    /// could not be answered), durably. With `response`, that answer is what the key replays;
+    /// without, the key is released so the client may try again.
+    pub async fn refuse_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyKey>,
+        response: Option<&IdempotentResponse>,
+    ) -> Result<()> {
+        let (id, tenant) = (job.id.clone(), job.tenant.clone());
+        let record = idempotency.map(|k| {
+            let key = keys::idempotency(tenant.as_str(), &k.key);
+            let record = response.map(|response| {
+                encode(&IdempotencyRecord {
+                    fingerprint: k.fingerprint.clone(),
+                    job_id: id.clone(),
+                    response: Some(response.clone()),
+                    created_at: job.created_at,
+                })
+            });
+            (key, record)
+        });
+        self.writer
+            .write(move |tx| {
+                if let Some(stored) = stored_job(tx.jobs, &id)? {
+                    tx.jobs.remove(id.as_str())?;
+                    if let Some(key) = due_key(&stored) {
+                        tx.due.remove(key)?;
+                    }
+                    if let Some(agent) = &stored.agent_id {
+                        tx.index.remove(keys::agent(agent))?;
+                    }
+                    tx.index.remove(keys::owned(
+                        keys::TENANT_JOBS,
+                        tenant.as_str(),
+                        id.as_str(),
+                    ))?;
+                }
+                match &record {
+                    Some((key, Some(record))) => {
+                        tx.idempotency.insert(key.as_slice(), record.as_slice())?;
+                    }
+                    Some((key, None)) => {
+                        // Only this job's own record: a held key is ours alone.
+                        if let Some(raw) = tx.idempotency.get(key)? {
+                            let stored: IdempotencyRecord = decode_tx(&raw)?;
+                            if stored.job_id == id {
+                                tx.idempotency.remove(key.as_slice())?;
+                            }
                         }
                     }
-                    let record = IdempotencyRecord {
-                        fingerprint: request.fingerprint.clone(),
-                        job_id: job.id.clone(),
-                        response: None,
-                        created_at: job.created_at,
-                    };
-                    idem.insert(key.as_slice(), encode(&record))?;
+                    None => {}
                 }
-                jobs.insert(job.id.as_str(), job_bytes.as_slice())?;
-                index.insert(
-                    keys::owned(keys::TENANT_JOBS, job.tenant.as_str(), job.id.as_str()),
-                    &[],
-                )?;
-                write_indexes(index, due, None, job)?;
-                Ok(Admission::Created)
-            },
-        );
-        tx_result(result)
+                Ok(())
+            })
+            .await
     }
 
     /// Save a pending job's progress, moving its queue entry. Returns `false`, writing nothing,
     /// when the stored job has meanwhile ended (cancelled, say): the caller's news is stale.
-    /// `response` completes the idempotency record of the request that created the job.
-    pub fn save_job(
-        &self,
-        job: &Job,
-        response: Option<(&str, &IdempotentResponse)>,
-    ) -> Result<bool> {
+    pub fn save_job(&self, job: &Job) -> Result<bool> {
         let job_bytes = encode(job);
-        let result = (&self.jobs, &self.index, &self.due, &self.idempotency).transaction(
-            |(jobs, index, due, idem)| {
-                let Some(stored) = pending_stored(jobs, &job.id)? else {
-                    return Ok(false);
-                };
-                write_indexes(index, due, Some(&stored), job)?;
-                jobs.insert(job.id.as_str(), job_bytes.as_slice())?;
-                if let Some((key, response)) = response {
-                    complete_idempotency(idem, job, key, response)?;
-                }
-                Ok(true)
-            },
-        );
-        tx_result(result)
-    }
-
-    /// Forget a job that will not run (upstream refused it, or a synchronous caller could not
-    /// be answered). With `response`, that answer is what the key replays; without, the key
-    /// is released so the client may try again.
-    pub fn discard_job(
-        &self,
-        job: &Job,
-        key: Option<&str>,
-        response: Option<&IdempotentResponse>,
-    ) -> Result<()> {
-        let result = (&self.jobs, &self.index, &self.due, &self.idempotency).transaction(
-            |(jobs, index, due, idem)| {
-                if let Some(raw) = jobs.remove(job.id.as_str())? {
-                    let stored: Job = decode_tx(&raw)?;
-                    if let Some(key) = due_key(&stored) {
-                        due.remove(key)?;
-                    }
-                    if let Some(agent) = &stored.agent_id {
-                        index.remove(keys::agent(agent))?;
-                    }
-                }
-                index.remove(keys::owned(
-                    keys::TENANT_JOBS,
-                    job.tenant.as_str(),
-                    job.id.as_str(),
-                ))?;
-                match (key, response) {
-                    (Some(key), Some(response)) => complete_idempotency(idem, job, key, response)?,
-                    (Some(key), None) => release_idempotency(idem, job, key)?,
-                    _ => {}
-                }
-                Ok(())
-            },
-        );
+        let result = (&self.jobs, &self.index, &self.due).transaction(|(jobs, index, due)| {
+            let Some(stored) = pending_stored(jobs, &job.id)? else {
+                return Ok(false);
+            };
+            write_indexes(index, due, Some(&stored), job)?;
+            jobs.insert(job.id.as_str(), job_bytes.as_slice())?;
+            Ok(true)
+        });
         tx_result(result)
     }
 
@@ -411,12 +533,14 @@ impl Store {
     }
 }
 
+fn stored_job(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {
+    jobs.get(id.as_str())?
+        .map(|raw| decode_tx(&raw))
+        .transpose()
+}
+
 fn pending_stored(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {
-    let Some(raw) = jobs.get(id.as_str())? else {
-        return Ok(None);
-    };
-    let stored: Job = decode_tx(&raw)?;
-    Ok(stored.is_pending().then_some(stored))
+    Ok(stored_job(jobs, id)?.filter(Job::is_pending))
 }
 
 /// Move the job's queue entry and agent index from what `old` had to what `job` has.
@@ -439,35 +563,6 @@ fn write_indexes(
     if let Some(agent) = &job.agent_id {
         if old.and_then(|o| o.agent_id.as_ref()) != Some(agent) {
             index.insert(keys::agent(agent), job.id.as_str())?;
-        }
-    }
-    Ok(())
-}
-
-fn complete_idempotency(
-    idem: &TransactionalTree,
-    job: &Job,
-    key: &str,
-    response: &IdempotentResponse,
-) -> TxResult<()> {
-    let tree_key = keys::idempotency(job.tenant.as_str(), key);
-    let Some(raw) = idem.get(&tree_key)? else {
-        return Ok(());
-    };
-    let mut record: IdempotencyRecord = decode_tx(&raw)?;
-    if record.job_id == job.id {
-        record.response = Some(response.clone());
-        idem.insert(tree_key, encode(&record))?;
-    }
-    Ok(())
-}
-
-fn release_idempotency(idem: &TransactionalTree, job: &Job, key: &str) -> TxResult<()> {
-    let tree_key = keys::idempotency(job.tenant.as_str(), key);
-    if let Some(raw) = idem.get(&tree_key)? {
-        let record: IdempotencyRecord = decode_tx(&raw)?;
-        if record.job_id == job.id {
-            idem.remove(tree_key)?;
         }
     }
     Ok(())

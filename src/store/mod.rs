@@ -14,10 +14,10 @@
 //! separate recovery pass.
 
 mod deliveries;
-mod flush;
 mod jobs;
 mod keys;
 mod subscriptions;
+mod writer;
 
 use std::path::Path;
 
@@ -25,7 +25,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use deliveries::{DeliveryPage, DeliveryQueue, DeliveryUpdate};
-pub use jobs::{Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, WorkKind};
+pub use jobs::{
+    Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, KeyHold, WorkKind,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,7 +50,9 @@ pub struct Store {
     queue: sled::Tree,
     idempotency: sled::Tree,
     secrets: sled::Tree,
-    flusher: flush::GroupFlush,
+    writer: writer::Writer,
+    /// Idempotency keys whose first request is being answered (see [`Store::begin_job`]).
+    in_flight: jobs::InFlight,
 }
 
 impl std::fmt::Debug for Store {
@@ -65,7 +69,7 @@ impl Store {
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        Ok(Store {
+        let trees = writer::Trees {
             jobs: db.open_tree("jobs")?,
             deliveries: db.open_tree("deliveries")?,
             subscriptions: db.open_tree("subscriptions")?,
@@ -74,7 +78,18 @@ impl Store {
             queue: db.open_tree("queue")?,
             idempotency: db.open_tree("idempotency")?,
             secrets: db.open_tree("secrets")?,
-            flusher: flush::GroupFlush::start(db.clone()),
+        };
+        Ok(Store {
+            jobs: trees.jobs.clone(),
+            deliveries: trees.deliveries.clone(),
+            subscriptions: trees.subscriptions.clone(),
+            index: trees.index.clone(),
+            due: trees.due.clone(),
+            queue: trees.queue.clone(),
+            idempotency: trees.idempotency.clone(),
+            secrets: trees.secrets.clone(),
+            writer: writer::Writer::start(db.clone(), trees),
+            in_flight: jobs::InFlight::default(),
             db,
         })
     }
@@ -82,7 +97,7 @@ impl Store {
     /// Wait until every write made before this call is on disk. Concurrent callers share one
     /// fsync, so durability does not serialise requests.
     pub async fn durable(&self) -> Result<()> {
-        self.flusher.flush().await
+        self.writer.flush().await
     }
 
     /// Flush synchronously (shutdown).

@@ -230,6 +230,81 @@ async fn a_key_still_in_flight_answers_409() {
     assert_eq!(generate_requests(&app).len(), 1);
 }
 
+async fn list_jobs(app: &TestApp) -> Vec<serde_json::Value> {
+    let page: serde_json::Value = app
+        .get("/v1/jobs", KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_job_waiting_on_a_slow_upstream_is_stored_as_submitting_before_the_answer() {
+    let app = spawn_app_with(
+        agenthook::sim::SimConfig {
+            latency: Duration::from_millis(1500),
+            ..fast_sim_config()
+        },
+        |_| {},
+    )
+    .await;
+    let first = app
+        .post("/v1/jobs", KEY_A)
+        .json(&json!({"prompt": "slow"}))
+        .send();
+    let during = async {
+        // Past agenthook's hold point, well before upstream answers.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        list_jobs(&app).await
+    };
+    let (first, during) = tokio::join!(first, during);
+    assert_eq!(during.len(), 1, "the job is stored while upstream is slow");
+    assert_eq!(during[0]["status"], "submitting");
+    let first: serde_json::Value = first.unwrap().json().await.unwrap();
+    assert_eq!(first["status"], "processing");
+    assert_eq!(first["id"], during[0]["id"]);
+    let after = list_jobs(&app).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["status"], "processing");
+    assert_eq!(generate_requests(&app).len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_submission_still_gets_its_job_kept() {
+    let app = spawn_app_with(
+        agenthook::sim::SimConfig {
+            latency: Duration::from_millis(400),
+            ..fast_sim_config()
+        },
+        |_| {},
+    )
+    .await;
+    let gone = app
+        .post("/v1/jobs", KEY_A)
+        .timeout(Duration::from_millis(100))
+        .json(&json!({"prompt": "hang up"}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up before the answer");
+    // Upstream accepted it: the job that tracks that agent must exist.
+    let mut jobs = Vec::new();
+    for _ in 0..50 {
+        jobs = list_jobs(&app).await;
+        if jobs.first().is_some_and(|j| j["status"] == "processing") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["status"], "processing");
+    assert!(jobs[0]["agent_id"].is_string());
+    assert_eq!(generate_requests(&app).len(), 1);
+}
+
 #[tokio::test]
 async fn a_bad_idempotency_key_is_refused() {
     let app = spawn_app().await;

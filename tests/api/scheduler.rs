@@ -14,7 +14,7 @@ fn tenant() -> Tenant {
 }
 
 /// Store a new job as the API would, due for submission now.
-fn new_job(h: &Harness, prompt: &str, callback: Option<&str>) -> Job {
+async fn new_job(h: &Harness, prompt: &str, callback: Option<&str>) -> Job {
     let mut request = Map::new();
     request.insert("prompt".into(), Value::String(prompt.into()));
     let job = Job::new(
@@ -24,10 +24,7 @@ fn new_job(h: &Harness, prompt: &str, callback: Option<&str>) -> Job {
         Map::new(),
         h.clock.now_ts(),
     );
-    h.services
-        .store
-        .create_job(&job, None, Duration::from_secs(86400))
-        .unwrap();
+    h.services.store.hold_job(&job, None).await.unwrap();
     job
 }
 
@@ -73,7 +70,7 @@ async fn traps_never_end_a_job_and_ready_does() {
         s.poller.max_interval = Duration::from_secs(1);
         s.poller.first_poll_after = Duration::from_secs(1);
     });
-    let job = new_job(&h, "watch the traps", None);
+    let job = new_job(&h, "watch the traps", None).await;
     let poller = h.services.poller();
     let mut seen = Vec::new();
     for _ in 0..130 {
@@ -120,8 +117,8 @@ async fn success_at_full_progress_is_ready_and_a_null_model_url_is_still_success
         },
         |_| {},
     );
-    let success = new_job(&h, "[success-final] finish oddly", None);
-    let null_model = new_job(&h, "[null-model] no model", None);
+    let success = new_job(&h, "[success-final] finish oddly", None).await;
+    let null_model = new_job(&h, "[null-model] no model", None).await;
     let success = run_to_end(&h, &success).await;
     assert_eq!(success.status, JobStatus::Ready);
     assert_eq!(success.agent.as_ref().unwrap()["status"], "success");
@@ -139,7 +136,7 @@ async fn an_upstream_failure_fails_the_job_with_its_message() {
         },
         |_| {},
     );
-    let job = new_job(&h, "[fail] please", None);
+    let job = new_job(&h, "[fail] please", None).await;
     let done = run_to_end(&h, &job).await;
     assert_eq!(done.status, JobStatus::Failed);
     let error = done.error.unwrap();
@@ -171,9 +168,10 @@ async fn the_read_budget_is_shared_never_exceeded_used_fully_and_fair() {
         },
     );
     // Far more jobs than the budget: 300 jobs polled every 5 s would need 3,600 polls a minute.
-    let jobs: Vec<Job> = (0..300)
-        .map(|i| new_job(&h, &format!("job {i}"), None))
-        .collect();
+    let mut jobs: Vec<Job> = Vec::new();
+    for i in 0..300 {
+        jobs.push(new_job(&h, &format!("job {i}"), None).await);
+    }
     run_for(&h, Duration::from_secs(5), Duration::from_millis(100)).await;
     let reads_before = h.sim.state.status_calls();
     run_for(&h, Duration::from_secs(300), Duration::from_millis(100)).await;
@@ -199,7 +197,7 @@ async fn a_429_pauses_the_bucket_for_retry_after() {
         s.poller.max_interval = Duration::from_secs(1);
         s.poller.first_poll_after = Duration::from_secs(1);
     });
-    let job = new_job(&h, "rate limited", None);
+    let job = new_job(&h, "rate limited", None).await;
     run_for(&h, Duration::from_secs(2), Duration::from_millis(500)).await;
     assert_eq!(stored(&h, &job).status, JobStatus::Processing);
     h.sim.state.fail_next(1, 429);
@@ -235,7 +233,7 @@ async fn a_job_past_its_maximum_age_fails_with_timeout() {
             s.poller.max_interval = Duration::from_secs(60);
         },
     );
-    let job = new_job(&h, "too slow", None);
+    let job = new_job(&h, "too slow", None).await;
     let done = run_to_end(&h, &job).await;
     assert_eq!(done.status, JobStatus::Failed);
     assert_eq!(done.error.unwrap().code, "TIMEOUT");
@@ -245,7 +243,7 @@ async fn a_job_past_its_maximum_age_fails_with_timeout() {
 #[tokio::test]
 async fn repeated_404s_fail_the_job_with_not_found() {
     let h = harness(slow_sim(), |s| s.poller.max_not_found = 5);
-    let job = new_job(&h, "vanishing", None);
+    let job = new_job(&h, "vanishing", None).await;
     run_for(&h, Duration::from_secs(1), Duration::from_millis(100)).await;
     let agent_id = stored(&h, &job).agent_id.unwrap();
     assert!(h.sim.state.forget_agent(&agent_id));
@@ -259,7 +257,7 @@ async fn repeated_404s_fail_the_job_with_not_found() {
 async fn a_submission_deferred_by_an_outage_goes_through_afterwards() {
     let h = harness(slow_sim(), |_| {});
     h.sim.state.set_outage(true);
-    let job = new_job(&h, "outage", None);
+    let job = new_job(&h, "outage", None).await;
     run_for(&h, Duration::from_secs(5), Duration::from_millis(500)).await;
     let during = stored(&h, &job);
     assert_eq!(during.status, JobStatus::Submitting);
@@ -281,7 +279,7 @@ async fn a_permanent_refusal_in_the_background_fails_the_job() {
     let h = harness(slow_sim(), |_| {});
     h.sim.state.fail_next(1, 503);
     h.sim.state.fail_next(1, 402);
-    let job = new_job(&h, "no credits", None);
+    let job = new_job(&h, "no credits", None).await;
     let done = run_to_end(&h, &job).await;
     assert_eq!(done.status, JobStatus::Failed);
     assert_eq!(done.error.unwrap().code, "INSUFFICIENT_BALANCE");
@@ -316,7 +314,7 @@ async fn the_terminal_transition_and_its_deliveries_are_written_together() {
     let wants_failed = subscription(vec![EventType::AgentFailed]);
     h.services.store.save_subscription(&wants_ready).unwrap();
     h.services.store.save_subscription(&wants_failed).unwrap();
-    let job = new_job(&h, "outbox", Some("http://127.0.0.1:9/callback"));
+    let job = new_job(&h, "outbox", Some("http://127.0.0.1:9/callback")).await;
 
     let poller = h.services.poller();
     loop {
@@ -363,7 +361,7 @@ async fn the_terminal_transition_and_its_deliveries_are_written_together() {
 async fn claimed_jobs_are_leased_and_come_back_when_the_lease_expires() {
     use agenthook::store::WorkKind;
     let h = harness(slow_sim(), |s| s.poller.lease = Duration::from_secs(60));
-    let job = new_job(&h, "lease", None);
+    let job = new_job(&h, "lease", None).await;
     let store = &h.services.store;
     let now = h.clock.now_ts();
     let lease_until = agenthook::clock::after(now, Duration::from_secs(60));
@@ -392,7 +390,7 @@ async fn claimed_jobs_are_leased_and_come_back_when_the_lease_expires() {
 #[tokio::test]
 async fn forcing_an_outcome_in_the_simulator_is_seen_on_the_next_poll() {
     let h = harness(slow_sim(), |_| {});
-    let job = new_job(&h, "forced", None);
+    let job = new_job(&h, "forced", None).await;
     run_for(&h, Duration::from_secs(1), Duration::from_millis(100)).await;
     let agent_id = stored(&h, &job).agent_id.unwrap();
     h.sim.state.set_agent_outcome(

@@ -1,0 +1,295 @@
+//! The writer thread: group commit for every write that is answered only once it is durable.
+//!
+//! sled 0.34 makes each transaction expensive on its own: it seals the log buffer before and
+//! after (two disk writes), and it takes sled's global lock exclusively, which a flush holds
+//! shared through its whole write and fsync. Transactions made on many threads therefore queue
+//! behind each other and behind every flush, and each costs its own I/O.
+//!
+//! Here one thread does all of it, in rounds: take every request queued while the previous
+//! round ran; run every write of the round inside ONE transaction, in arrival order; flush once;
+//! answer everyone. A round's writes never overlap a flush, and under load one transaction and
+//! one fsync carry dozens of requests.
+//!
+//! A write is a closure over [`Tx`] that sled may run more than once (on a conflict with a
+//! transaction made elsewhere), so it must only read and write through `tx`. It returns its
+//! answer. If a write aborts, the round's transaction is dropped and every write of the round
+//! is run again in a transaction of its own, so one bad write cannot take others down with it
+//! or leave half of itself behind.
+
+use std::cell::RefCell;
+use std::sync::mpsc;
+use std::thread;
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+use tokio::sync::oneshot;
+
+use super::{tx_result, Result, StoreError};
+
+pub(crate) type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Every tree of the store, inside one transaction (offered whether or not a write uses it).
+#[allow(dead_code)]
+pub(crate) struct Tx<'a> {
+    pub jobs: &'a TransactionalTree,
+    pub deliveries: &'a TransactionalTree,
+    pub subscriptions: &'a TransactionalTree,
+    pub index: &'a TransactionalTree,
+    pub due: &'a TransactionalTree,
+    pub queue: &'a TransactionalTree,
+    pub idempotency: &'a TransactionalTree,
+    pub secrets: &'a TransactionalTree,
+}
+
+/// The trees, in the order [`Tx`] names them.
+#[derive(Clone)]
+pub(crate) struct Trees {
+    pub jobs: sled::Tree,
+    pub deliveries: sled::Tree,
+    pub subscriptions: sled::Tree,
+    pub index: sled::Tree,
+    pub due: sled::Tree,
+    pub queue: sled::Tree,
+    pub idempotency: sled::Tree,
+    pub secrets: sled::Tree,
+}
+
+impl Trees {
+    fn transaction<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T> {
+        let all = (
+            &self.jobs,
+            &self.deliveries,
+            &self.subscriptions,
+            &self.index,
+            &self.due,
+            &self.queue,
+            &self.idempotency,
+            &self.secrets,
+        );
+        tx_result(all.transaction(
+            |(jobs, deliveries, subscriptions, index, due, queue, idem, secrets)| {
+                f(&Tx {
+                    jobs,
+                    deliveries,
+                    subscriptions,
+                    index,
+                    due,
+                    queue,
+                    idempotency: idem,
+                    secrets,
+                })
+            },
+        ))
+    }
+}
+
+/// A write waiting for its round, with its caller's answer slot.
+trait Pending: Send {
+    /// Run the write; keep its answer for [`Pending::answer`].
+    fn apply(&self, tx: &Tx<'_>) -> TxResult<()>;
+    /// Hand the kept answer over, or `error` if the round failed.
+    fn answer(self: Box<Self>, error: Option<StoreError>);
+}
+
+struct Write<T, F> {
+    write: F,
+    result: RefCell<Option<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Pending for Write<T, F>
+where
+    T: Send,
+    F: Fn(&Tx<'_>) -> TxResult<T> + Send,
+{
+    fn apply(&self, tx: &Tx<'_>) -> TxResult<()> {
+        let value = (self.write)(tx)?;
+        *self.result.borrow_mut() = Some(value);
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, error: Option<StoreError>) {
+        let outcome = match (error, self.result.into_inner()) {
+            (Some(error), _) => Err(error),
+            (None, Some(value)) => Ok(value),
+            (None, None) => Err(StoreError::Corrupt("a write was never run".into())),
+        };
+        let _ = self.reply.send(outcome);
+    }
+}
+
+enum Request {
+    /// Answer once everything written before is on disk.
+    Flush(oneshot::Sender<Result<()>>),
+    Write(Box<dyn Pending>),
+}
+
+#[derive(Clone)]
+pub(crate) struct Writer {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Writer {
+    /// Start the writer thread. It stops when the last handle is dropped.
+    pub fn start(db: sled::Db, trees: Trees) -> Self {
+        let (requests, inbox) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("agenthook-writer".into())
+            .spawn(move || {
+                while let Ok(first) = inbox.recv() {
+                    let mut flushes = Vec::new();
+                    let mut writes = Vec::new();
+                    let mut take = |request| match request {
+                        Request::Flush(reply) => flushes.push(reply),
+                        Request::Write(write) => writes.push(write),
+                    };
+                    take(first);
+                    inbox.try_iter().for_each(&mut take);
+                    // Whoever is about to ask (a thread waiting for this core) joins this round.
+                    thread::yield_now();
+                    inbox.try_iter().for_each(&mut take);
+                    round(&db, &trees, flushes, writes);
+                }
+            })
+            .expect("spawn the storage writer thread");
+        Writer { requests }
+    }
+
+    /// Wait until every write made before this call is on disk.
+    pub async fn flush(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Flush(reply))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Run `write` in the next round and answer once it is on disk.
+    pub async fn write<T, F>(&self, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Tx<'_>) -> TxResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let pending = Write {
+            write,
+            result: RefCell::new(None),
+            reply,
+        };
+        self.requests
+            .send(Request::Write(Box::new(pending)))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn round(
+    db: &sled::Db,
+    trees: &Trees,
+    flushes: Vec<oneshot::Sender<Result<()>>>,
+    writes: Vec<Box<dyn Pending>>,
+) {
+    let mut failed: Vec<Option<StoreError>> = Vec::new();
+    if !writes.is_empty() {
+        let together = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            trees.transaction(|tx| writes.iter().try_for_each(|w| w.apply(tx)))
+        }));
+        failed = match together {
+            Ok(Ok(())) => writes.iter().map(|_| None).collect(),
+            // One at a time, so only the write at fault fails.
+            _ => writes
+                .iter()
+                .map(|w| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        trees.transaction(|tx| w.apply(tx))
+                    }))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("a storage write panicked");
+                        Err(StoreError::Corrupt("the write panicked".into()))
+                    })
+                    .err()
+                })
+                .collect(),
+        };
+    }
+    let flushed = db.flush().map(|_| ()).map_err(|e| e.to_string());
+    for reply in flushes {
+        let _ = reply.send(flushed.clone().map_err(flush_failed));
+    }
+    for (write, error) in writes.into_iter().zip(failed) {
+        let error = error.or_else(|| flushed.clone().err().map(flush_failed));
+        write.answer(error);
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Sled(sled::Error::Unsupported(
+        "the storage writer has stopped".into(),
+    ))
+}
+
+fn flush_failed(error: String) -> StoreError {
+    StoreError::Sled(sled::Error::Io(std::io::Error::other(error)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_rounds_and_each_gets_its_own_answer() {
+        let (store, _dir) = temp_store();
+        let writes = (0..200u32).map(|i| {
+            let writer = store.writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .write(move |tx| {
+                        tx.secrets
+                            .insert(format!("k{i:03}").as_bytes(), &i.to_be_bytes())?;
+                        Ok(i * 2)
+                    })
+                    .await
+            })
+        });
+        let answers: Vec<u32> = futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().unwrap())
+            .collect();
+        assert_eq!(answers, (0..200).map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(store.secrets.len(), 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_aborts_fails_alone_and_leaves_nothing_behind() {
+        let (store, _dir) = temp_store();
+        let writes = (0..50u32).map(|i| {
+            let writer = store.writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .write(move |tx| {
+                        tx.secrets.insert(format!("k{i:02}").as_bytes(), &[1])?;
+                        if i == 7 {
+                            // Half-written, then refused: none of it may stay.
+                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(
+                                "refused".into(),
+                            )));
+                        }
+                        Ok(i)
+                    })
+                    .await
+            })
+        });
+        let results: Vec<_> = futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(result.is_err(), i == 7, "write {i}: {result:?}");
+        }
+        assert_eq!(store.secrets.len(), 49);
+        assert!(store.secrets.get("k07").unwrap().is_none());
+    }
+}

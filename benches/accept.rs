@@ -445,7 +445,7 @@ fn run_phases(
                                         now,
                                     );
                                 }
-                                store.accept_job(job, None).await.expect("accept");
+                                store.accept_job(job, false, None).await.expect("accept");
                             }
                         }
                         n += 1;

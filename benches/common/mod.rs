@@ -87,7 +87,7 @@ impl ThreadGroups {
     }
 
     fn group_of(&self, tid: u32, name: &str) -> String {
-        if name.starts_with("agenthook-writer") {
+        if name.starts_with("agenthook-writ") {
             return "agenthook: storage writer thread".into();
         }
         if name.starts_with("sled") {

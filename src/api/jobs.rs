@@ -267,6 +267,7 @@ async fn submit_and_store(
 ) -> Result<IdempotentResponse, ApiError> {
     let now = job.created_at;
     let pending = job.clone();
+    let mut held = false;
     let submission = {
         let submit = state.lifecycle.submit(&mut job);
         tokio::pin!(submit);
@@ -274,6 +275,7 @@ async fn submit_and_store(
             submission = &mut submit => submission,
             _ = tokio::time::sleep(HOLD_AFTER) => {
                 state.store.hold_job(&pending, key.as_ref()).await?;
+                held = true;
                 submit.await
             }
         }
@@ -325,7 +327,7 @@ async fn submit_and_store(
     let id = job.id.clone();
     let saved = state
         .store
-        .accept_job(job, key.map(|k| (k, response.clone())))
+        .accept_job(job, held, key.map(|k| (k, response.clone())))
         .await?;
     if saved {
         state.signals.poller_wake.notify_one();

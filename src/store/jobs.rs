@@ -214,9 +214,13 @@ impl Store {
     /// Store a job that upstream accepted (or that will be submitted in the background), with
     /// the answer its idempotency key replays, durably. Returns `false`, writing nothing, when
     /// the job was held and has meanwhile ended (cancelled): the cancellation stands.
+    ///
+    /// `held` says whether [`Store::hold_job`] stored it before; a job never held is new to
+    /// storage, and nobody else knows its id yet.
     pub async fn accept_job(
         &self,
         job: Job,
+        held: bool,
         idempotency: Option<(IdempotencyKey, IdempotentResponse)>,
     ) -> Result<bool> {
         let bytes = encode(&job);
@@ -232,7 +236,11 @@ impl Store {
         });
         self.writer
             .write(move |tx| {
-                let old = stored_job(tx.jobs, &job.id)?;
+                let old = if held {
+                    stored_job(tx.jobs, &job.id)?
+                } else {
+                    None
+                };
                 match &old {
                     Some(old) if !old.is_pending() => return Ok(false),
                     Some(_) => {}

@@ -79,6 +79,8 @@ pub struct StatusReport {
 pub struct UpstreamClient {
     http: reqwest::Client,
     base_url: url::Url,
+    /// Built once: every submission posts here.
+    generate_url: url::Url,
     secret: Secret,
     budgets: Arc<Budgets>,
     clock: SharedClock,
@@ -101,8 +103,10 @@ impl UpstreamClient {
             .pool_max_idle_per_host(64)
             .build()
             .expect("a TLS backend is compiled in");
+        let generate_url = endpoint(&base_url, &["v1", "agent", "generate"]);
         UpstreamClient {
             http,
+            generate_url,
             base_url,
             secret,
             budgets,
@@ -122,10 +126,9 @@ impl UpstreamClient {
         body: &Map<String, Value>,
         idempotency_key: &str,
     ) -> Result<Accepted, UpstreamError> {
-        let url = self.endpoint(&["v1", "agent", "generate"]);
         let request = self
             .http
-            .post(url)
+            .post(self.generate_url.clone())
             .header("api-secret", self.secret.expose())
             .header("idempotency-key", idempotency_key)
             .json(body);
@@ -162,7 +165,7 @@ impl UpstreamClient {
 
     /// The status answer as it came (2xx only), for proxying agents agenthook does not track.
     pub async fn status_raw(&self, agent_id: &str) -> Result<(u16, bytes::Bytes), UpstreamError> {
-        let url = self.endpoint(&["v1", "agent", "status", agent_id]);
+        let url = endpoint(&self.base_url, &["v1", "agent", "status", agent_id]);
         let request = self
             .http
             .get(url)
@@ -248,15 +251,16 @@ impl UpstreamClient {
             details: wire.details,
         })
     }
+}
 
-    fn endpoint(&self, segments: &[&str]) -> url::Url {
-        let mut url = self.base_url.clone();
-        url.path_segments_mut()
-            .expect("base_url is an http(s) URL")
-            .pop_if_empty()
-            .extend(segments);
-        url
-    }
+/// `base` with `segments` appended to its path, each escaped as a path segment.
+fn endpoint(base: &url::Url, segments: &[&str]) -> url::Url {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .expect("base_url is an http(s) URL")
+        .pop_if_empty()
+        .extend(segments);
+    url
 }
 
 fn is_transient(status: StatusCode) -> bool {

@@ -277,7 +277,7 @@ async fn a_job_waiting_on_a_slow_upstream_is_stored_as_submitting_before_the_ans
 async fn a_client_that_hangs_up_mid_submission_still_gets_its_job_kept() {
     let app = spawn_app_with(
         agenthook::sim::SimConfig {
-            latency: Duration::from_millis(400),
+            latency: Duration::from_millis(1500),
             ..fast_sim_config()
         },
         |_| {},
@@ -285,14 +285,19 @@ async fn a_client_that_hangs_up_mid_submission_still_gets_its_job_kept() {
     .await;
     let gone = app
         .post("/v1/jobs", KEY_A)
-        .timeout(Duration::from_millis(100))
+        .timeout(Duration::from_millis(500))
         .json(&json!({"prompt": "hang up"}))
         .send()
         .await;
     assert!(gone.is_err(), "the client gave up before the answer");
-    // Upstream accepted it: the job that tracks that agent must exist.
+    assert_eq!(
+        generate_requests(&app).len(),
+        1,
+        "agenthook had sent it upstream when the client hung up"
+    );
+    // Upstream accepts it a second later: the job that tracks that agent must exist.
     let mut jobs = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..100 {
         jobs = list_jobs(&app).await;
         if jobs.first().is_some_and(|j| j["status"] == "processing") {
             break;

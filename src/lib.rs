@@ -19,9 +19,3 @@ pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
-
-/// mimalloc: a request allocates and frees many small buffers across threads, which glibc's
-/// allocator serves at a measurable cost (BENCHMARKS.md). Declared here, so the binary, the
-/// tests and the benches all run on it.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -101,6 +101,8 @@ impl UpstreamClient {
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("agenthook/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(64)
+            // Retries are the scheduler's, with the job id as Idempotency-Key: none hidden here.
+            .retry(reqwest::retry::never())
             .build()
             .expect("a TLS backend is compiled in");
         let generate_url = endpoint(&base_url, &["v1", "agent", "generate"]);

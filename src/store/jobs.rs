@@ -8,7 +8,7 @@ use serde_json::Value;
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
-use super::writer::TxResult;
+use super::writer::{Tx, TxResult};
 use super::{decode, decode_tx, encode, keys, tx_result, Result, Store, StoreError};
 use crate::clock::Timestamp;
 use crate::domain::{Delivery, Job, JobId, JobStatus, Tenant};
@@ -182,31 +182,14 @@ impl Store {
     pub async fn hold_job(&self, job: &Job, idempotency: Option<&IdempotencyKey>) -> Result<()> {
         let job = job.clone();
         let bytes = encode(&job);
-        let record = idempotency.map(|k| {
-            let key = keys::idempotency(job.tenant.as_str(), &k.key);
-            let record = IdempotencyRecord {
-                fingerprint: k.fingerprint.clone(),
-                job_id: job.id.clone(),
-                response: None,
-                created_at: job.created_at,
-            };
-            (key, encode(&record))
-        });
+        let record = idempotency.map(|k| idempotency_entry(&job, k, None));
         self.writer
             .write(move |tx| {
                 if let Some((key, record)) = &record {
                     tx.idempotency.insert(key.as_slice(), record.as_slice())?;
                 }
                 let old = stored_job(tx.jobs, &job.id)?;
-                if old.is_none() {
-                    tx.index.insert(
-                        keys::owned(keys::TENANT_JOBS, job.tenant.as_str(), job.id.as_str()),
-                        &[],
-                    )?;
-                }
-                write_indexes(tx.index, tx.due, old.as_ref(), &job)?;
-                tx.jobs.insert(job.id.as_str(), bytes.as_slice())?;
-                Ok(())
+                put_job(tx, old.as_ref(), &job, &bytes)
             })
             .await
     }
@@ -224,16 +207,7 @@ impl Store {
         idempotency: Option<(IdempotencyKey, IdempotentResponse)>,
     ) -> Result<bool> {
         let bytes = encode(&job);
-        let record = idempotency.map(|(k, response)| {
-            let key = keys::idempotency(job.tenant.as_str(), &k.key);
-            let record = IdempotencyRecord {
-                fingerprint: k.fingerprint,
-                job_id: job.id.clone(),
-                response: Some(response),
-                created_at: job.created_at,
-            };
-            (key, encode(&record))
-        });
+        let record = idempotency.map(|(k, response)| idempotency_entry(&job, &k, Some(response)));
         self.writer
             .write(move |tx| {
                 let old = if held {
@@ -241,18 +215,10 @@ impl Store {
                 } else {
                     None
                 };
-                match &old {
-                    Some(old) if !old.is_pending() => return Ok(false),
-                    Some(_) => {}
-                    None => {
-                        tx.index.insert(
-                            keys::owned(keys::TENANT_JOBS, job.tenant.as_str(), job.id.as_str()),
-                            &[],
-                        )?;
-                    }
+                if old.as_ref().is_some_and(|old| !old.is_pending()) {
+                    return Ok(false);
                 }
-                write_indexes(tx.index, tx.due, old.as_ref(), &job)?;
-                tx.jobs.insert(job.id.as_str(), bytes.as_slice())?;
+                put_job(tx, old.as_ref(), &job, &bytes)?;
                 if let Some((key, record)) = &record {
                     tx.idempotency.insert(key.as_slice(), record.as_slice())?;
                 }
@@ -271,17 +237,13 @@ impl Store {
         response: Option<&IdempotentResponse>,
     ) -> Result<()> {
         let (id, tenant) = (job.id.clone(), job.tenant.clone());
-        let record = idempotency.map(|k| {
-            let key = keys::idempotency(tenant.as_str(), &k.key);
-            let record = response.map(|response| {
-                encode(&IdempotencyRecord {
-                    fingerprint: k.fingerprint.clone(),
-                    job_id: id.clone(),
-                    response: Some(response.clone()),
-                    created_at: job.created_at,
-                })
-            });
-            (key, record)
+        // With an answer to replay, the key's record; without, only its key (to release it).
+        let record = idempotency.map(|k| match response {
+            Some(response) => {
+                let (key, record) = idempotency_entry(job, k, Some(response.clone()));
+                (key, Some(record))
+            }
+            None => (keys::idempotency(tenant.as_str(), &k.key), None),
         });
         self.writer
             .write(move |tx| {
@@ -539,6 +501,38 @@ impl Store {
         }
         Ok(purged)
     }
+}
+
+/// The idempotency record of `key` for `job`: its tree key and encoded value.
+fn idempotency_entry(
+    job: &Job,
+    key: &IdempotencyKey,
+    response: Option<IdempotentResponse>,
+) -> (Vec<u8>, Vec<u8>) {
+    let record = IdempotencyRecord {
+        fingerprint: key.fingerprint.clone(),
+        job_id: job.id.clone(),
+        response,
+        created_at: job.created_at,
+    };
+    (
+        keys::idempotency(job.tenant.as_str(), &key.key),
+        encode(&record),
+    )
+}
+
+/// Write `job` (encoded as `bytes`) over `old`, the version storage had, if any: the record,
+/// its queue entry, its agent index and, for a new job, its tenant's listing.
+fn put_job(tx: &Tx<'_>, old: Option<&Job>, job: &Job, bytes: &[u8]) -> TxResult<()> {
+    if old.is_none() {
+        tx.index.insert(
+            keys::owned(keys::TENANT_JOBS, job.tenant.as_str(), job.id.as_str()),
+            &[],
+        )?;
+    }
+    write_indexes(tx.index, tx.due, old, job)?;
+    tx.jobs.insert(job.id.as_str(), bytes)?;
+    Ok(())
 }
 
 fn stored_job(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {

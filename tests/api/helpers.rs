@@ -76,6 +76,23 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// `GET path` as `key`, its body as JSON (whatever the status).
+    pub async fn get_json(&self, path: &str, key: &str) -> serde_json::Value {
+        self.get(path, key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The first page of a tenant's jobs, newest first.
+    pub async fn list_jobs(&self, key: &str) -> Vec<serde_json::Value> {
+        let page = self.get_json("/v1/jobs", key).await;
+        page["data"].as_array().expect("a page of jobs").clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

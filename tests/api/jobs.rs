@@ -97,14 +97,7 @@ async fn jobs_are_read_back_listed_and_paged() {
     assert_eq!(status, 200);
     assert_eq!(job["id"], ids[0].as_str());
 
-    let page: serde_json::Value = app
-        .get("/v1/jobs?limit=2", KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value = app.get_json("/v1/jobs?limit=2", KEY_A).await;
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
     let mut seen: Vec<String> = page["data"]
         .as_array()
@@ -115,13 +108,8 @@ async fn jobs_are_read_back_listed_and_paged() {
     let mut next = page["next"].as_str().map(str::to_owned);
     while let Some(after) = next {
         let page: serde_json::Value = app
-            .get(&format!("/v1/jobs?limit=2&after={after}"), KEY_A)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/v1/jobs?limit=2&after={after}"), KEY_A)
+            .await;
         seen.extend(
             page["data"]
                 .as_array()
@@ -135,14 +123,7 @@ async fn jobs_are_read_back_listed_and_paged() {
     expected.reverse();
     assert_eq!(seen, expected, "newest first, every job once");
 
-    let filtered: serde_json::Value = app
-        .get("/v1/jobs?status=ready", KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let filtered: serde_json::Value = app.get_json("/v1/jobs?status=ready", KEY_A).await;
     assert!(filtered["data"]
         .as_array()
         .unwrap()
@@ -199,14 +180,7 @@ async fn the_same_idempotency_key_and_body_replays_the_first_answer_with_one_ups
 
 #[tokio::test]
 async fn a_key_still_in_flight_answers_409() {
-    let app = spawn_app_with(
-        agenthook::sim::SimConfig {
-            latency: Duration::from_millis(800),
-            ..fast_sim_config()
-        },
-        |_| {},
-    )
-    .await;
+    let app = spawn_app_with_slow_upstream(Duration::from_millis(800)).await;
     let body = json!({"prompt": "slow"});
     let first = app
         .post("/v1/jobs", KEY_A)
@@ -230,28 +204,21 @@ async fn a_key_still_in_flight_answers_409() {
     assert_eq!(generate_requests(&app).len(), 1);
 }
 
-async fn list_jobs(app: &TestApp) -> Vec<serde_json::Value> {
-    let page: serde_json::Value = app
-        .get("/v1/jobs", KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["data"].as_array().unwrap().clone()
-}
-
-#[tokio::test]
-async fn a_job_waiting_on_a_slow_upstream_is_stored_as_submitting_before_the_answer() {
-    let app = spawn_app_with(
+/// A service whose upstream takes `latency` to answer a generate.
+async fn spawn_app_with_slow_upstream(latency: Duration) -> TestApp {
+    spawn_app_with(
         agenthook::sim::SimConfig {
-            latency: Duration::from_millis(1500),
+            latency,
             ..fast_sim_config()
         },
         |_| {},
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_job_waiting_on_a_slow_upstream_is_stored_as_submitting_before_the_answer() {
+    let app = spawn_app_with_slow_upstream(Duration::from_millis(1500)).await;
     let first = app
         .post("/v1/jobs", KEY_A)
         .json(&json!({"prompt": "slow"}))
@@ -259,7 +226,7 @@ async fn a_job_waiting_on_a_slow_upstream_is_stored_as_submitting_before_the_ans
     let during = async {
         // Past agenthook's hold point, well before upstream answers.
         tokio::time::sleep(Duration::from_millis(700)).await;
-        list_jobs(&app).await
+        app.list_jobs(KEY_A).await
     };
     let (first, during) = tokio::join!(first, during);
     assert_eq!(during.len(), 1, "the job is stored while upstream is slow");
@@ -267,7 +234,7 @@ async fn a_job_waiting_on_a_slow_upstream_is_stored_as_submitting_before_the_ans
     let first: serde_json::Value = first.unwrap().json().await.unwrap();
     assert_eq!(first["status"], "processing");
     assert_eq!(first["id"], during[0]["id"]);
-    let after = list_jobs(&app).await;
+    let after = app.list_jobs(KEY_A).await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0]["status"], "processing");
     assert_eq!(generate_requests(&app).len(), 1);
@@ -275,14 +242,7 @@ async fn a_job_waiting_on_a_slow_upstream_is_stored_as_submitting_before_the_ans
 
 #[tokio::test]
 async fn a_client_that_hangs_up_mid_submission_still_gets_its_job_kept() {
-    let app = spawn_app_with(
-        agenthook::sim::SimConfig {
-            latency: Duration::from_millis(1500),
-            ..fast_sim_config()
-        },
-        |_| {},
-    )
-    .await;
+    let app = spawn_app_with_slow_upstream(Duration::from_millis(1500)).await;
     let gone = app
         .post("/v1/jobs", KEY_A)
         .timeout(Duration::from_millis(500))
@@ -298,7 +258,7 @@ async fn a_client_that_hangs_up_mid_submission_still_gets_its_job_kept() {
     // Upstream accepts it a second later: the job that tracks that agent must exist.
     let mut jobs = Vec::new();
     for _ in 0..100 {
-        jobs = list_jobs(&app).await;
+        jobs = app.list_jobs(KEY_A).await;
         if jobs.first().is_some_and(|j| j["status"] == "processing") {
             break;
         }
@@ -330,14 +290,7 @@ async fn tenants_never_see_each_others_jobs() {
     let (_, job) = app.create_job(KEY_A, json!({"prompt": "mine"})).await;
     let id = job["id"].as_str().unwrap();
     assert_eq!(app.job(KEY_B, id).await.0, 404);
-    let list: serde_json::Value = app
-        .get("/v1/jobs", KEY_B)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = app.get_json("/v1/jobs", KEY_B).await;
     assert!(list["data"].as_array().unwrap().is_empty());
     assert_eq!(
         app.delete(&format!("/v1/jobs/{id}"), KEY_B)
@@ -372,14 +325,7 @@ async fn permanent_upstream_refusals_are_returned_and_no_job_is_kept() {
         assert_eq!(err["code"], "UPSTREAM_ERROR");
         assert_eq!(err["details"], upstream_code);
     }
-    let list: serde_json::Value = app
-        .get("/v1/jobs", KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = app.get_json("/v1/jobs", KEY_A).await;
     assert!(list["data"].as_array().unwrap().is_empty(), "{list}");
 }
 

@@ -209,7 +209,7 @@ impl DeliveryWorker {
             .into_iter()
             .filter_map(|s| signature::SigningSecret::parse(s).ok())
             .collect();
-        let body = format::render(destination.format(), &delivery.payload);
+        let body = format::render_payload(destination.format(), &delivery.payload);
         let timestamp = now.timestamp();
         let signature =
             signature::signature_header(&keys, delivery.message_id.as_str(), timestamp, &body);

@@ -43,7 +43,13 @@ struct Inner {
     fresh_slots: Arc<Semaphore>,
     retry_slots: Arc<Semaphore>,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Secrets as parsed for signing (base64 decoded, HMAC keyed), by their stored text. The
+    /// secrets themselves are read afresh for every attempt, so a rotation applies at once.
+    keys: Mutex<HashMap<String, signature::SigningSecret>>,
 }
+
+/// Parsed signing secrets kept at most; past that the cache starts over.
+const KEY_CACHE_LIMIT: usize = 4096;
 
 type AttemptTask = JoinHandle<Result<Option<AttemptReport>, StoreError>>;
 
@@ -63,7 +69,11 @@ impl DeliveryWorker {
         settings: DeliverySettings,
         signals: Arc<Signals>,
     ) -> Result<Self, reqwest::Error> {
-        let client = policy::delivery_client(settings.timeout, settings.allow_private_networks)?;
+        let client = policy::delivery_client_for(
+            settings.timeout,
+            settings.allow_private_networks,
+            settings.per_destination_concurrency,
+        )?;
         let retry_capacity = (settings.concurrency / 2).max(1);
         Ok(DeliveryWorker {
             inner: Arc::new(Inner {
@@ -75,6 +85,7 @@ impl DeliveryWorker {
                 signals,
                 client,
                 destinations: Mutex::new(HashMap::new()),
+                keys: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -135,6 +146,25 @@ impl DeliveryWorker {
     fn put_back(&self, delivery: &mut Delivery, now: Timestamp) -> Result<(), StoreError> {
         delivery.next_attempt_at = Some(after(now, BUSY_DESTINATION_DELAY));
         self.inner.store.save_delivery(delivery)
+    }
+
+    /// The active secrets, parsed for signing; secrets that do not parse are left out.
+    fn signing_keys(&self, active: &[&str]) -> Vec<signature::SigningSecret> {
+        let mut cache = self.inner.keys.lock().expect("keys lock");
+        if cache.len() >= KEY_CACHE_LIMIT && active.iter().any(|s| !cache.contains_key(*s)) {
+            cache.clear();
+        }
+        active
+            .iter()
+            .filter_map(|raw| {
+                if let Some(key) = cache.get(*raw) {
+                    return Some(key.clone());
+                }
+                let key = signature::SigningSecret::parse(raw).ok()?;
+                cache.insert((*raw).to_owned(), key.clone());
+                Some(key)
+            })
+            .collect()
     }
 
     fn destination_slot(&self, delivery: &Delivery) -> Option<OwnedSemaphorePermit> {
@@ -204,11 +234,7 @@ impl DeliveryWorker {
                 .store
                 .callback_secrets(&delivery.tenant, signature::SigningSecret::generate)?,
         };
-        let keys: Vec<signature::SigningSecret> = secrets
-            .active(now)
-            .into_iter()
-            .filter_map(|s| signature::SigningSecret::parse(s).ok())
-            .collect();
+        let keys = self.signing_keys(&secrets.active(now));
         let body = format::render_payload(destination.format(), &delivery.payload);
         let timestamp = now.timestamp();
         let signature =

@@ -20,7 +20,7 @@ use crate::clock::{after, SharedClock, Timestamp};
 use crate::config::DeliverySettings;
 use crate::domain::{Attempt, Delivery, DeliveryState, Destination, ErrorClass, Subscription};
 use crate::signals::Signals;
-use crate::store::{DeliveryQueue, DeliveryUpdate, Store, StoreError};
+use crate::store::{Claimed, DeliveryQueue, DeliveryUpdate, Store, StoreError};
 
 /// Response bodies are kept up to this size in the attempt log.
 pub const RESPONSE_BODY_LIMIT: usize = 16 * 1024;
@@ -92,7 +92,7 @@ impl DeliveryWorker {
 
     /// Claim everything due that there is room for and send it; wait for those attempts.
     pub async fn step(&self) -> Result<Vec<AttemptReport>, StoreError> {
-        let handles = self.dispatch()?;
+        let handles = self.dispatch().await?;
         let mut reports = Vec::with_capacity(handles.len());
         for outcome in join_all(handles).await {
             match outcome {
@@ -105,10 +105,13 @@ impl DeliveryWorker {
         Ok(reports)
     }
 
-    /// Claim due deliveries while there are free slots, and start sending each.
-    fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
+    /// Claim due deliveries while there are free slots, and start sending each. The claims
+    /// are written on the store's writer thread, so this never blocks the runtime on storage.
+    async fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
         let inner = &self.inner;
         let mut started = Vec::new();
+        let mut put_back = Vec::new();
+        let mut now = inner.clock.now();
         for (queue, slots) in [
             (DeliveryQueue::Fresh, &inner.fresh_slots),
             (DeliveryQueue::Retry, &inner.retry_slots),
@@ -117,35 +120,36 @@ impl DeliveryWorker {
             if free == 0 {
                 continue;
             }
-            let now = inner.clock.now();
+            now = inner.clock.now();
             let lease_until = after(now, inner.settings.timeout + LEASE_MARGIN);
-            for mut delivery in inner
+            for claimed in inner
                 .store
-                .claim_due_deliveries(queue, now, free, lease_until)?
+                .claim_due_deliveries(queue, now, free, lease_until)
+                .await?
             {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    self.put_back(&mut delivery, now)?;
-                    continue;
-                };
-                let Some(destination_slot) = self.destination_slot(&delivery) else {
-                    self.put_back(&mut delivery, now)?;
+                let slots = slots
+                    .clone()
+                    .try_acquire_owned()
+                    .ok()
+                    .and_then(|slot| Some((slot, self.destination_slot(&claimed.delivery)?)));
+                let Some((slot, destination_slot)) = slots else {
+                    put_back.push(claimed);
                     continue;
                 };
                 let worker = self.clone();
                 started.push(tokio::spawn(async move {
-                    let report = worker.attempt(delivery).await;
+                    let report = worker.attempt(claimed).await;
                     drop((slot, destination_slot));
                     worker.inner.signals.delivery_wake.notify_one();
                     report
                 }));
             }
         }
+        if !put_back.is_empty() {
+            let at = after(now, BUSY_DESTINATION_DELAY);
+            inner.store.put_back_deliveries(put_back, at).await?;
+        }
         Ok(started)
-    }
-
-    fn put_back(&self, delivery: &mut Delivery, now: Timestamp) -> Result<(), StoreError> {
-        delivery.next_attempt_at = Some(after(now, BUSY_DESTINATION_DELAY));
-        self.inner.store.save_delivery(delivery)
     }
 
     /// The active secrets, parsed for signing; secrets that do not parse are left out.
@@ -196,8 +200,9 @@ impl DeliveryWorker {
     }
 
     /// Send one attempt and record it durably.
-    async fn attempt(&self, delivery: Delivery) -> Result<Option<AttemptReport>, StoreError> {
+    async fn attempt(&self, claimed: Claimed) -> Result<Option<AttemptReport>, StoreError> {
         let inner = &self.inner;
+        let delivery = &claimed.delivery;
         let now = inner.clock.now();
         // A subscription is read afresh: its URL, format and secrets may have changed since
         // the event, and a disabled or deleted one gets nothing more.
@@ -210,11 +215,12 @@ impl DeliveryWorker {
             {
                 Some(sub) if sub.enabled => Some(sub),
                 _ => {
-                    self.record(&delivery, |d| {
+                    self.record(claimed, move |d| {
                         d.state = DeliveryState::Failed;
                         d.next_attempt_at = None;
                         d.updated_at = now;
-                    })?;
+                    })
+                    .await?;
                     return Ok(None);
                 }
             },
@@ -240,7 +246,7 @@ impl DeliveryWorker {
         let signature =
             signature::signature_header(&keys, delivery.message_id.as_str(), timestamp, &body);
         let sent = self
-            .send(&destination, &delivery, timestamp, signature, body)
+            .send(&destination, delivery, timestamp, signature, body)
             .await;
         let finished = inner.clock.now();
         let attempt = sent.attempt(now);
@@ -248,31 +254,35 @@ impl DeliveryWorker {
         let error = attempt.error;
         let succeeded = error.is_none();
         let gone = status_code == Some(410) && subscription.is_some();
-        let schedule = &inner.settings.retry_schedule;
-        // Appended to the stored record, so a manual retry made meanwhile is not lost.
-        let recorded = self.record(&delivery, |d| {
-            d.destination = destination.clone();
-            d.attempts.push(attempt.clone());
-            d.updated_at = finished;
-            if succeeded {
-                d.state = DeliveryState::Succeeded;
-                d.next_attempt_at = None;
-            } else if gone {
-                d.state = DeliveryState::Failed;
-                d.next_attempt_at = None;
-            } else if let Some(delay) = schedule.get(d.attempts.len()) {
-                d.state = DeliveryState::Pending;
-                let wait = with_jitter(*delay).max(sent.retry_after.unwrap_or_default());
-                d.next_attempt_at = Some(after(finished, wait));
-            } else {
-                d.state = DeliveryState::Failed;
-                d.next_attempt_at = None;
-            }
-        })?;
+        let schedule = inner.settings.retry_schedule.clone();
+        let retry_after = sent.retry_after;
         if let Some(sub) = &subscription {
             self.note_outcome(sub, succeeded, gone, finished)?;
         }
-        inner.store.durable().await?;
+        // Appended to the stored record, so a manual retry made meanwhile is not lost; on disk
+        // (with the subscription's health, just written) before it counts.
+        let recorded_destination = destination.clone();
+        let recorded = self
+            .record(claimed, move |d| {
+                d.destination = recorded_destination.clone();
+                d.attempts.push(attempt.clone());
+                d.updated_at = finished;
+                if succeeded {
+                    d.state = DeliveryState::Succeeded;
+                    d.next_attempt_at = None;
+                } else if gone {
+                    d.state = DeliveryState::Failed;
+                    d.next_attempt_at = None;
+                } else if let Some(delay) = schedule.get(d.attempts.len()) {
+                    d.state = DeliveryState::Pending;
+                    let wait = with_jitter(*delay).max(retry_after.unwrap_or_default());
+                    d.next_attempt_at = Some(after(finished, wait));
+                } else {
+                    d.state = DeliveryState::Failed;
+                    d.next_attempt_at = None;
+                }
+            })
+            .await?;
         let Some(recorded) = recorded else {
             return Ok(None);
         };
@@ -311,19 +321,21 @@ impl DeliveryWorker {
         }))
     }
 
-    /// Apply `change` to the stored delivery, atomically with its queue entry.
-    fn record(
+    /// Apply `change` to the stored delivery, atomically with its queue entry, and wait until
+    /// it is on disk.
+    async fn record(
         &self,
-        delivery: &Delivery,
-        change: impl Fn(&mut Delivery),
+        claimed: Claimed,
+        change: impl Fn(&mut Delivery) + Send + 'static,
     ) -> Result<Option<Delivery>, StoreError> {
         let update = self
             .inner
             .store
-            .update_delivery(&delivery.tenant, &delivery.id, |d| {
+            .update_claimed(claimed, move |d| {
                 change(d);
                 true
-            })?;
+            })
+            .await?;
         Ok(match update {
             DeliveryUpdate::Updated(d) => Some(d),
             DeliveryUpdate::Unchanged(_) | DeliveryUpdate::NotFound => None,
@@ -433,7 +445,7 @@ impl DeliveryWorker {
         let signals = self.inner.signals.clone();
         signals.set_delivery_running(true);
         while !signals.is_shutting_down() {
-            let pause = match self.dispatch() {
+            let pause = match self.dispatch().await {
                 Ok(_) => self.idle_for(),
                 Err(error) => {
                     tracing::error!(%error, "delivery dispatch failed");

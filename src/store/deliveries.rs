@@ -1,7 +1,7 @@
 //! Deliveries and the worker's queue.
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use sled::Transactional;
+use sled::{IVec, Transactional};
 
 use super::{decode, decode_tx, encode, keys, tx_result, Result, Store, StoreError};
 use crate::clock::Timestamp;
@@ -87,6 +87,47 @@ pub enum DeliveryUpdate {
     Updated(Delivery),
 }
 
+/// The body of [`Store::update_delivery`], inside a transaction. `claimed` is a delivery
+/// already in hand with the bytes it was read as: while those are still what is stored, it is
+/// taken instead of decoding them again.
+fn update_delivery_tx(
+    tree: &TransactionalTree,
+    queue: &TransactionalTree,
+    tenant: &Tenant,
+    id: &DeliveryId,
+    claimed: Option<(&[u8], &Delivery)>,
+    change: &dyn Fn(&mut Delivery) -> bool,
+) -> TxResult<DeliveryUpdate> {
+    let Some(raw) = tree.get(id.as_str())? else {
+        return Ok(DeliveryUpdate::NotFound);
+    };
+    let stored: Delivery = match claimed {
+        Some((bytes, delivery)) if raw == bytes => delivery.clone(),
+        _ => decode_tx(&raw)?,
+    };
+    if &stored.tenant != tenant {
+        return Ok(DeliveryUpdate::NotFound);
+    }
+    let mut changed = stored.clone();
+    if !change(&mut changed) {
+        return Ok(DeliveryUpdate::Unchanged(stored));
+    }
+    if let Some(key) = queue_key(&stored) {
+        queue.remove(key)?;
+    }
+    if let Some(key) = queue_key(&changed) {
+        queue.insert(key, &[])?;
+    }
+    tree.insert(id.as_str(), encode(&changed))?;
+    Ok(DeliveryUpdate::Updated(changed))
+}
+
+/// A delivery claimed by the worker, with the bytes the claim stored.
+pub struct Claimed {
+    pub delivery: Delivery,
+    stored: IVec,
+}
+
 #[derive(Clone, Debug)]
 pub struct DeliveryPage {
     pub deliveries: Vec<Delivery>,
@@ -109,49 +150,95 @@ impl Store {
 
     /// Claim up to `limit` deliveries from `queue` that are due at `now`, leasing each until
     /// `lease_until` (longer than a request's timeout, so one attempt is never sent twice).
-    pub fn claim_due_deliveries(
+    /// The claims are one write on the writer thread, answered once on disk.
+    pub async fn claim_due_deliveries(
         &self,
         queue: DeliveryQueue,
         now: Timestamp,
         limit: usize,
         lease_until: Timestamp,
-    ) -> Result<Vec<Delivery>> {
+    ) -> Result<Vec<Claimed>> {
         let start = [queue.tag()];
         let end = keys::timed_upper(queue.tag(), now);
-        let mut claimed = Vec::new();
+        let mut due = Vec::new();
         for entry in self.queue.range(start.as_slice()..end.as_slice()) {
-            if claimed.len() >= limit {
+            if due.len() >= limit {
                 break;
             }
             let (key, _) = entry?;
-            let Some((_, id)) = keys::parse_timed(&key) else {
-                continue;
-            };
-            let id = id.to_owned();
-            let result = (&self.deliveries, &self.queue).transaction(|(tree, queue_tree)| {
-                if queue_tree.get(&key)?.is_none() {
-                    return Ok(None);
-                }
-                queue_tree.remove(&key)?;
-                let Some(raw) = tree.get(id.as_str())? else {
-                    return Ok(None);
-                };
-                let mut delivery: Delivery = decode_tx(&raw)?;
-                if queue_key(&delivery).as_deref() != Some(&key[..]) {
-                    return Ok(None);
-                }
-                delivery.next_attempt_at = Some(lease_until);
-                if let Some(new_key) = queue_key(&delivery) {
-                    queue_tree.insert(new_key, &[])?;
-                }
-                tree.insert(id.as_str(), encode(&delivery))?;
-                Ok(Some(delivery))
-            });
-            if let Some(delivery) = tx_result(result)? {
-                claimed.push(delivery);
+            if let Some((_, id)) = keys::parse_timed(&key) {
+                let id = id.to_owned();
+                due.push((key, id));
             }
         }
-        Ok(claimed)
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.writer
+            .write(move |tx| {
+                let mut claimed = Vec::with_capacity(due.len());
+                for (key, id) in &due {
+                    if tx.queue.remove(key)?.is_none() {
+                        continue;
+                    }
+                    let Some(raw) = tx.deliveries.get(id.as_str())? else {
+                        continue;
+                    };
+                    let mut delivery: Delivery = decode_tx(&raw)?;
+                    if queue_key(&delivery).as_deref() != Some(&key[..]) {
+                        continue;
+                    }
+                    delivery.next_attempt_at = Some(lease_until);
+                    if let Some(new_key) = queue_key(&delivery) {
+                        tx.queue.insert(new_key, &[])?;
+                    }
+                    let stored = IVec::from(encode(&delivery));
+                    tx.deliveries.insert(id.as_str(), stored.clone())?;
+                    claimed.push(Claimed { delivery, stored });
+                }
+                Ok(claimed)
+            })
+            .await
+    }
+
+    /// Put claimed deliveries back in their queue, due at `at` (the worker had no room).
+    pub async fn put_back_deliveries(&self, claims: Vec<Claimed>, at: Timestamp) -> Result<()> {
+        self.writer
+            .write(move |tx| {
+                for claim in &claims {
+                    let tenant = &claim.delivery.tenant;
+                    let claimed = Some((claim.stored.as_ref(), &claim.delivery));
+                    update_delivery_tx(
+                        tx.deliveries,
+                        tx.queue,
+                        tenant,
+                        &claim.delivery.id,
+                        claimed,
+                        &|d| {
+                            d.next_attempt_at = Some(at);
+                            true
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Change a claimed delivery (its attempt recorded) as [`Store::update_delivery`] does,
+    /// answered once on disk. Changes made together share one transaction and one fsync.
+    pub async fn update_claimed(
+        &self,
+        claim: Claimed,
+        change: impl Fn(&mut Delivery) -> bool + Send + 'static,
+    ) -> Result<DeliveryUpdate> {
+        self.writer
+            .write(move |tx| {
+                let claimed = Some((claim.stored.as_ref(), &claim.delivery));
+                let d = &claim.delivery;
+                update_delivery_tx(tx.deliveries, tx.queue, &d.tenant, &d.id, claimed, &change)
+            })
+            .await
     }
 
     /// Save a delivery (an attempt recorded, a manual retry), moving its queue entry.
@@ -183,25 +270,7 @@ impl Store {
         change: impl Fn(&mut Delivery) -> bool,
     ) -> Result<DeliveryUpdate> {
         let result = (&self.deliveries, &self.queue).transaction(|(tree, queue)| {
-            let Some(raw) = tree.get(id.as_str())? else {
-                return Ok(DeliveryUpdate::NotFound);
-            };
-            let stored: Delivery = decode_tx(&raw)?;
-            if &stored.tenant != tenant {
-                return Ok(DeliveryUpdate::NotFound);
-            }
-            let mut changed = stored.clone();
-            if !change(&mut changed) {
-                return Ok(DeliveryUpdate::Unchanged(stored));
-            }
-            if let Some(key) = queue_key(&stored) {
-                queue.remove(key)?;
-            }
-            if let Some(key) = queue_key(&changed) {
-                queue.insert(key, &[])?;
-            }
-            tree.insert(id.as_str(), encode(&changed))?;
-            Ok(DeliveryUpdate::Updated(changed))
+            update_delivery_tx(tree, queue, tenant, id, None, &change)
         });
         tx_result(result)
     }
@@ -318,8 +387,8 @@ mod tests {
         delivery
     }
 
-    #[test]
-    fn update_delivery_requeues_and_is_scoped_to_the_tenant() {
+    #[tokio::test]
+    async fn update_delivery_requeues_and_is_scoped_to_the_tenant() {
         let (store, _dir) = temp_store();
         let now = chrono::Utc::now();
         let acme = Tenant::parse("acme").unwrap();
@@ -354,8 +423,9 @@ mod tests {
         assert_eq!(store.queued_deliveries(DeliveryQueue::Fresh), 1);
         let claimed = store
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, now)
+            .await
             .unwrap();
         assert_eq!(claimed.len(), 1);
-        assert_eq!(claimed[0].id, delivery.id);
+        assert_eq!(claimed[0].delivery.id, delivery.id);
     }
 }

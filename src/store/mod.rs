@@ -24,7 +24,7 @@ use std::path::Path;
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-pub use deliveries::{DeliveryPage, DeliveryQueue, DeliveryUpdate};
+pub use deliveries::{Claimed, DeliveryPage, DeliveryQueue, DeliveryUpdate};
 pub use jobs::{
     Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, KeyHold, WorkKind,
 };

@@ -3,9 +3,10 @@
 //! Two queues with separate capacity: first attempts (fresh) and retries. A receiver that is
 //! down piles up retries, which can use only the retry slots, so fresh events to healthy
 //! receivers never wait behind them. A per-destination limit keeps one receiver from taking
-//! every slot. Each claim is leased for longer than the request timeout, so the service never
-//! sends one attempt twice; a crash between sending and recording may send it again, with the
-//! same `webhook-id` (at least once).
+//! every slot. A claim is held in memory until the attempt is recorded on disk (it writes
+//! nothing; only one process opens the store), so the service never sends one attempt twice at
+//! once; a crash between sending and recording sends it again on the next start, with the same
+//! `webhook-id` (at least once).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,8 +25,6 @@ use crate::store::{Claimed, DeliveryQueue, DeliveryUpdate, Store, StoreError};
 
 /// Response bodies are kept up to this size in the attempt log.
 pub const RESPONSE_BODY_LIMIT: usize = 16 * 1024;
-/// How long a claim outlives the request timeout.
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// When a destination is at its limit, look again this soon.
 const BUSY_DESTINATION_DELAY: Duration = Duration::from_millis(50);
 
@@ -92,7 +91,7 @@ impl DeliveryWorker {
 
     /// Claim everything due that there is room for and send it; wait for those attempts.
     pub async fn step(&self) -> Result<Vec<AttemptReport>, StoreError> {
-        let handles = self.dispatch().await?;
+        let handles = self.dispatch()?;
         let mut reports = Vec::with_capacity(handles.len());
         for outcome in join_all(handles).await {
             match outcome {
@@ -105,13 +104,11 @@ impl DeliveryWorker {
         Ok(reports)
     }
 
-    /// Claim due deliveries while there are free slots, and start sending each. The claims
-    /// are written on the store's writer thread, so this never blocks the runtime on storage.
-    async fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
+    /// Claim due deliveries while there are free slots, and start sending each. Claims are
+    /// held in memory: this reads storage and writes nothing.
+    fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
         let inner = &self.inner;
         let mut started = Vec::new();
-        let mut put_back = Vec::new();
-        let mut now = inner.clock.now();
         for (queue, slots) in [
             (DeliveryQueue::Fresh, &inner.fresh_slots),
             (DeliveryQueue::Retry, &inner.retry_slots),
@@ -120,20 +117,15 @@ impl DeliveryWorker {
             if free == 0 {
                 continue;
             }
-            now = inner.clock.now();
-            let lease_until = after(now, inner.settings.timeout + LEASE_MARGIN);
-            for claimed in inner
-                .store
-                .claim_due_deliveries(queue, now, free, lease_until)
-                .await?
-            {
+            let now = inner.clock.now();
+            for claimed in inner.store.claim_due_deliveries(queue, now, free)? {
                 let slots = slots
                     .clone()
                     .try_acquire_owned()
                     .ok()
                     .and_then(|slot| Some((slot, self.destination_slot(&claimed.delivery)?)));
                 let Some((slot, destination_slot)) = slots else {
-                    put_back.push(claimed);
+                    claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
                     continue;
                 };
                 let worker = self.clone();
@@ -144,10 +136,6 @@ impl DeliveryWorker {
                     report
                 }));
             }
-        }
-        if !put_back.is_empty() {
-            let at = after(now, BUSY_DESTINATION_DELAY);
-            inner.store.put_back_deliveries(put_back, at).await?;
         }
         Ok(started)
     }
@@ -445,7 +433,7 @@ impl DeliveryWorker {
         let signals = self.inner.signals.clone();
         signals.set_delivery_running(true);
         while !signals.is_shutting_down() {
-            let pause = match self.dispatch().await {
+            let pause = match self.dispatch() {
                 Ok(_) => self.idle_for(),
                 Err(error) => {
                     tracing::error!(%error, "delivery dispatch failed");
@@ -454,7 +442,11 @@ impl DeliveryWorker {
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = signals.delivery_wake.notified() => {}
+                _ = signals.delivery_wake.notified() => {
+                    // Attempts end in groups (their records share a round of the writer):
+                    // let the others of the group end too, and claim once for all of them.
+                    tokio::task::yield_now().await;
+                }
             }
         }
         let all = |s: &Arc<Semaphore>, n: usize| {
@@ -470,16 +462,26 @@ impl DeliveryWorker {
             .await;
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
-            tracing::warn!("deliveries still in flight at the end of the grace period; their leases will expire and they will be sent again");
+            tracing::warn!("deliveries still in flight at the end of the grace period; they will be sent again on the next start");
         }
         signals.set_delivery_running(false);
     }
 
+    /// How long to wait for work, if no attempt ends and nothing new comes meanwhile (both
+    /// wake the worker). A queue with no free slot is not looked at: only an attempt that
+    /// ends can make room in it.
     fn idle_for(&self) -> Duration {
-        let now = self.inner.clock.now();
+        let inner = &self.inner;
+        let now = inner.clock.now();
         let mut wake = after(now, Duration::from_secs(1));
-        for queue in [DeliveryQueue::Fresh, DeliveryQueue::Retry] {
-            if let Ok(Some(due)) = self.inner.store.next_delivery_due_at(queue) {
+        for (queue, slots) in [
+            (DeliveryQueue::Fresh, &inner.fresh_slots),
+            (DeliveryQueue::Retry, &inner.retry_slots),
+        ] {
+            if slots.available_permits() == 0 {
+                continue;
+            }
+            if let Ok(Some(due)) = inner.store.next_delivery_due_at(queue) {
                 wake = wake.min(due);
             }
         }

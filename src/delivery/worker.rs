@@ -41,6 +41,11 @@ struct Inner {
     client: reqwest::Client,
     fresh_slots: Arc<Semaphore>,
     retry_slots: Arc<Semaphore>,
+    /// Attempts begun and not yet recorded on disk. The slots above count requests in flight
+    /// and are let go once the response is in; this bounds how many records may wait for the
+    /// writer behind them, and shutdown waits for all of them.
+    attempts: Arc<Semaphore>,
+    attempt_capacity: usize,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Secrets as parsed for signing (base64 decoded, HMAC keyed), by their stored text. The
     /// secrets themselves are read afresh for every attempt, so a rotation applies at once.
@@ -74,10 +79,13 @@ impl DeliveryWorker {
             settings.per_destination_concurrency,
         )?;
         let retry_capacity = (settings.concurrency / 2).max(1);
+        let attempt_capacity = 2 * (settings.concurrency + retry_capacity);
         Ok(DeliveryWorker {
             inner: Arc::new(Inner {
                 fresh_slots: Arc::new(Semaphore::new(settings.concurrency)),
                 retry_slots: Arc::new(Semaphore::new(retry_capacity)),
+                attempts: Arc::new(Semaphore::new(attempt_capacity)),
+                attempt_capacity,
                 store,
                 clock,
                 settings,
@@ -113,25 +121,32 @@ impl DeliveryWorker {
             (DeliveryQueue::Fresh, &inner.fresh_slots),
             (DeliveryQueue::Retry, &inner.retry_slots),
         ] {
-            let free = slots.available_permits();
+            let free = slots
+                .available_permits()
+                .min(inner.attempts.available_permits());
             if free == 0 {
                 continue;
             }
             let now = inner.clock.now();
             for claimed in inner.store.claim_due_deliveries(queue, now, free)? {
-                let slots = slots
+                let permits = inner
+                    .attempts
                     .clone()
                     .try_acquire_owned()
                     .ok()
-                    .and_then(|slot| Some((slot, self.destination_slot(&claimed.delivery)?)));
-                let Some((slot, destination_slot)) = slots else {
+                    .zip(slots.clone().try_acquire_owned().ok())
+                    .and_then(|(attempt, slot)| {
+                        let destination_slot = self.destination_slot(&claimed.delivery)?;
+                        Some((attempt, (slot, destination_slot)))
+                    });
+                let Some((attempt, request_slots)) = permits else {
                     claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
                     continue;
                 };
                 let worker = self.clone();
                 started.push(tokio::spawn(async move {
-                    let report = worker.attempt(claimed).await;
-                    drop((slot, destination_slot));
+                    let report = worker.attempt(claimed, request_slots).await;
+                    drop(attempt);
                     worker.inner.signals.delivery_wake.notify_one();
                     report
                 }));
@@ -187,8 +202,14 @@ impl DeliveryWorker {
         semaphore.try_acquire_owned().ok()
     }
 
-    /// Send one attempt and record it durably.
-    async fn attempt(&self, claimed: Claimed) -> Result<Option<AttemptReport>, StoreError> {
+    /// Send one attempt and record it durably. `request_slots` (overall and per destination)
+    /// are let go as soon as the response is in: the record's wait for the disk does not hold
+    /// up the next request. The claim holds the delivery until the record is on disk.
+    async fn attempt(
+        &self,
+        claimed: Claimed,
+        request_slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) -> Result<Option<AttemptReport>, StoreError> {
         let inner = &self.inner;
         let delivery = &claimed.delivery;
         let now = inner.clock.now();
@@ -236,6 +257,8 @@ impl DeliveryWorker {
         let sent = self
             .send(&destination, delivery, timestamp, signature, body)
             .await;
+        drop(request_slots);
+        inner.signals.delivery_wake.notify_one();
         let finished = inner.clock.now();
         let attempt = sent.attempt(now);
         let status_code = attempt.status_code;
@@ -449,18 +472,10 @@ impl DeliveryWorker {
                 }
             }
         }
-        let all = |s: &Arc<Semaphore>, n: usize| {
-            let s = s.clone();
-            async move { s.acquire_many_owned(n as u32).await.ok() }
-        };
-        let drained = async {
-            all(&self.inner.fresh_slots, self.inner.settings.concurrency).await;
-            all(
-                &self.inner.retry_slots,
-                (self.inner.settings.concurrency / 2).max(1),
-            )
-            .await;
-        };
+        let drained = self
+            .inner
+            .attempts
+            .acquire_many(self.inner.attempt_capacity as u32);
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("deliveries still in flight at the end of the grace period; they will be sent again on the next start");
         }

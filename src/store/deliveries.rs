@@ -160,7 +160,9 @@ const PREFETCH: usize = 256;
 
 impl Claims {
     fn lock(&self) -> std::sync::MutexGuard<'_, ClaimState> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -203,7 +205,11 @@ impl ClaimState {
         if self.sending.contains(id) {
             return None;
         }
-        Some(self.held_back.get(id).map_or(due, |until| (*until).max(due)))
+        Some(
+            self.held_back
+                .get(id)
+                .map_or(due, |until| (*until).max(due)),
+        )
     }
 }
 
@@ -588,7 +594,9 @@ mod tests {
         let now = chrono::Utc::now();
         let acme = Tenant::parse("acme").unwrap();
         let (one, two) = (due_delivery(&acme, now), due_delivery(&acme, now));
-        store.insert_deliveries(&[one.clone(), two.clone()]).unwrap();
+        store
+            .insert_deliveries(&[one.clone(), two.clone()])
+            .unwrap();
         let stored = |id: &DeliveryId| store.delivery(&acme, id).unwrap().unwrap();
         let stored_one = serde_json::to_string(&stored(&one.id)).unwrap();
 

@@ -121,9 +121,7 @@ impl DeliveryWorker {
             (DeliveryQueue::Fresh, &inner.fresh_slots),
             (DeliveryQueue::Retry, &inner.retry_slots),
         ] {
-            let free = slots
-                .available_permits()
-                .min(inner.attempts.available_permits());
+            let free = self.room(slots);
             if free == 0 {
                 continue;
             }
@@ -153,6 +151,13 @@ impl DeliveryWorker {
             }
         }
         Ok(started)
+    }
+
+    /// How many attempts of the queue with these `slots` may begin now.
+    fn room(&self, slots: &Semaphore) -> usize {
+        slots
+            .available_permits()
+            .min(self.inner.attempts.available_permits())
     }
 
     /// The active secrets, parsed for signing; secrets that do not parse are left out.
@@ -483,8 +488,8 @@ impl DeliveryWorker {
     }
 
     /// How long to wait for work, if no attempt ends and nothing new comes meanwhile (both
-    /// wake the worker). A queue with no free slot is not looked at: only an attempt that
-    /// ends can make room in it.
+    /// wake the worker). A queue with no room is not looked at: only an attempt that ends (or
+    /// whose response is in) can make room in it, and that wakes the worker.
     fn idle_for(&self) -> Duration {
         let inner = &self.inner;
         let now = inner.clock.now();
@@ -493,7 +498,7 @@ impl DeliveryWorker {
             (DeliveryQueue::Fresh, &inner.fresh_slots),
             (DeliveryQueue::Retry, &inner.retry_slots),
         ] {
-            if slots.available_permits() == 0 {
+            if self.room(slots) == 0 {
                 continue;
             }
             if let Ok(Some(due)) = inner.store.next_delivery_due_at(queue) {

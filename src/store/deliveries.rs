@@ -8,13 +8,14 @@ use sled::{IVec, Transactional};
 
 use super::{decode, decode_tx, encode, keys, tx_result, Result, Store, StoreError};
 use crate::clock::Timestamp;
-
-fn from_millis(ms: u64) -> Timestamp {
-    chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default()
-}
 use crate::domain::{Delivery, DeliveryId, DeliveryState, JobId, SubscriptionId, Tenant};
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
+
+/// The due time of a queue entry (its millis) as a timestamp.
+fn from_millis(ms: u64) -> Timestamp {
+    chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default()
+}
 
 /// The worker drains two queues so that a receiver piling up retries never delays fresh
 /// events to healthy receivers.
@@ -364,8 +365,8 @@ impl Store {
     }
 
     /// Change a claimed delivery (its attempt recorded) as [`Store::update_delivery`] does,
-    /// answered once on disk, then release the claim. Changes made together share one
-    /// transaction and one fsync.
+    /// answered once on disk. Changes made together share one transaction and one fsync. The
+    /// claim goes into the write and is released when the writer drops it, after answering.
     pub async fn update_claimed(
         &self,
         claim: Claimed,
@@ -378,26 +379,6 @@ impl Store {
                 update_delivery_tx(tx.deliveries, tx.queue, &d.tenant, &d.id, claimed, &change)
             })
             .await
-        // The claim was moved into the write, and is released (dropped) once it has answered.
-    }
-
-    /// Save a delivery (an attempt recorded, a manual retry), moving its queue entry.
-    pub fn save_delivery(&self, delivery: &Delivery) -> Result<()> {
-        let bytes = encode(delivery);
-        let result = (&self.deliveries, &self.queue).transaction(|(tree, queue)| {
-            if let Some(raw) = tree.get(delivery.id.as_str())? {
-                let stored: Delivery = decode_tx(&raw)?;
-                if let Some(key) = queue_key(&stored) {
-                    queue.remove(key)?;
-                }
-            }
-            if let Some(key) = queue_key(delivery) {
-                queue.insert(key, &[])?;
-            }
-            tree.insert(delivery.id.as_str(), bytes.as_slice())?;
-            Ok(())
-        });
-        tx_result(result)
     }
 
     /// Change a tenant's delivery atomically against concurrent writers (the worker recording

@@ -66,7 +66,7 @@ impl DeliveryDetail {
     pub fn of(d: &Delivery) -> DeliveryDetail {
         DeliveryDetail {
             view: DeliveryView::of(d),
-            payload: d.payload.clone(),
+            payload: d.payload.value().clone(),
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::domain::Format;
+use crate::domain::{Format, Payload};
 
 /// Slack limits, in characters (api.slack.com/reference/block-kit).
 const SLACK_HEADER_MAX: usize = 150;
@@ -33,11 +33,19 @@ const ELLIPSIS: char = '…';
 /// (`{"type", "timestamp", "data"}`). Never fails: missing or odd fields are left out.
 pub fn render(format: Format, payload: &Value) -> Vec<u8> {
     let body = match format {
-        Format::Standard => payload.clone(),
+        Format::Standard => return serde_json::to_vec(payload).expect("a JSON value serialises"),
         Format::Slack => slack_message(&EventSummary::from_payload(payload)),
         Format::Discord => discord_message(&EventSummary::from_payload(payload)),
     };
     body.to_string().into_bytes()
+}
+
+/// [`render`] for a stored payload: the standard format sends the stored bytes as they are.
+pub fn render_payload(format: Format, payload: &Payload) -> Vec<u8> {
+    match format {
+        Format::Standard => payload.json().as_bytes().to_vec(),
+        Format::Slack | Format::Discord => render(format, payload.value()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,6 +507,21 @@ mod tests {
         assert!(!body.contains(&b'\n'));
         let parsed: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(parsed, payload);
+    }
+
+    #[test]
+    fn a_stored_payload_renders_the_same_bytes_as_its_value() {
+        for payload in [ready_payload(), test_payload()] {
+            let encoded = serde_json::to_vec(&Payload::from(payload.clone())).expect("encode");
+            let stored: Payload = serde_json::from_slice(&encoded).expect("decode");
+            for format in [Format::Standard, Format::Slack, Format::Discord] {
+                assert_eq!(
+                    render_payload(format, &stored),
+                    render(format, &payload),
+                    "{format:?}"
+                );
+            }
+        }
     }
 
     #[test]

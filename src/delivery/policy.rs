@@ -278,6 +278,18 @@ pub fn delivery_client(
     timeout: Duration,
     allow_private: bool,
 ) -> Result<reqwest::Client, reqwest::Error> {
+    delivery_client_for(timeout, allow_private, POOL_MAX_IDLE_PER_HOST)
+}
+
+/// [`delivery_client`] keeping up to `per_host` idle connections to each host (at least 32):
+/// the worker passes its per-destination limit, so a destination at its limit finds every
+/// connection it used still open instead of closing the surplus after each burst and
+/// connecting (and, over TLS, handshaking) again.
+pub fn delivery_client_for(
+    timeout: Duration,
+    allow_private: bool,
+    per_host: usize,
+) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
@@ -285,7 +297,7 @@ pub fn delivery_client(
         .dns_resolver(VettingResolver::new(allow_private))
         .timeout(timeout)
         .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_max_idle_per_host(per_host.max(POOL_MAX_IDLE_PER_HOST))
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_keepalive(TCP_KEEPALIVE)
         .build()

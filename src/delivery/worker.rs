@@ -3,9 +3,10 @@
 //! Two queues with separate capacity: first attempts (fresh) and retries. A receiver that is
 //! down piles up retries, which can use only the retry slots, so fresh events to healthy
 //! receivers never wait behind them. A per-destination limit keeps one receiver from taking
-//! every slot. Each claim is leased for longer than the request timeout, so the service never
-//! sends one attempt twice; a crash between sending and recording may send it again, with the
-//! same `webhook-id` (at least once).
+//! every slot. A claim is held in memory until the attempt is recorded on disk (it writes
+//! nothing; only one process opens the store), so the service never sends one attempt twice at
+//! once; a crash between sending and recording sends it again on the next start, with the same
+//! `webhook-id` (at least once).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,12 +21,10 @@ use crate::clock::{after, SharedClock, Timestamp};
 use crate::config::DeliverySettings;
 use crate::domain::{Attempt, Delivery, DeliveryState, Destination, ErrorClass, Subscription};
 use crate::signals::Signals;
-use crate::store::{DeliveryQueue, DeliveryUpdate, Store, StoreError};
+use crate::store::{Claimed, DeliveryQueue, DeliveryUpdate, Store, StoreError};
 
 /// Response bodies are kept up to this size in the attempt log.
 pub const RESPONSE_BODY_LIMIT: usize = 16 * 1024;
-/// How long a claim outlives the request timeout.
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// When a destination is at its limit, look again this soon.
 const BUSY_DESTINATION_DELAY: Duration = Duration::from_millis(50);
 
@@ -42,8 +41,19 @@ struct Inner {
     client: reqwest::Client,
     fresh_slots: Arc<Semaphore>,
     retry_slots: Arc<Semaphore>,
+    /// Attempts begun and not yet recorded on disk. The slots above count requests in flight
+    /// and are let go once the response is in; this bounds how many records may wait for the
+    /// writer behind them, and shutdown waits for all of them.
+    attempts: Arc<Semaphore>,
+    attempt_capacity: usize,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Secrets as parsed for signing (base64 decoded, HMAC keyed), by their stored text. The
+    /// secrets themselves are read afresh for every attempt, so a rotation applies at once.
+    keys: Mutex<HashMap<String, signature::SigningSecret>>,
 }
+
+/// Parsed signing secrets kept at most; past that the cache starts over.
+const KEY_CACHE_LIMIT: usize = 4096;
 
 type AttemptTask = JoinHandle<Result<Option<AttemptReport>, StoreError>>;
 
@@ -63,18 +73,26 @@ impl DeliveryWorker {
         settings: DeliverySettings,
         signals: Arc<Signals>,
     ) -> Result<Self, reqwest::Error> {
-        let client = policy::delivery_client(settings.timeout, settings.allow_private_networks)?;
+        let client = policy::delivery_client_for(
+            settings.timeout,
+            settings.allow_private_networks,
+            settings.per_destination_concurrency,
+        )?;
         let retry_capacity = (settings.concurrency / 2).max(1);
+        let attempt_capacity = 2 * (settings.concurrency + retry_capacity);
         Ok(DeliveryWorker {
             inner: Arc::new(Inner {
                 fresh_slots: Arc::new(Semaphore::new(settings.concurrency)),
                 retry_slots: Arc::new(Semaphore::new(retry_capacity)),
+                attempts: Arc::new(Semaphore::new(attempt_capacity)),
+                attempt_capacity,
                 store,
                 clock,
                 settings,
                 signals,
                 client,
                 destinations: Mutex::new(HashMap::new()),
+                keys: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -94,7 +112,8 @@ impl DeliveryWorker {
         Ok(reports)
     }
 
-    /// Claim due deliveries while there are free slots, and start sending each.
+    /// Claim due deliveries while there are free slots, and start sending each. Claims are
+    /// held in memory: this reads storage and writes nothing.
     fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
         let inner = &self.inner;
         let mut started = Vec::new();
@@ -102,28 +121,30 @@ impl DeliveryWorker {
             (DeliveryQueue::Fresh, &inner.fresh_slots),
             (DeliveryQueue::Retry, &inner.retry_slots),
         ] {
-            let free = slots.available_permits();
+            let free = self.room(slots);
             if free == 0 {
                 continue;
             }
             let now = inner.clock.now();
-            let lease_until = after(now, inner.settings.timeout + LEASE_MARGIN);
-            for mut delivery in inner
-                .store
-                .claim_due_deliveries(queue, now, free, lease_until)?
-            {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    self.put_back(&mut delivery, now)?;
-                    continue;
-                };
-                let Some(destination_slot) = self.destination_slot(&delivery) else {
-                    self.put_back(&mut delivery, now)?;
+            for claimed in inner.store.claim_due_deliveries(queue, now, free)? {
+                let permits = inner
+                    .attempts
+                    .clone()
+                    .try_acquire_owned()
+                    .ok()
+                    .zip(slots.clone().try_acquire_owned().ok())
+                    .and_then(|(attempt, slot)| {
+                        let destination_slot = self.destination_slot(&claimed.delivery)?;
+                        Some((attempt, (slot, destination_slot)))
+                    });
+                let Some((attempt, request_slots)) = permits else {
+                    claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
                     continue;
                 };
                 let worker = self.clone();
                 started.push(tokio::spawn(async move {
-                    let report = worker.attempt(delivery).await;
-                    drop((slot, destination_slot));
+                    let report = worker.attempt(claimed, request_slots).await;
+                    drop(attempt);
                     worker.inner.signals.delivery_wake.notify_one();
                     report
                 }));
@@ -132,9 +153,30 @@ impl DeliveryWorker {
         Ok(started)
     }
 
-    fn put_back(&self, delivery: &mut Delivery, now: Timestamp) -> Result<(), StoreError> {
-        delivery.next_attempt_at = Some(after(now, BUSY_DESTINATION_DELAY));
-        self.inner.store.save_delivery(delivery)
+    /// How many attempts of the queue with these `slots` may begin now.
+    fn room(&self, slots: &Semaphore) -> usize {
+        slots
+            .available_permits()
+            .min(self.inner.attempts.available_permits())
+    }
+
+    /// The active secrets, parsed for signing; secrets that do not parse are left out.
+    fn signing_keys(&self, active: &[&str]) -> Vec<signature::SigningSecret> {
+        let mut cache = self.inner.keys.lock().expect("keys lock");
+        if cache.len() >= KEY_CACHE_LIMIT && active.iter().any(|s| !cache.contains_key(*s)) {
+            cache.clear();
+        }
+        active
+            .iter()
+            .filter_map(|raw| {
+                if let Some(key) = cache.get(*raw) {
+                    return Some(key.clone());
+                }
+                let key = signature::SigningSecret::parse(raw).ok()?;
+                cache.insert((*raw).to_owned(), key.clone());
+                Some(key)
+            })
+            .collect()
     }
 
     fn destination_slot(&self, delivery: &Delivery) -> Option<OwnedSemaphorePermit> {
@@ -165,9 +207,16 @@ impl DeliveryWorker {
         semaphore.try_acquire_owned().ok()
     }
 
-    /// Send one attempt and record it durably.
-    async fn attempt(&self, delivery: Delivery) -> Result<Option<AttemptReport>, StoreError> {
+    /// Send one attempt and record it durably. `request_slots` (overall and per destination)
+    /// are let go as soon as the response is in: the record's wait for the disk does not hold
+    /// up the next request. The claim holds the delivery until the record is on disk.
+    async fn attempt(
+        &self,
+        claimed: Claimed,
+        request_slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) -> Result<Option<AttemptReport>, StoreError> {
         let inner = &self.inner;
+        let delivery = &claimed.delivery;
         let now = inner.clock.now();
         // A subscription is read afresh: its URL, format and secrets may have changed since
         // the event, and a disabled or deleted one gets nothing more.
@@ -180,11 +229,12 @@ impl DeliveryWorker {
             {
                 Some(sub) if sub.enabled => Some(sub),
                 _ => {
-                    self.record(&delivery, |d| {
+                    self.record(claimed, move |d| {
                         d.state = DeliveryState::Failed;
                         d.next_attempt_at = None;
                         d.updated_at = now;
-                    })?;
+                    })
+                    .await?;
                     return Ok(None);
                 }
             },
@@ -204,49 +254,51 @@ impl DeliveryWorker {
                 .store
                 .callback_secrets(&delivery.tenant, signature::SigningSecret::generate)?,
         };
-        let keys: Vec<signature::SigningSecret> = secrets
-            .active(now)
-            .into_iter()
-            .filter_map(|s| signature::SigningSecret::parse(s).ok())
-            .collect();
-        let body = format::render(destination.format(), &delivery.payload);
+        let keys = self.signing_keys(&secrets.active(now));
+        let body = format::render_payload(destination.format(), &delivery.payload);
         let timestamp = now.timestamp();
         let signature =
             signature::signature_header(&keys, delivery.message_id.as_str(), timestamp, &body);
         let sent = self
-            .send(&destination, &delivery, timestamp, signature, body)
+            .send(&destination, delivery, timestamp, signature, body)
             .await;
+        drop(request_slots);
+        inner.signals.delivery_wake.notify_one();
         let finished = inner.clock.now();
         let attempt = sent.attempt(now);
         let status_code = attempt.status_code;
         let error = attempt.error;
         let succeeded = error.is_none();
         let gone = status_code == Some(410) && subscription.is_some();
-        let schedule = &inner.settings.retry_schedule;
-        // Appended to the stored record, so a manual retry made meanwhile is not lost.
-        let recorded = self.record(&delivery, |d| {
-            d.destination = destination.clone();
-            d.attempts.push(attempt.clone());
-            d.updated_at = finished;
-            if succeeded {
-                d.state = DeliveryState::Succeeded;
-                d.next_attempt_at = None;
-            } else if gone {
-                d.state = DeliveryState::Failed;
-                d.next_attempt_at = None;
-            } else if let Some(delay) = schedule.get(d.attempts.len()) {
-                d.state = DeliveryState::Pending;
-                let wait = with_jitter(*delay).max(sent.retry_after.unwrap_or_default());
-                d.next_attempt_at = Some(after(finished, wait));
-            } else {
-                d.state = DeliveryState::Failed;
-                d.next_attempt_at = None;
-            }
-        })?;
+        let schedule = inner.settings.retry_schedule.clone();
+        let retry_after = sent.retry_after;
         if let Some(sub) = &subscription {
             self.note_outcome(sub, succeeded, gone, finished)?;
         }
-        inner.store.durable().await?;
+        // Appended to the stored record, so a manual retry made meanwhile is not lost; on disk
+        // (with the subscription's health, just written) before it counts.
+        let recorded_destination = destination.clone();
+        let recorded = self
+            .record(claimed, move |d| {
+                d.destination = recorded_destination.clone();
+                d.attempts.push(attempt.clone());
+                d.updated_at = finished;
+                if succeeded {
+                    d.state = DeliveryState::Succeeded;
+                    d.next_attempt_at = None;
+                } else if gone {
+                    d.state = DeliveryState::Failed;
+                    d.next_attempt_at = None;
+                } else if let Some(delay) = schedule.get(d.attempts.len()) {
+                    d.state = DeliveryState::Pending;
+                    let wait = with_jitter(*delay).max(retry_after.unwrap_or_default());
+                    d.next_attempt_at = Some(after(finished, wait));
+                } else {
+                    d.state = DeliveryState::Failed;
+                    d.next_attempt_at = None;
+                }
+            })
+            .await?;
         let Some(recorded) = recorded else {
             return Ok(None);
         };
@@ -285,19 +337,21 @@ impl DeliveryWorker {
         }))
     }
 
-    /// Apply `change` to the stored delivery, atomically with its queue entry.
-    fn record(
+    /// Apply `change` to the stored delivery, atomically with its queue entry, and wait until
+    /// it is on disk.
+    async fn record(
         &self,
-        delivery: &Delivery,
-        change: impl Fn(&mut Delivery),
+        claimed: Claimed,
+        change: impl Fn(&mut Delivery) + Send + 'static,
     ) -> Result<Option<Delivery>, StoreError> {
         let update = self
             .inner
             .store
-            .update_delivery(&delivery.tenant, &delivery.id, |d| {
+            .update_claimed(claimed, move |d| {
                 change(d);
                 true
-            })?;
+            })
+            .await?;
         Ok(match update {
             DeliveryUpdate::Updated(d) => Some(d),
             DeliveryUpdate::Unchanged(_) | DeliveryUpdate::NotFound => None,
@@ -416,32 +470,38 @@ impl DeliveryWorker {
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = signals.delivery_wake.notified() => {}
+                _ = signals.delivery_wake.notified() => {
+                    // Attempts end in groups (their records share a round of the writer):
+                    // let the others of the group end too, and claim once for all of them.
+                    tokio::task::yield_now().await;
+                }
             }
         }
-        let all = |s: &Arc<Semaphore>, n: usize| {
-            let s = s.clone();
-            async move { s.acquire_many_owned(n as u32).await.ok() }
-        };
-        let drained = async {
-            all(&self.inner.fresh_slots, self.inner.settings.concurrency).await;
-            all(
-                &self.inner.retry_slots,
-                (self.inner.settings.concurrency / 2).max(1),
-            )
-            .await;
-        };
+        let drained = self
+            .inner
+            .attempts
+            .acquire_many(self.inner.attempt_capacity as u32);
         if tokio::time::timeout(grace, drained).await.is_err() {
-            tracing::warn!("deliveries still in flight at the end of the grace period; their leases will expire and they will be sent again");
+            tracing::warn!("deliveries still in flight at the end of the grace period; they will be sent again on the next start");
         }
         signals.set_delivery_running(false);
     }
 
+    /// How long to wait for work, if no attempt ends and nothing new comes meanwhile (both
+    /// wake the worker). A queue with no room is not looked at: only an attempt that ends (or
+    /// whose response is in) can make room in it, and that wakes the worker.
     fn idle_for(&self) -> Duration {
-        let now = self.inner.clock.now();
+        let inner = &self.inner;
+        let now = inner.clock.now();
         let mut wake = after(now, Duration::from_secs(1));
-        for queue in [DeliveryQueue::Fresh, DeliveryQueue::Retry] {
-            if let Ok(Some(due)) = self.inner.store.next_delivery_due_at(queue) {
+        for (queue, slots) in [
+            (DeliveryQueue::Fresh, &inner.fresh_slots),
+            (DeliveryQueue::Retry, &inner.retry_slots),
+        ] {
+            if self.room(slots) == 0 {
+                continue;
+            }
+            if let Ok(Some(due)) = inner.store.next_delivery_due_at(queue) {
                 wake = wake.min(due);
             }
         }

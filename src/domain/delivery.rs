@@ -1,5 +1,8 @@
+use std::sync::OnceLock;
+
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::ToSchema;
 
@@ -121,7 +124,7 @@ pub struct Delivery {
     pub message_id: MessageId,
     pub destination: Destination,
     /// The standard event body; other formats are rendered from it at send time.
-    pub payload: Value,
+    pub payload: Payload,
     pub state: DeliveryState,
     pub attempts: Vec<Attempt>,
     pub next_attempt_at: Option<Timestamp>,
@@ -144,7 +147,7 @@ impl Delivery {
             job_id,
             message_id: MessageId::generate(),
             destination,
-            payload: event.payload(),
+            payload: Payload::from(event.payload()),
             state: DeliveryState::Pending,
             attempts: Vec::new(),
             next_attempt_at: Some(now),
@@ -156,5 +159,90 @@ impl Delivery {
     /// A first attempt goes in the fresh queue, which retries never delay.
     pub fn is_first_attempt(&self) -> bool {
         self.attempts.is_empty()
+    }
+}
+
+/// A delivery's event body, kept as the JSON text it is stored and sent as. Reading a delivery
+/// does not build the JSON tree, and the standard format sends these bytes without
+/// serialising anything; the tree is parsed on first use (the chat formats, the API).
+#[derive(Clone)]
+pub struct Payload {
+    raw: Box<RawValue>,
+    parsed: OnceLock<Value>,
+}
+
+impl Payload {
+    /// The body as compact JSON text, exactly as stored.
+    pub fn json(&self) -> &str {
+        self.raw.get()
+    }
+
+    /// The body as a JSON value.
+    pub fn value(&self) -> &Value {
+        self.parsed
+            .get_or_init(|| serde_json::from_str(self.raw.get()).expect("a payload is valid JSON"))
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        let raw = serde_json::value::to_raw_value(&value).expect("a JSON value serialises");
+        let parsed = OnceLock::new();
+        let _ = parsed.set(value);
+        Payload { raw, parsed }
+    }
+}
+
+impl std::ops::Index<&str> for Payload {
+    type Output = Value;
+
+    fn index(&self, key: &str) -> &Value {
+        &self.value()[key]
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.raw.get())
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Payload {
+            raw: Box::<RawValue>::deserialize(deserializer)?,
+            parsed: OnceLock::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_payload_is_stored_and_sent_as_the_compact_json_of_its_value() {
+        let value =
+            json!({"type": "agent.ready", "data": {"n": 1.5, "s": "é\"", "z": null, "a": [1, 2]}});
+        let payload = Payload::from(value.clone());
+        assert_eq!(payload.json(), value.to_string());
+        assert_eq!(payload["data"]["n"], json!(1.5));
+
+        let stored = serde_json::to_string(&json!({"payload": value})).unwrap();
+        #[derive(Deserialize, Serialize)]
+        struct Holder {
+            payload: Payload,
+        }
+        let read: Holder = serde_json::from_str(&stored).unwrap();
+        assert_eq!(read.payload.json(), value.to_string());
+        assert_eq!(read.payload.value(), &value);
+        assert_eq!(serde_json::to_string(&read).unwrap(), stored);
     }
 }

@@ -7,7 +7,7 @@ mod job;
 mod subscription;
 mod tenant;
 
-pub use delivery::{Attempt, Delivery, DeliveryState, Destination, ErrorClass};
+pub use delivery::{Attempt, Delivery, DeliveryState, Destination, ErrorClass, Payload};
 pub use event::{Event, EventType};
 pub use ids::{DeliveryId, EventId, JobId, MessageId, SubscriptionId};
 pub use job::{Job, JobError, JobStatus, JobView};

@@ -1,13 +1,21 @@
 //! Deliveries and the worker's queue.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use sled::Transactional;
+use sled::{IVec, Transactional};
 
 use super::{decode, decode_tx, encode, keys, tx_result, Result, Store, StoreError};
 use crate::clock::Timestamp;
 use crate::domain::{Delivery, DeliveryId, DeliveryState, JobId, SubscriptionId, Tenant};
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
+
+/// The due time of a queue entry (its millis) as a timestamp.
+fn from_millis(ms: u64) -> Timestamp {
+    chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default()
+}
 
 /// The worker drains two queues so that a receiver piling up retries never delays fresh
 /// events to healthy receivers.
@@ -87,6 +95,165 @@ pub enum DeliveryUpdate {
     Updated(Delivery),
 }
 
+/// The body of [`Store::update_delivery`], inside a transaction. `claimed` is a delivery
+/// already in hand with the bytes it was read as: while those are still what is stored, it is
+/// taken instead of decoding them again.
+fn update_delivery_tx(
+    tree: &TransactionalTree,
+    queue: &TransactionalTree,
+    tenant: &Tenant,
+    id: &DeliveryId,
+    claimed: Option<(&[u8], &Delivery)>,
+    change: &dyn Fn(&mut Delivery) -> bool,
+) -> TxResult<DeliveryUpdate> {
+    let Some(raw) = tree.get(id.as_str())? else {
+        return Ok(DeliveryUpdate::NotFound);
+    };
+    let stored: Delivery = match claimed {
+        Some((bytes, delivery)) if raw == bytes => delivery.clone(),
+        _ => decode_tx(&raw)?,
+    };
+    if &stored.tenant != tenant {
+        return Ok(DeliveryUpdate::NotFound);
+    }
+    let mut changed = stored.clone();
+    if !change(&mut changed) {
+        return Ok(DeliveryUpdate::Unchanged(stored));
+    }
+    if let Some(key) = queue_key(&stored) {
+        queue.remove(key)?;
+    }
+    if let Some(key) = queue_key(&changed) {
+        queue.insert(key, &[])?;
+    }
+    tree.insert(id.as_str(), encode(&changed))?;
+    Ok(DeliveryUpdate::Updated(changed))
+}
+
+/// Which deliveries the worker holds now, in memory.
+///
+/// A claim writes nothing: the delivery's queue entry stays where it is until its attempt is
+/// recorded (which moves or removes it in the same transaction). While claimed, the entry is
+/// skipped, so one attempt is never sent twice at once; a claim ends when its attempt is on
+/// disk, or when its task ends any other way (then the entry is simply due again). This is
+/// sound because only one process can open a sled directory: no one else claims. After a
+/// crash, the entries of interrupted attempts are due at once: they are sent again, with the
+/// same `webhook-id` (at least once).
+#[derive(Clone, Default)]
+pub(super) struct Claims(Arc<Mutex<ClaimState>>);
+
+#[derive(Default)]
+struct ClaimState {
+    /// Deliveries being sent, by id.
+    sending: HashSet<String>,
+    /// Deliveries put back for want of room, by id: not to be claimed before the time given.
+    held_back: HashMap<String, Timestamp>,
+    /// Queue entries found due by the last scan of each queue (fresh, retry), in order, not
+    /// yet taken: claims take from here and scan the queue again only when it runs out, so a
+    /// backlog is scanned once per [`PREFETCH`] claims, not once per dispatch (a scan walks
+    /// past every claimed entry at the head of the queue). Each is checked against the
+    /// stored delivery when taken.
+    due: [VecDeque<IVec>; 2],
+}
+
+/// Due queue entries kept beyond what a claim asked for.
+const PREFETCH: usize = 256;
+
+impl Claims {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClaimState> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl ClaimState {
+    fn due(&mut self, queue: DeliveryQueue) -> &mut VecDeque<IVec> {
+        &mut self.due[usize::from(queue == DeliveryQueue::Retry)]
+    }
+
+    /// Whether the entry `key` may be claimed at `now`.
+    fn may_claim(&self, key: &[u8], now: Timestamp) -> bool {
+        let Some((due, id)) = keys::parse_timed(key) else {
+            return false;
+        };
+        matches!(self.claimable_at(id, from_millis(due)), Some(at) if at <= now)
+    }
+
+    /// When the first of `keys` (queue entries, in order) that is not claimed may be claimed.
+    /// Held-back entries count from when they may go again; they are few (at most what one
+    /// dispatch found no room for), so this stops soon after the first entry not claimed.
+    fn earliest(&self, entries: impl Iterator<Item = Result<IVec>>) -> Result<Option<Timestamp>> {
+        let mut earliest: Option<Timestamp> = None;
+        for key in entries {
+            let key = key?;
+            let Some((due, id)) = keys::parse_timed(&key) else {
+                continue;
+            };
+            let due = from_millis(due);
+            if earliest.is_some_and(|e| e <= due) {
+                break;
+            }
+            if let Some(at) = self.claimable_at(id, due) {
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+            }
+        }
+        Ok(earliest)
+    }
+
+    /// When the entry for `id`, due at `due`, may be claimed; `None` while it is being sent.
+    fn claimable_at(&self, id: &str, due: Timestamp) -> Option<Timestamp> {
+        if self.sending.contains(id) {
+            return None;
+        }
+        Some(
+            self.held_back
+                .get(id)
+                .map_or(due, |until| (*until).max(due)),
+        )
+    }
+}
+
+/// A delivery the worker holds (see [`Claims`]), with the bytes it was read as. Dropping it
+/// releases the claim.
+pub struct Claimed {
+    pub delivery: Delivery,
+    stored: IVec,
+    claims: Claims,
+}
+
+impl Claimed {
+    /// Release the claim, and let the delivery be claimed again no earlier than `at` (the
+    /// worker had no room for it). Nothing is written.
+    pub fn put_back(self, at: Timestamp) {
+        let mut state = self.claims.lock();
+        if state.held_back.len() >= HELD_BACK_LIMIT {
+            // Entries whose time has come hold nothing back any more.
+            state.held_back.retain(|_, until| *until > at);
+        }
+        state
+            .held_back
+            .insert(self.delivery.id.as_str().to_owned(), at);
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        self.claims.lock().sending.remove(self.delivery.id.as_str());
+    }
+}
+
+/// Past this many held-back deliveries, those free to go again are forgotten.
+const HELD_BACK_LIMIT: usize = 4096;
+
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed")
+            .field("delivery", &self.delivery.id)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct DeliveryPage {
     pub deliveries: Vec<Delivery>,
@@ -107,70 +274,111 @@ impl Store {
         tx_result(result)
     }
 
-    /// Claim up to `limit` deliveries from `queue` that are due at `now`, leasing each until
-    /// `lease_until` (longer than a request's timeout, so one attempt is never sent twice).
+    /// Claim up to `limit` deliveries from `queue` that are due at `now` (see [`Claims`]):
+    /// reads only, nothing is written.
     pub fn claim_due_deliveries(
         &self,
         queue: DeliveryQueue,
         now: Timestamp,
         limit: usize,
-        lease_until: Timestamp,
-    ) -> Result<Vec<Delivery>> {
-        let start = [queue.tag()];
-        let end = keys::timed_upper(queue.tag(), now);
+    ) -> Result<Vec<Claimed>> {
         let mut claimed = Vec::new();
-        for entry in self.queue.range(start.as_slice()..end.as_slice()) {
-            if claimed.len() >= limit {
-                break;
+        let mut state = self.claims.lock();
+        let mut scanned = false;
+        while claimed.len() < limit {
+            let Some(key) = state.due(queue).pop_front() else {
+                if scanned {
+                    break;
+                }
+                scanned = true;
+                let found = self.scan_due(&state, queue, now, limit - claimed.len() + PREFETCH)?;
+                *state.due(queue) = found;
+                continue;
+            };
+            if !state.may_claim(&key, now) {
+                continue;
             }
-            let (key, _) = entry?;
             let Some((_, id)) = keys::parse_timed(&key) else {
                 continue;
             };
-            let id = id.to_owned();
-            let result = (&self.deliveries, &self.queue).transaction(|(tree, queue_tree)| {
-                if queue_tree.get(&key)?.is_none() {
-                    return Ok(None);
+            state.held_back.remove(id);
+            let raw = self.deliveries.get(id)?;
+            let delivery = raw.as_deref().map(decode::<Delivery>).transpose()?;
+            let (Some(raw), Some(delivery)) = (raw, delivery) else {
+                self.remove_stale_entry(&key, id)?;
+                continue;
+            };
+            if queue_key(&delivery).as_deref() != Some(&key[..]) {
+                // Moved since the scan (a manual retry, say), or an entry left behind.
+                if self.queue.contains_key(&key)? {
+                    self.remove_stale_entry(&key, id)?;
                 }
-                queue_tree.remove(&key)?;
-                let Some(raw) = tree.get(id.as_str())? else {
-                    return Ok(None);
-                };
-                let mut delivery: Delivery = decode_tx(&raw)?;
-                if queue_key(&delivery).as_deref() != Some(&key[..]) {
-                    return Ok(None);
-                }
-                delivery.next_attempt_at = Some(lease_until);
-                if let Some(new_key) = queue_key(&delivery) {
-                    queue_tree.insert(new_key, &[])?;
-                }
-                tree.insert(id.as_str(), encode(&delivery))?;
-                Ok(Some(delivery))
-            });
-            if let Some(delivery) = tx_result(result)? {
-                claimed.push(delivery);
+                continue;
             }
+            state.sending.insert(id.to_owned());
+            claimed.push(Claimed {
+                delivery,
+                stored: raw,
+                claims: self.claims.clone(),
+            });
         }
         Ok(claimed)
     }
 
-    /// Save a delivery (an attempt recorded, a manual retry), moving its queue entry.
-    pub fn save_delivery(&self, delivery: &Delivery) -> Result<()> {
-        let bytes = encode(delivery);
+    /// Up to `want` entries of `queue` due at `now` that may be claimed, in order.
+    fn scan_due(
+        &self,
+        state: &ClaimState,
+        queue: DeliveryQueue,
+        now: Timestamp,
+        want: usize,
+    ) -> Result<VecDeque<IVec>> {
+        let start = [queue.tag()];
+        let end = keys::timed_upper(queue.tag(), now);
+        let mut found = VecDeque::new();
+        for entry in self.queue.range(start.as_slice()..end.as_slice()) {
+            if found.len() >= want {
+                break;
+            }
+            let (key, _) = entry?;
+            if state.may_claim(&key, now) {
+                found.push_back(key);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Drop a queue entry that its delivery no longer has (none is left behind by the writes
+    /// here; this keeps the queue clean whatever happened before).
+    fn remove_stale_entry(&self, key: &[u8], id: &str) -> Result<()> {
         let result = (&self.deliveries, &self.queue).transaction(|(tree, queue)| {
-            if let Some(raw) = tree.get(delivery.id.as_str())? {
-                let stored: Delivery = decode_tx(&raw)?;
-                if let Some(key) = queue_key(&stored) {
-                    queue.remove(key)?;
-                }
+            let current = match tree.get(id)? {
+                Some(raw) => queue_key(&decode_tx::<Delivery>(&raw)?),
+                None => None,
+            };
+            if current.as_deref() != Some(key) {
+                queue.remove(key)?;
             }
-            if let Some(key) = queue_key(delivery) {
-                queue.insert(key, &[])?;
-            }
-            tree.insert(delivery.id.as_str(), bytes.as_slice())?;
             Ok(())
         });
         tx_result(result)
+    }
+
+    /// Change a claimed delivery (its attempt recorded) as [`Store::update_delivery`] does,
+    /// answered once on disk. Changes made together share one transaction and one fsync. The
+    /// claim goes into the write and is released when the writer drops it, after answering.
+    pub async fn update_claimed(
+        &self,
+        claim: Claimed,
+        change: impl Fn(&mut Delivery) -> bool + Send + 'static,
+    ) -> Result<DeliveryUpdate> {
+        self.writer
+            .write(move |tx| {
+                let claimed = Some((claim.stored.as_ref(), &claim.delivery));
+                let d = &claim.delivery;
+                update_delivery_tx(tx.deliveries, tx.queue, &d.tenant, &d.id, claimed, &change)
+            })
+            .await
     }
 
     /// Change a tenant's delivery atomically against concurrent writers (the worker recording
@@ -183,25 +391,7 @@ impl Store {
         change: impl Fn(&mut Delivery) -> bool,
     ) -> Result<DeliveryUpdate> {
         let result = (&self.deliveries, &self.queue).transaction(|(tree, queue)| {
-            let Some(raw) = tree.get(id.as_str())? else {
-                return Ok(DeliveryUpdate::NotFound);
-            };
-            let stored: Delivery = decode_tx(&raw)?;
-            if &stored.tenant != tenant {
-                return Ok(DeliveryUpdate::NotFound);
-            }
-            let mut changed = stored.clone();
-            if !change(&mut changed) {
-                return Ok(DeliveryUpdate::Unchanged(stored));
-            }
-            if let Some(key) = queue_key(&stored) {
-                queue.remove(key)?;
-            }
-            if let Some(key) = queue_key(&changed) {
-                queue.insert(key, &[])?;
-            }
-            tree.insert(id.as_str(), encode(&changed))?;
-            Ok(DeliveryUpdate::Updated(changed))
+            update_delivery_tx(tree, queue, tenant, id, None, &change)
         });
         tx_result(result)
     }
@@ -282,13 +472,18 @@ impl Store {
         Ok(found)
     }
 
-    /// When the earliest delivery of `queue` is due.
+    /// When the earliest delivery of `queue` that is not claimed may be claimed.
     pub fn next_delivery_due_at(&self, queue: DeliveryQueue) -> Result<Option<Timestamp>> {
-        let Some((key, _)) = self.queue.scan_prefix([queue.tag()]).next().transpose()? else {
-            return Ok(None);
-        };
-        Ok(keys::parse_timed(&key)
-            .and_then(|(ms, _)| chrono::DateTime::from_timestamp_millis(ms as i64)))
+        let state = self.claims.lock();
+        let buffered = &state.due[usize::from(queue == DeliveryQueue::Retry)];
+        if let Some(at) = state.earliest(buffered.iter().map(|key| Ok(key.clone())))? {
+            return Ok(Some(at));
+        }
+        let stored = self.queue.scan_prefix([queue.tag()]).map(|entry| {
+            let (key, _) = entry?;
+            Ok(key)
+        });
+        state.earliest(stored)
     }
 
     /// Deliveries waiting in `queue`.
@@ -353,9 +548,96 @@ mod tests {
         assert_eq!(updated.message_id, delivery.message_id);
         assert_eq!(store.queued_deliveries(DeliveryQueue::Fresh), 1);
         let claimed = store
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, now)
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
             .unwrap();
         assert_eq!(claimed.len(), 1);
-        assert_eq!(claimed[0].id, delivery.id);
+        assert_eq!(claimed[0].delivery.id, delivery.id);
+    }
+
+    fn due_delivery(tenant: &Tenant, now: Timestamp) -> Delivery {
+        let mut delivery = failed_delivery(tenant, now);
+        delivery.state = DeliveryState::Pending;
+        delivery.next_attempt_at = Some(now);
+        delivery
+    }
+
+    fn claim_ids(store: &Store, now: Timestamp) -> (Vec<Claimed>, Vec<DeliveryId>) {
+        let claimed = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .unwrap();
+        let ids = claimed.iter().map(|c| c.delivery.id.clone()).collect();
+        (claimed, ids)
+    }
+
+    #[tokio::test]
+    async fn a_claim_writes_nothing_and_holds_its_delivery_until_the_attempt_is_on_disk() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let acme = Tenant::parse("acme").unwrap();
+        let (one, two) = (due_delivery(&acme, now), due_delivery(&acme, now));
+        store
+            .insert_deliveries(&[one.clone(), two.clone()])
+            .unwrap();
+        let stored = |id: &DeliveryId| store.delivery(&acme, id).unwrap().unwrap();
+        let stored_one = serde_json::to_string(&stored(&one.id)).unwrap();
+
+        let (mut claimed, mut ids) = claim_ids(&store, now);
+        ids.sort();
+        let mut expected = vec![one.id.clone(), two.id.clone()];
+        expected.sort();
+        assert_eq!(ids, expected);
+        // Ids made in the same millisecond need not sort in the order made.
+        if claimed[0].delivery.id != one.id {
+            claimed.swap(0, 1);
+        }
+        assert_eq!(serde_json::to_string(&stored(&one.id)).unwrap(), stored_one);
+        assert_eq!(store.queued_deliveries(DeliveryQueue::Fresh), 2);
+        assert!(claim_ids(&store, now).1.is_empty(), "claimed twice");
+        assert_eq!(
+            store.next_delivery_due_at(DeliveryQueue::Fresh).unwrap(),
+            None
+        );
+
+        // A claim whose task ends without a record is due again at once.
+        drop(claimed.pop());
+        assert_eq!(claim_ids(&store, now).1, vec![two.id.clone()]);
+
+        // Recording the attempt moves the entry, then releases the claim.
+        let later = now + chrono::Duration::seconds(30);
+        let first = claimed.pop().unwrap();
+        let update = store
+            .update_claimed(first, move |d| {
+                d.next_attempt_at = Some(later);
+                d.updated_at = later;
+                true
+            })
+            .await
+            .unwrap();
+        assert!(matches!(update, DeliveryUpdate::Updated(_)));
+        assert_eq!(stored(&one.id).next_attempt_at, Some(later));
+        assert_eq!(claim_ids(&store, now).1, vec![two.id.clone()]);
+        let (_held, mut ids) = claim_ids(&store, later);
+        ids.sort();
+        assert_eq!(ids, expected);
+    }
+
+    #[test]
+    fn a_delivery_put_back_waits_until_its_time() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let acme = Tenant::parse("acme").unwrap();
+        let delivery = due_delivery(&acme, now);
+        store
+            .insert_deliveries(std::slice::from_ref(&delivery))
+            .unwrap();
+        let (mut claimed, _) = claim_ids(&store, now);
+        let soon = now + chrono::Duration::milliseconds(50);
+        claimed.pop().unwrap().put_back(soon);
+        assert!(claim_ids(&store, now).1.is_empty());
+        assert_eq!(
+            store.next_delivery_due_at(DeliveryQueue::Fresh).unwrap(),
+            Some(soon)
+        );
+        assert_eq!(claim_ids(&store, soon).1, vec![delivery.id.clone()]);
     }
 }

@@ -9,9 +9,10 @@
 //! - `queue`: the delivery worker's queue, `fresh|retry | due millis | delivery id`
 //! - `idempotency`: `tenant \0 key` → record; `secrets`: tenant → callback signing secrets
 //!
-//! A claim moves a queue entry to the end of its lease: a worker that dies mid-task leaves an
-//! entry that becomes due again when the lease runs out, so nothing is lost and nothing needs a
-//! separate recovery pass.
+//! A delivery claim is held in memory and writes nothing: the queue entry stays until the
+//! attempt is recorded, so a worker that dies mid-task leaves an entry that is due at once on
+//! the next start, and nothing is lost nor needs a separate recovery pass (see
+//! `deliveries::Claims`).
 
 mod deliveries;
 mod jobs;
@@ -24,7 +25,7 @@ use std::path::Path;
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-pub use deliveries::{DeliveryPage, DeliveryQueue, DeliveryUpdate};
+pub use deliveries::{Claimed, DeliveryPage, DeliveryQueue, DeliveryUpdate};
 pub use jobs::{
     Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, KeyHold, WorkKind,
 };
@@ -53,6 +54,8 @@ pub struct Store {
     writer: writer::Writer,
     /// Idempotency keys whose first request is being answered (see [`Store::begin_job`]).
     in_flight: jobs::InFlight,
+    /// Deliveries the worker is sending.
+    claims: deliveries::Claims,
 }
 
 impl std::fmt::Debug for Store {
@@ -90,6 +93,7 @@ impl Store {
             secrets: trees.secrets.clone(),
             writer: writer::Writer::start(db.clone(), trees),
             in_flight: jobs::InFlight::default(),
+            claims: deliveries::Claims::default(),
             db,
         })
     }

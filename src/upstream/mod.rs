@@ -103,6 +103,8 @@ impl UpstreamClient {
             .pool_max_idle_per_host(64)
             // Retries are the scheduler's, with the job id as Idempotency-Key: none hidden here.
             .retry(reqwest::retry::never())
+            // Never carry the api-secret header to wherever a redirect points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a TLS backend is compiled in");
         let generate_url = endpoint(&base_url, &["v1", "agent", "generate"]);
@@ -265,8 +267,12 @@ fn endpoint(base: &url::Url, segments: &[&str]) -> url::Url {
     url
 }
 
+/// Whether a failed answer may succeed later. A redirect counts: it is not followed (the
+/// secret would go with it), it points at a wrong `upstream.base_url`, and jobs wait for the
+/// fix instead of failing.
 fn is_transient(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS
+    status.is_redirection()
+        || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
         || status.as_u16() == 425
         || status.is_server_error()
@@ -285,4 +291,25 @@ fn without_url(e: &reqwest::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_rate_limits_and_server_errors_are_transient_refusals_are_not() {
+        for status in [301, 302, 307, 308, 408, 425, 429, 500, 502, 503, 504] {
+            assert!(
+                is_transient(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+        for status in [400, 401, 402, 403, 404, 409, 422] {
+            assert!(
+                !is_transient(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+    }
 }

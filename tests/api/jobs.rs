@@ -375,6 +375,28 @@ async fn a_transient_upstream_error_defers_the_submission() {
 }
 
 #[tokio::test]
+async fn an_upstream_redirect_is_not_followed_and_the_job_waits() {
+    // Upstream's base URL points at something that redirects elsewhere (a wrong base_url):
+    // the api-secret must not travel to the redirect's target, and the job is kept.
+    let elsewhere = crate::receiver::Receiver::start().await;
+    let redirector = crate::receiver::Receiver::start().await;
+    redirector.set_default(
+        crate::receiver::Reply::status(307)
+            .header("location", &elsewhere.url("/v1/agent/generate")),
+    );
+    let base = redirector.url("");
+    let app = spawn_app_with(fast_sim_config(), |s| {
+        s.upstream.base_url = base.parse().unwrap();
+    })
+    .await;
+    let (status, job) = app.create_job(KEY_A, json!({"prompt": "p"})).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["status"], "submitting");
+    assert_eq!(redirector.requests().len(), 1);
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+}
+
+#[tokio::test]
 async fn a_cancelled_job_is_never_polled_again() {
     let app = spawn_app_with(
         agenthook::sim::SimConfig {

@@ -510,18 +510,7 @@ async fn fan_out(knobs: &Knobs, receiver: &Receiver) -> Throughput {
         let event = ready_event(&tenant, e);
         let deliveries: Vec<Delivery> = subscriptions
             .iter()
-            .map(|sub| {
-                Delivery::new(
-                    &event,
-                    None,
-                    Destination::Subscription {
-                        subscription_id: sub.id.clone(),
-                        url: sub.url.clone(),
-                        format: sub.format,
-                    },
-                    now,
-                )
-            })
+            .map(|sub| Delivery::new(&event, None, Destination::subscription(sub), now))
             .collect();
         store.insert_deliveries(&deliveries).expect("insert");
         all.extend(deliveries);

@@ -219,11 +219,7 @@ impl Lifecycle {
             deliveries.push(Delivery::new(
                 event,
                 Some(job.id.clone()),
-                Destination::Subscription {
-                    subscription_id: sub.id.clone(),
-                    url: sub.url.clone(),
-                    format: sub.format,
-                },
+                Destination::subscription(&sub),
                 now,
             ));
         }

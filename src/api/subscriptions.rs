@@ -722,16 +722,7 @@ pub async fn test(
     }
     let now = state.clock.now();
     let event = Event::test(tenant, now);
-    let delivery = Delivery::new(
-        &event,
-        None,
-        Destination::Subscription {
-            subscription_id: sub.id.clone(),
-            url: sub.url.clone(),
-            format: sub.format,
-        },
-        now,
-    );
+    let delivery = Delivery::new(&event, None, Destination::subscription(&sub), now);
     state
         .store
         .insert_deliveries(std::slice::from_ref(&delivery))?;

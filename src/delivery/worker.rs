@@ -241,11 +241,7 @@ impl DeliveryWorker {
             Destination::Callback { .. } => None,
         };
         let destination = match &subscription {
-            Some(sub) => Destination::Subscription {
-                subscription_id: sub.id.clone(),
-                url: sub.url.clone(),
-                format: sub.format,
-            },
+            Some(sub) => Destination::subscription(sub),
             None => delivery.destination.clone(),
         };
         let secrets = match &subscription {

@@ -7,7 +7,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{
-    DeliveryId, Event, EventId, EventType, Format, JobId, MessageId, SubscriptionId, Tenant,
+    DeliveryId, Event, EventId, EventType, Format, JobId, MessageId, Subscription, SubscriptionId,
+    Tenant,
 };
 use crate::clock::Timestamp;
 
@@ -26,6 +27,15 @@ pub enum Destination {
 }
 
 impl Destination {
+    /// A subscription as it is now: its URL and format.
+    pub fn subscription(sub: &Subscription) -> Destination {
+        Destination::Subscription {
+            subscription_id: sub.id.clone(),
+            url: sub.url.clone(),
+            format: sub.format,
+        }
+    }
+
     pub fn url(&self) -> &str {
         match self {
             Destination::Callback { url } | Destination::Subscription { url, .. } => url,

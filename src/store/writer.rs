@@ -109,12 +109,19 @@ where
     }
 
     fn answer(self: Box<Self>, error: Option<StoreError>) {
-        let outcome = match (error, self.result.into_inner()) {
+        let Write {
+            write,
+            result,
+            reply,
+        } = *self;
+        // What the write holds (a delivery's claim, say) is let go before its caller hears back.
+        drop(write);
+        let outcome = match (error, result.into_inner()) {
             (Some(error), _) => Err(error),
             (None, Some(value)) => Ok(value),
             (None, None) => Err(StoreError::Corrupt("a write was never run".into())),
         };
-        let _ = self.reply.send(outcome);
+        let _ = reply.send(outcome);
     }
 }
 

@@ -269,6 +269,36 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_write_holds_is_released_before_its_caller_hears_back() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        struct Held(Arc<AtomicBool>);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let (store, _dir) = temp_store();
+        for _ in 0..50 {
+            let released = Arc::new(AtomicBool::new(false));
+            let held = Held(released.clone());
+            store
+                .writer
+                .write(move |_tx| {
+                    let _ = &held;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            assert!(
+                released.load(Ordering::SeqCst),
+                "still held after the answer"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_that_aborts_fails_alone_and_leaves_nothing_behind() {
         let (store, _dir) = temp_store();
         let writes = (0..50u32).map(|i| {

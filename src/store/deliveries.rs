@@ -333,10 +333,8 @@ impl Store {
         now: Timestamp,
         want: usize,
     ) -> Result<VecDeque<IVec>> {
-        let start = [queue.tag()];
-        let end = keys::timed_upper(queue.tag(), now);
         let mut found = VecDeque::new();
-        for entry in self.queue.range(start.as_slice()..end.as_slice()) {
+        for entry in super::due_entries(&self.queue, queue.tag(), now) {
             if found.len() >= want {
                 break;
             }

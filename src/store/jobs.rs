@@ -422,10 +422,8 @@ impl Store {
         limit: usize,
         lease_until: Timestamp,
     ) -> Result<Vec<Job>> {
-        let start = [kind.tag()];
-        let end = keys::timed_upper(kind.tag(), now);
         let mut claimed = Vec::new();
-        for entry in self.due.range(start.as_slice()..end.as_slice()) {
+        for entry in super::due_entries(&self.due, kind.tag(), now) {
             if claimed.len() >= limit {
                 break;
             }

@@ -116,6 +116,14 @@ impl Store {
     }
 }
 
+/// The entries of a time-ordered queue (`kind | millis | id`, see [`keys::timed`]) due at or
+/// before `now`, earliest first.
+fn due_entries(tree: &sled::Tree, kind: u8, now: crate::clock::Timestamp) -> sled::Iter {
+    let start = [kind];
+    let end = keys::timed_upper(kind, now);
+    tree.range(start.as_slice()..end.as_slice())
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("domain records always serialise")
 }

@@ -16,10 +16,15 @@
 //! 4. fan-out: events to 100 subscriptions each, drained like (1), in every round next to (1)
 //!    (taking turns going first), its rate compared with (1)'s of the same round.
 //!
+//! 5. storage floor: sled alone doing what recording an attempt needs at the least (read the
+//!    record, remove its queue entry, write it back, in one transaction per group of 64, one
+//!    flush per group), on records of the size the store writes; its CPU per record next to the
+//!    baseline's CPU per POST bounds the ratio any sled-backed worker can reach here.
+//!
 //! Knobs (environment): `DBENCH_N` deliveries per throughput run (20000), `DBENCH_ROUNDS`
 //! baseline/end-to-end rounds (3), `DBENCH_EVENTS` fan-out events (200), `DBENCH_LATENCY_SECS`
 //! (10), `DBENCH_CONCURRENCY` (64), `DBENCH_RECEIVER_WORKERS` (1), `DBENCH_PHASES` (which
-//! runs: `baseline,e2e,fanout,latency`).
+//! runs: `baseline,e2e,fanout,latency,floor`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,7 +61,7 @@ struct Knobs {
     latency_secs: u64,
     concurrency: usize,
     receiver_workers: usize,
-    /// Which runs to make, comma-separated: `baseline`, `e2e`, `fanout`, `latency`.
+    /// Which runs to make, comma-separated: `baseline`, `e2e`, `fanout`, `latency`, `floor`.
     phases: String,
 }
 
@@ -83,7 +88,7 @@ impl Knobs {
             concurrency: knob("DBENCH_CONCURRENCY", 64).max(1),
             receiver_workers: knob("DBENCH_RECEIVER_WORKERS", 1).max(1),
             phases: std::env::var("DBENCH_PHASES")
-                .unwrap_or_else(|_| "baseline,e2e,fanout,latency".into()),
+                .unwrap_or_else(|_| "baseline,e2e,fanout,latency,floor".into()),
         }
     }
 }
@@ -609,6 +614,65 @@ async fn latency(knobs: &Knobs, receiver: &Receiver) -> Latency {
     }
 }
 
+/// Records recorded per transaction (and flush) in the storage floor run.
+const FLOOR_GROUP: usize = 64;
+
+/// The storage floor: sled alone, with no agenthook code, doing the least that recording an
+/// attempt takes (read the record, remove its queue entry, write the record back; one
+/// transaction and one flush per group). Records are `record_len` bytes, as the store writes
+/// them. Returns the process CPU per record.
+fn storage_floor(n: usize, record_len: usize) -> Throughput {
+    use sled::transaction::ConflictableTransactionError;
+    use sled::Transactional;
+    type Tx = Result<(), ConflictableTransactionError<()>>;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = sled::Config::new()
+        .path(dir.path())
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .expect("open sled");
+    let records = db.open_tree("records").expect("tree");
+    let queue = db.open_tree("queue").expect("tree");
+    let id = |i: usize| format!("dlv_{i:026}");
+    let entry = |i: usize| format!("f{:08}{}", i / 100, id(i));
+    let record = vec![b'x'; record_len];
+    let ids: Vec<usize> = (0..n).collect();
+    for chunk in ids.chunks(INSERT_BATCH) {
+        (&records, &queue)
+            .transaction(|(records, queue)| {
+                for &i in chunk {
+                    records.insert(id(i).as_bytes(), record.as_slice())?;
+                    queue.insert(entry(i).as_bytes(), &[])?;
+                }
+                Tx::Ok(())
+            })
+            .expect("insert");
+    }
+    db.flush().expect("flush");
+    let cpu = process_cpu();
+    let started = Instant::now();
+    for chunk in ids.chunks(FLOOR_GROUP) {
+        (&records, &queue)
+            .transaction(|(records, queue)| {
+                for &i in chunk {
+                    let stored = records.get(id(i).as_bytes())?;
+                    assert!(stored.is_some());
+                    queue.remove(entry(i).as_bytes())?;
+                    records.insert(id(i).as_bytes(), record.as_slice())?;
+                }
+                Tx::Ok(())
+            })
+            .expect("record");
+        db.flush().expect("flush");
+    }
+    Throughput {
+        count: n,
+        elapsed: started.elapsed(),
+        cpu: process_cpu().saturating_sub(cpu),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn ms(d: Duration) -> String {
@@ -653,6 +717,7 @@ fn main() {
         knobs.receiver_workers,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let mut base_cpus: Vec<f64> = Vec::new();
     runtime.block_on(async {
         // Warm the receiver and the loopback path.
         let warm = Knobs {
@@ -752,6 +817,7 @@ fn main() {
                 for (column, value) in columns.iter_mut().zip(values) {
                     column.extend(value);
                 }
+                base_cpus.extend(base.as_ref().map(Throughput::cpu_us));
             }
             let [base_rates, e2e_rates, ratios, cpu_ratios, fan_rates, fan_ratios] = columns;
             let ratio = median(ratios);
@@ -778,4 +844,34 @@ fn main() {
             );
         }
     });
+
+    if knobs.runs("floor") {
+        // A recorded delivery as the store writes it: the record without the event body,
+        // with one attempt.
+        let mut recorded = sample.clone();
+        recorded.state = DeliveryState::Succeeded;
+        recorded.next_attempt_at = None;
+        recorded.attempts.push(agenthook::domain::Attempt {
+            at: chrono::Utc::now(),
+            status_code: Some(200),
+            error: None,
+            duration_ms: 1,
+            response_body: Some("ok".into()),
+        });
+        let record_len = serde_json::to_vec(&recorded).expect("record").len();
+        let floor = storage_floor(knobs.n, record_len);
+        let base_cpu = median(base_cpus);
+        println!();
+        println!(
+            "storage floor (sled alone: read + queue-entry remove + write of a {record_len}-byte record, {FLOOR_GROUP} per transaction and flush): {:.0} records/s, CPU {:.1} us per record",
+            floor.per_sec(),
+            floor.cpu_us(),
+        );
+        if let Some(base_cpu) = base_cpu {
+            println!(
+                "  with the baseline's {base_cpu:.0} us CPU per POST, the best CPU ratio a worker recording on sled can reach here: {:.2}",
+                base_cpu / (base_cpu + floor.cpu_us())
+            );
+        }
+    }
 }

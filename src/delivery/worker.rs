@@ -127,20 +127,23 @@ impl DeliveryWorker {
             }
             let now = inner.clock.now();
             for claimed in inner.store.claim_due_deliveries(queue, now, free)? {
+                // Room was counted above; a destination at its limit is looked at again a
+                // little later.
                 let permits = inner
                     .attempts
                     .clone()
                     .try_acquire_owned()
                     .ok()
-                    .zip(slots.clone().try_acquire_owned().ok())
-                    .and_then(|(attempt, slot)| {
-                        let destination_slot = self.destination_slot(&claimed.delivery)?;
-                        Some((attempt, (slot, destination_slot)))
-                    });
-                let Some((attempt, request_slots)) = permits else {
+                    .zip(slots.clone().try_acquire_owned().ok());
+                let Some((attempt, slot)) = permits else {
+                    claimed.put_back(now);
+                    continue;
+                };
+                let Some(destination_slot) = self.destination_slot(&claimed.delivery) else {
                     claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
                     continue;
                 };
+                let request_slots = (slot, destination_slot);
                 let worker = self.clone();
                 started.push(tokio::spawn(async move {
                     let report = worker.attempt(claimed, request_slots).await;
@@ -179,30 +182,25 @@ impl DeliveryWorker {
             .collect()
     }
 
+    /// A request slot of the delivery's destination (scheme, host and port), if one is free.
     fn destination_slot(&self, delivery: &Delivery) -> Option<OwnedSemaphorePermit> {
-        let key = url::Url::parse(delivery.destination.url())
-            .ok()
-            .map(|u| {
-                format!(
-                    "{}://{}:{}",
-                    u.scheme(),
-                    u.host_str().unwrap_or(""),
-                    u.port_or_known_default().unwrap_or(0)
-                )
-            })
-            .unwrap_or_default();
+        let key = destination_key(delivery.destination.url());
         let semaphore = {
             let mut map = self.inner.destinations.lock().expect("destinations lock");
             map.retain(|_, s| {
                 s.available_permits() < self.inner.settings.per_destination_concurrency
             });
-            map.entry(key)
-                .or_insert_with(|| {
-                    Arc::new(Semaphore::new(
-                        self.inner.settings.per_destination_concurrency,
-                    ))
-                })
-                .clone()
+            match map.get(key) {
+                Some(semaphore) => semaphore.clone(),
+                None => map
+                    .entry(key.to_owned())
+                    .or_insert_with(|| {
+                        Arc::new(Semaphore::new(
+                            self.inner.settings.per_destination_concurrency,
+                        ))
+                    })
+                    .clone(),
+            }
         };
         semaphore.try_acquire_owned().ok()
     }
@@ -505,6 +503,17 @@ impl DeliveryWorker {
     }
 }
 
+/// Where a URL's requests go, `scheme://host[:port]`, for the per-destination limit: the text
+/// before the path. Destination URLs are stored as the URL parser writes them (lower-case
+/// scheme and host, no default port, no userinfo), so one destination has one spelling.
+fn destination_key(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    &url[..end]
+}
+
 /// How long from `now` a `Retry-After` value asks to wait: delay-seconds, or an HTTP-date
 /// (RFC 9110, section 10.2.3; a date already past means no wait).
 fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
@@ -557,6 +566,22 @@ impl Sent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_destination_is_the_scheme_host_and_port_of_its_url() {
+        for (url, key) in [
+            ("http://127.0.0.1:8080/hook?x=1", "http://127.0.0.1:8080"),
+            (
+                "https://hooks.example.com/services/T/B/X",
+                "https://hooks.example.com",
+            ),
+            ("https://example.com", "https://example.com"),
+            ("https://example.com?q#f", "https://example.com"),
+            ("http://[::1]:9/a", "http://[::1]:9"),
+        ] {
+            assert_eq!(destination_key(url), key, "{url}");
+        }
+    }
 
     #[test]
     fn retry_after_takes_seconds_or_an_http_date() {

@@ -1,7 +1,7 @@
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -133,7 +133,10 @@ pub struct Delivery {
     pub job_id: Option<JobId>,
     pub message_id: MessageId,
     pub destination: Destination,
-    /// The standard event body; other formats are rendered from it at send time.
+    /// The standard event body; other formats are rendered from it at send time. Stored once
+    /// per event, apart from the delivery record (which is rewritten at every attempt), so a
+    /// stored delivery leaves it out and the store puts it back when reading.
+    #[serde(default, skip_serializing)]
     pub payload: Payload,
     pub state: DeliveryState,
     pub attempts: Vec<Attempt>,
@@ -174,32 +177,63 @@ impl Delivery {
 
 /// A delivery's event body, kept as the JSON text it is stored and sent as. Reading a delivery
 /// does not build the JSON tree, and the standard format sends these bytes without
-/// serialising anything; the tree is parsed on first use (the chat formats, the API).
+/// serialising anything; the tree is parsed on first use (the chat formats, the API). Cloning
+/// shares the text: every delivery of one event holds the same body.
 #[derive(Clone)]
-pub struct Payload {
-    raw: Box<RawValue>,
+pub struct Payload(Arc<PayloadText>);
+
+struct PayloadText {
+    json: Box<str>,
     parsed: OnceLock<Value>,
 }
 
 impl Payload {
-    /// The body as compact JSON text, exactly as stored.
-    pub fn json(&self) -> &str {
-        self.raw.get()
+    fn from_text(json: Box<str>, parsed: OnceLock<Value>) -> Payload {
+        Payload(Arc::new(PayloadText { json, parsed }))
     }
 
-    /// The body as a JSON value.
+    /// The body as compact JSON text, exactly as stored.
+    pub fn json(&self) -> &str {
+        &self.0.json
+    }
+
+    /// The body as a JSON value (`null` if the stored text is not JSON, which only a damaged
+    /// store could hold: the text is always written from a value).
     pub fn value(&self) -> &Value {
-        self.parsed
-            .get_or_init(|| serde_json::from_str(self.raw.get()).expect("a payload is valid JSON"))
+        self.0.parsed.get_or_init(|| {
+            serde_json::from_str(&self.0.json).unwrap_or_else(|error| {
+                tracing::error!(%error, "a stored event body is not JSON");
+                Value::Null
+            })
+        })
+    }
+
+    /// A body as stored: its JSON text, taken as it is (parsed only if [`Payload::value`] is
+    /// asked for).
+    pub fn from_stored(bytes: &[u8]) -> Result<Payload, std::str::Utf8Error> {
+        let json = std::str::from_utf8(bytes)?;
+        Ok(Payload::from_text(json.into(), OnceLock::new()))
+    }
+
+    /// No body yet: what a delivery read without its event's body holds (JSON `null`; an
+    /// event body is always an object).
+    pub fn is_absent(&self) -> bool {
+        self.json() == "null"
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Payload::from(Value::Null)
     }
 }
 
 impl From<Value> for Payload {
     fn from(value: Value) -> Self {
-        let raw = serde_json::value::to_raw_value(&value).expect("a JSON value serialises");
+        let json = value.to_string().into_boxed_str();
         let parsed = OnceLock::new();
         let _ = parsed.set(value);
-        Payload { raw, parsed }
+        Payload::from_text(json, parsed)
     }
 }
 
@@ -213,22 +247,16 @@ impl std::ops::Index<&str> for Payload {
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.raw.get())
+        f.write_str(self.json())
     }
 }
 
-impl Serialize for Payload {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.raw.serialize(serializer)
-    }
-}
-
+/// Records of the first layout hold the body inside the delivery; it is read as it was
+/// written, as text.
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Payload {
-            raw: Box::<RawValue>::deserialize(deserializer)?,
-            parsed: OnceLock::new(),
-        })
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        Ok(Payload::from_text(raw.get().into(), OnceLock::new()))
     }
 }
 
@@ -245,14 +273,23 @@ mod tests {
         assert_eq!(payload.json(), value.to_string());
         assert_eq!(payload["data"]["n"], json!(1.5));
 
-        let stored = serde_json::to_string(&json!({"payload": value})).unwrap();
-        #[derive(Deserialize, Serialize)]
+        let stored = Payload::from_stored(payload.json().as_bytes()).unwrap();
+        assert_eq!(stored.json(), value.to_string());
+        assert_eq!(stored.value(), &value);
+        assert!(!stored.is_absent());
+        assert!(Payload::default().is_absent());
+    }
+
+    #[test]
+    fn a_body_inside_a_record_of_the_first_layout_is_read_as_written() {
+        #[derive(Deserialize)]
         struct Holder {
             payload: Payload,
         }
-        let read: Holder = serde_json::from_str(&stored).unwrap();
+        let value = json!({"type": "agent.ready", "data": {"s": "é\""}});
+        let record = serde_json::to_string(&json!({"payload": value})).unwrap();
+        let read: Holder = serde_json::from_str(&record).unwrap();
         assert_eq!(read.payload.json(), value.to_string());
         assert_eq!(read.payload.value(), &value);
-        assert_eq!(serde_json::to_string(&read).unwrap(), stored);
     }
 }

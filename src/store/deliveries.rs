@@ -8,7 +8,7 @@ use sled::{IVec, Transactional};
 
 use super::{decode, decode_tx, encode, keys, tx_result, Result, Store, StoreError};
 use crate::clock::Timestamp;
-use crate::domain::{Delivery, DeliveryId, DeliveryState, JobId, SubscriptionId, Tenant};
+use crate::domain::{Delivery, DeliveryId, DeliveryState, JobId, Payload, SubscriptionId, Tenant};
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
 
@@ -56,30 +56,113 @@ fn queue_key(delivery: &Delivery) -> Option<Vec<u8>> {
     ))
 }
 
-pub(super) fn insert_delivery_tx(
-    deliveries: &TransactionalTree,
-    index: &TransactionalTree,
-    queue: &TransactionalTree,
-    delivery: &Delivery,
-    bytes: &[u8],
+/// The trees a new delivery is written to.
+pub(super) struct DeliveryTrees<'a> {
+    pub deliveries: &'a TransactionalTree,
+    pub events: &'a TransactionalTree,
+    pub index: &'a TransactionalTree,
+    pub queue: &'a TransactionalTree,
+}
+
+/// Store new deliveries (`encoded` are their records): each with its index and queue entries,
+/// and each event's body once, however many deliveries it has.
+pub(super) fn insert_deliveries_tx(
+    trees: &DeliveryTrees<'_>,
+    deliveries: &[Delivery],
+    encoded: &[Vec<u8>],
 ) -> TxResult<()> {
-    let id = delivery.id.as_str();
-    deliveries.insert(id, bytes)?;
-    index.insert(
-        keys::owned(keys::TENANT_DELIVERIES, delivery.tenant.as_str(), id),
-        &[],
-    )?;
-    if let Some(job) = &delivery.job_id {
-        index.insert(keys::owned(keys::JOB_DELIVERIES, job.as_str(), id), &[])?;
-    }
-    if let Some(sub) = delivery.destination.subscription_id() {
+    let mut bodies_written: HashSet<&str> = HashSet::new();
+    for (delivery, bytes) in deliveries.iter().zip(encoded) {
+        let id = delivery.id.as_str();
+        if bodies_written.insert(delivery.event_id.as_str()) {
+            trees.events.insert(
+                delivery.event_id.as_str(),
+                delivery.payload.json().as_bytes(),
+            )?;
+        }
+        trees.deliveries.insert(id, bytes.as_slice())?;
+        let index = trees.index;
         index.insert(
-            keys::owned(keys::SUBSCRIPTION_DELIVERIES, sub.as_str(), id),
+            keys::owned(keys::TENANT_DELIVERIES, delivery.tenant.as_str(), id),
             &[],
         )?;
+        if let Some(job) = &delivery.job_id {
+            index.insert(keys::owned(keys::JOB_DELIVERIES, job.as_str(), id), &[])?;
+        }
+        if let Some(sub) = delivery.destination.subscription_id() {
+            index.insert(
+                keys::owned(keys::SUBSCRIPTION_DELIVERIES, sub.as_str(), id),
+                &[],
+            )?;
+        }
+        if let Some(key) = queue_key(delivery) {
+            trees.queue.insert(key, &[])?;
+        }
     }
-    if let Some(key) = queue_key(delivery) {
-        queue.insert(key, &[])?;
+    Ok(())
+}
+
+/// An event body as stored, or an error naming the event if it is not there.
+fn stored_payload(event_id: &str, raw: Option<IVec>) -> Result<Payload> {
+    let raw =
+        raw.ok_or_else(|| StoreError::Corrupt(format!("the body of event {event_id} is missing")))?;
+    Payload::from_stored(&raw)
+        .map_err(|e| StoreError::Corrupt(format!("the body of event {event_id}: {e}")))
+}
+
+/// The layout of the stored records, kept in the `meta` tree. Layout 1 kept each event body
+/// inside each of its delivery records; layout 2 keeps it once, in `events`.
+const LAYOUT: &[u8] = b"2";
+const LAYOUT_KEY: &str = "layout";
+/// Records moved per transaction when upgrading.
+const UPGRADE_BATCH: usize = 256;
+
+/// Bring records of an earlier layout up to date, once: each delivery record that still holds
+/// its event's body has it moved to `events`, in transactions that each leave every record
+/// whole (a crash midway leaves records of both layouts, and the next start goes on).
+pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Result<()> {
+    let meta = db.open_tree("meta")?;
+    if meta.get(LAYOUT_KEY)?.as_deref() == Some(LAYOUT) {
+        return Ok(());
+    }
+    let mut moved = 0usize;
+    let mut batch: Vec<(IVec, Delivery)> = Vec::with_capacity(UPGRADE_BATCH);
+    let mut entries = trees.deliveries.iter();
+    loop {
+        let entry = entries.next().transpose()?;
+        let done = entry.is_none();
+        if let Some((key, raw)) = entry {
+            let delivery: Delivery = decode(&raw)?;
+            if !delivery.payload.is_absent() {
+                batch.push((key, delivery));
+            }
+        }
+        if batch.len() >= UPGRADE_BATCH || (done && !batch.is_empty()) {
+            let result = (&trees.deliveries, &trees.events).transaction(|(deliveries, events)| {
+                for (key, delivery) in &batch {
+                    events.insert(
+                        delivery.event_id.as_str(),
+                        delivery.payload.json().as_bytes(),
+                    )?;
+                    deliveries.insert(key, encode(delivery))?;
+                }
+                Ok(())
+            });
+            tx_result(result)?;
+            moved += batch.len();
+            batch.clear();
+        }
+        if done {
+            break;
+        }
+    }
+    meta.insert(LAYOUT_KEY, LAYOUT)?;
+    db.flush()?;
+    if moved > 0 {
+        tracing::info!(
+            deliveries = moved,
+            "stored event bodies once per event (layout 2)"
+        );
     }
     Ok(())
 }
@@ -100,6 +183,7 @@ pub enum DeliveryUpdate {
 /// taken instead of decoding them again.
 fn update_delivery_tx(
     tree: &TransactionalTree,
+    events: &TransactionalTree,
     queue: &TransactionalTree,
     tenant: &Tenant,
     id: &DeliveryId,
@@ -111,7 +195,21 @@ fn update_delivery_tx(
     };
     let stored: Delivery = match claimed {
         Some((bytes, delivery)) if raw == bytes => delivery.clone(),
-        _ => decode_tx(&raw)?,
+        _ => {
+            let mut stored: Delivery = decode_tx(&raw)?;
+            if &stored.tenant != tenant {
+                return Ok(DeliveryUpdate::NotFound);
+            }
+            let event = stored.event_id.as_str();
+            stored.payload = match claimed {
+                Some((_, delivery)) if delivery.event_id == stored.event_id => {
+                    delivery.payload.clone()
+                }
+                _ => stored_payload(event, events.get(event)?)
+                    .map_err(ConflictableTransactionError::Abort)?,
+            };
+            stored
+        }
     };
     if &stored.tenant != tenant {
         return Ok(DeliveryUpdate::NotFound);
@@ -264,14 +362,28 @@ impl Store {
     /// Store deliveries that no job transition caused (test events, say), queued at once.
     pub fn insert_deliveries(&self, deliveries: &[Delivery]) -> Result<()> {
         let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode).collect();
-        let result =
-            (&self.deliveries, &self.index, &self.queue).transaction(|(tree, index, queue)| {
-                for (delivery, bytes) in deliveries.iter().zip(&encoded) {
-                    insert_delivery_tx(tree, index, queue, delivery, bytes)?;
-                }
-                Ok(())
-            });
+        let result = (&self.deliveries, &self.events, &self.index, &self.queue).transaction(
+            |(deliveries_tree, events, index, queue)| {
+                let trees = DeliveryTrees {
+                    deliveries: deliveries_tree,
+                    events,
+                    index,
+                    queue,
+                };
+                insert_deliveries_tx(&trees, deliveries, &encoded)
+            },
+        );
         tx_result(result)
+    }
+
+    /// The delivery stored as `raw`, with its event's body.
+    fn read_delivery(&self, raw: &[u8]) -> Result<Delivery> {
+        let mut delivery: Delivery = decode(raw)?;
+        if delivery.payload.is_absent() {
+            let event = delivery.event_id.as_str();
+            delivery.payload = stored_payload(event, self.events.get(event)?)?;
+        }
+        Ok(delivery)
     }
 
     /// Claim up to `limit` deliveries from `queue` that are due at `now` (see [`Claims`]):
@@ -303,7 +415,10 @@ impl Store {
             };
             state.held_back.remove(id);
             let raw = self.deliveries.get(id)?;
-            let delivery = raw.as_deref().map(decode::<Delivery>).transpose()?;
+            let delivery = raw
+                .as_deref()
+                .map(|raw| self.read_delivery(raw))
+                .transpose()?;
             let (Some(raw), Some(delivery)) = (raw, delivery) else {
                 self.remove_stale_entry(&key, id)?;
                 continue;
@@ -374,7 +489,15 @@ impl Store {
             .write(move |tx| {
                 let claimed = Some((claim.stored.as_ref(), &claim.delivery));
                 let d = &claim.delivery;
-                update_delivery_tx(tx.deliveries, tx.queue, &d.tenant, &d.id, claimed, &change)
+                update_delivery_tx(
+                    tx.deliveries,
+                    tx.events,
+                    tx.queue,
+                    &d.tenant,
+                    &d.id,
+                    claimed,
+                    &change,
+                )
             })
             .await
     }
@@ -388,9 +511,10 @@ impl Store {
         id: &DeliveryId,
         change: impl Fn(&mut Delivery) -> bool,
     ) -> Result<DeliveryUpdate> {
-        let result = (&self.deliveries, &self.queue).transaction(|(tree, queue)| {
-            update_delivery_tx(tree, queue, tenant, id, None, &change)
-        });
+        let result =
+            (&self.deliveries, &self.events, &self.queue).transaction(|(tree, events, queue)| {
+                update_delivery_tx(tree, events, queue, tenant, id, None, &change)
+            });
         tx_result(result)
     }
 
@@ -398,7 +522,7 @@ impl Store {
         let found: Option<Delivery> = self
             .deliveries
             .get(id.as_str())?
-            .map(|raw| decode(&raw))
+            .map(|raw| self.read_delivery(&raw))
             .transpose()?;
         Ok(found.filter(|d| &d.tenant == tenant))
     }
@@ -430,7 +554,7 @@ impl Store {
             let Some(raw) = self.deliveries.get(id)? else {
                 continue;
             };
-            let delivery: Delivery = decode(&raw)?;
+            let delivery = self.read_delivery(&raw)?;
             if state.is_some_and(|s| s != delivery.state) {
                 continue;
             }
@@ -464,7 +588,7 @@ impl Store {
                 continue;
             };
             if let Some(raw) = self.deliveries.get(id)? {
-                found.push(decode(&raw)?);
+                found.push(self.read_delivery(&raw)?);
             }
         }
         Ok(found)
@@ -617,6 +741,93 @@ mod tests {
         let (_held, mut ids) = claim_ids(&store, later);
         ids.sort();
         assert_eq!(ids, expected);
+    }
+
+    /// Open `path` again once the previous store's writer thread has let go of it.
+    fn reopen(path: &std::path::Path) -> Store {
+        for _ in 0..200 {
+            match Store::open(path, 8 * 1024 * 1024) {
+                Ok(store) => return store,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        panic!("the store stayed locked");
+    }
+
+    #[test]
+    fn an_event_body_is_stored_once_for_all_its_deliveries_and_not_in_their_records() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let acme = Tenant::parse("acme").unwrap();
+        let event = Event::test(acme.clone(), now);
+        let url = |i: usize| Destination::Callback {
+            url: format!("http://127.0.0.1:9/cb{i}"),
+        };
+        let deliveries: Vec<Delivery> = (0..3)
+            .map(|i| Delivery::new(&event, None, url(i), now))
+            .collect();
+        store.insert_deliveries(&deliveries).unwrap();
+
+        assert_eq!(store.events.len(), 1);
+        for d in &deliveries {
+            let raw = store.deliveries.get(d.id.as_str()).unwrap().unwrap();
+            let record: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            assert!(record.get("payload").is_none(), "{record}");
+            let read = store.delivery(&acme, &d.id).unwrap().unwrap();
+            assert_eq!(read.payload.json(), d.payload.json());
+        }
+        let claimed = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .unwrap();
+        assert_eq!(claimed.len(), 3);
+        assert!(claimed
+            .iter()
+            .all(|c| c.delivery.payload.value() == &event.payload()));
+    }
+
+    #[test]
+    fn records_of_the_first_layout_are_upgraded_on_open_and_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::Utc::now();
+        let acme = Tenant::parse("acme").unwrap();
+        let event = Event::test(acme.clone(), now);
+        let delivery = due_delivery(&acme, now);
+        let mut delivery = Delivery::new(&event, None, delivery.destination, now);
+        delivery.next_attempt_at = Some(now);
+        {
+            let store = Store::open(dir.path(), 8 * 1024 * 1024).unwrap();
+            store
+                .insert_deliveries(std::slice::from_ref(&delivery))
+                .unwrap();
+            // Written as layout 1 did: the body inside the record, nothing in `events`.
+            let mut record = serde_json::to_value(&delivery).unwrap();
+            record["payload"] = event.payload();
+            store
+                .deliveries
+                .insert(delivery.id.as_str(), serde_json::to_vec(&record).unwrap())
+                .unwrap();
+            store.events.clear().unwrap();
+            store.db.open_tree("meta").unwrap().clear().unwrap();
+            store.flush_now().unwrap();
+        }
+
+        let store = reopen(dir.path());
+        let raw = store.deliveries.get(delivery.id.as_str()).unwrap().unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert!(record.get("payload").is_none(), "moved out: {record}");
+        let read = store.delivery(&acme, &delivery.id).unwrap().unwrap();
+        assert_eq!(read.payload.value(), &event.payload());
+        assert_eq!(read.message_id, delivery.message_id);
+        assert_eq!(
+            store.queued_deliveries(DeliveryQueue::Fresh),
+            1,
+            "still queued"
+        );
+        let claimed = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].delivery.payload.value(), &event.payload());
     }
 
     #[test]

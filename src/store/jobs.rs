@@ -307,23 +307,22 @@ impl Store {
             &self.index,
             &self.due,
             &self.deliveries,
+            &self.events,
             &self.queue,
         )
-            .transaction(|(jobs, index, due, delivery_tree, queue)| {
+            .transaction(|(jobs, index, due, delivery_tree, events, queue)| {
                 let Some(stored) = pending_stored(jobs, &job.id)? else {
                     return Ok(false);
                 };
                 write_indexes(index, due, Some(&stored), job)?;
                 jobs.insert(job.id.as_str(), job_bytes.as_slice())?;
-                for (delivery, bytes) in deliveries.iter().zip(&encoded) {
-                    super::deliveries::insert_delivery_tx(
-                        delivery_tree,
-                        index,
-                        queue,
-                        delivery,
-                        bytes,
-                    )?;
-                }
+                let trees = super::deliveries::DeliveryTrees {
+                    deliveries: delivery_tree,
+                    events,
+                    index,
+                    queue,
+                };
+                super::deliveries::insert_deliveries_tx(&trees, deliveries, &encoded)?;
                 Ok(true)
             });
         tx_result(result)

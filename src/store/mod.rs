@@ -2,12 +2,15 @@
 //! deliveries, claim due work) so another backend can stand beside this one.
 //!
 //! Trees:
-//! - `jobs`: job id → job; `deliveries`: delivery id → delivery; `subscriptions`: id → subscription
+//! - `jobs`: job id → job; `deliveries`: delivery id → delivery (without its event's body);
+//!   `events`: event id → the event's body, once for all its deliveries; `subscriptions`: id →
+//!   subscription
 //! - `index`: secondary keys, by prefix (see [`keys`]): a tenant's jobs, subscriptions and
 //!   deliveries, agent id → job id, a job's and a subscription's deliveries
 //! - `due`: the scheduler's queue, `kind | due millis | job id`
 //! - `queue`: the delivery worker's queue, `fresh|retry | due millis | delivery id`
 //! - `idempotency`: `tenant \0 key` → record; `secrets`: tenant → callback signing secrets
+//! - `meta`: the layout version of the records (see [`Store::open`])
 //!
 //! A delivery claim is held in memory and writes nothing: the queue entry stays until the
 //! attempt is recorded, so a worker that dies mid-task leaves an entry that is due at once on
@@ -45,6 +48,7 @@ pub struct Store {
     db: sled::Db,
     jobs: sled::Tree,
     deliveries: sled::Tree,
+    events: sled::Tree,
     subscriptions: sled::Tree,
     index: sled::Tree,
     due: sled::Tree,
@@ -66,6 +70,7 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Open (or create) the database at `path`, with at most `cache_bytes` of page cache.
+    /// Records of an earlier layout are brought up to date first (see [`LAYOUT`]).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store> {
         let db = sled::Config::new()
             .path(path)
@@ -75,6 +80,7 @@ impl Store {
         let trees = writer::Trees {
             jobs: db.open_tree("jobs")?,
             deliveries: db.open_tree("deliveries")?,
+            events: db.open_tree("events")?,
             subscriptions: db.open_tree("subscriptions")?,
             index: db.open_tree("index")?,
             due: db.open_tree("due")?,
@@ -82,9 +88,11 @@ impl Store {
             idempotency: db.open_tree("idempotency")?,
             secrets: db.open_tree("secrets")?,
         };
+        deliveries::upgrade_layout(&db, &trees)?;
         Ok(Store {
             jobs: trees.jobs.clone(),
             deliveries: trees.deliveries.clone(),
+            events: trees.events.clone(),
             subscriptions: trees.subscriptions.clone(),
             index: trees.index.clone(),
             due: trees.due.clone(),

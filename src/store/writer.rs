@@ -33,6 +33,7 @@ pub(crate) type TxResult<T> = std::result::Result<T, ConflictableTransactionErro
 pub(crate) struct Tx<'a> {
     pub jobs: &'a TransactionalTree,
     pub deliveries: &'a TransactionalTree,
+    pub events: &'a TransactionalTree,
     pub subscriptions: &'a TransactionalTree,
     pub index: &'a TransactionalTree,
     pub due: &'a TransactionalTree,
@@ -46,6 +47,7 @@ pub(crate) struct Tx<'a> {
 pub(crate) struct Trees {
     pub jobs: sled::Tree,
     pub deliveries: sled::Tree,
+    pub events: sled::Tree,
     pub subscriptions: sled::Tree,
     pub index: sled::Tree,
     pub due: sled::Tree,
@@ -59,6 +61,7 @@ impl Trees {
         let all = (
             &self.jobs,
             &self.deliveries,
+            &self.events,
             &self.subscriptions,
             &self.index,
             &self.due,
@@ -67,10 +70,11 @@ impl Trees {
             &self.secrets,
         );
         tx_result(all.transaction(
-            |(jobs, deliveries, subscriptions, index, due, queue, idem, secrets)| {
+            |(jobs, deliveries, events, subscriptions, index, due, queue, idem, secrets)| {
                 f(&Tx {
                     jobs,
                     deliveries,
+                    events,
                     subscriptions,
                     index,
                     due,

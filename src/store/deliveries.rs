@@ -132,23 +132,19 @@ pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Res
         let entry = entries.next().transpose()?;
         let done = entry.is_none();
         if let Some((key, raw)) = entry {
-            let delivery: Delivery = decode(&raw)?;
-            if !delivery.payload.is_absent() {
-                batch.push((key, delivery));
+            match decode::<Delivery>(&raw) {
+                Ok(delivery) if !delivery.payload.is_absent() => batch.push((key, delivery)),
+                Ok(_) => {}
+                // Left as it is: reading it fails as it did before, and the service starts.
+                Err(error) => tracing::error!(
+                    delivery_id = %String::from_utf8_lossy(&key),
+                    %error,
+                    "a stored delivery cannot be decoded; left as it is"
+                ),
             }
         }
         if batch.len() >= UPGRADE_BATCH || (done && !batch.is_empty()) {
-            let result = (&trees.deliveries, &trees.events).transaction(|(deliveries, events)| {
-                for (key, delivery) in &batch {
-                    events.insert(
-                        delivery.event_id.as_str(),
-                        delivery.payload.json().as_bytes(),
-                    )?;
-                    deliveries.insert(key, encode(delivery))?;
-                }
-                Ok(())
-            });
-            tx_result(result)?;
+            move_bodies_out(&trees.deliveries, &trees.events, &batch)?;
             moved += batch.len();
             batch.clear();
         }
@@ -166,6 +162,29 @@ pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Res
     }
     Ok(())
 }
+
+/// Move the bodies of deliveries (`key`, as decoded) whose records still hold them to
+/// `events`, each record rewritten without it, in one transaction.
+fn move_bodies_out(
+    deliveries: &sled::Tree,
+    events: &sled::Tree,
+    batch: &[(IVec, Delivery)],
+) -> Result<()> {
+    let result = (deliveries, events).transaction(|(deliveries, events)| {
+        for (key, delivery) in batch {
+            events.insert(
+                delivery.event_id.as_str(),
+                delivery.payload.json().as_bytes(),
+            )?;
+            deliveries.insert(key, encode(delivery))?;
+        }
+        Ok(())
+    });
+    tx_result(result)
+}
+
+/// How long a delivery whose record cannot be read is left alone before it is tried again.
+const UNREADABLE_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What [`Store::update_delivery`] did.
 #[derive(Clone, Debug)]
@@ -201,13 +220,19 @@ fn update_delivery_tx(
                 return Ok(DeliveryUpdate::NotFound);
             }
             let event = stored.event_id.as_str();
-            stored.payload = match claimed {
-                Some((_, delivery)) if delivery.event_id == stored.event_id => {
-                    delivery.payload.clone()
-                }
-                _ => stored_payload(event, events.get(event)?)
-                    .map_err(ConflictableTransactionError::Abort)?,
-            };
+            if !stored.payload.is_absent() {
+                // A record of the first layout (written by an earlier version after the
+                // upgrade ran): its body moves out now, as the record is written without it.
+                events.insert(event, stored.payload.json().as_bytes())?;
+            } else {
+                stored.payload = match claimed {
+                    Some((_, delivery)) if delivery.event_id == stored.event_id => {
+                        delivery.payload.clone()
+                    }
+                    _ => stored_payload(event, events.get(event)?)
+                        .map_err(ConflictableTransactionError::Abort)?,
+                };
+            }
             stored
         }
     };
@@ -376,14 +401,38 @@ impl Store {
         tx_result(result)
     }
 
+    /// The delivery `id` stored as `raw`, with its event's body, to be claimed: a record that
+    /// still holds its body (written by an earlier version) has it moved out first, so that
+    /// recording the attempt, which writes the record without it, cannot lose it. Returns the
+    /// record's bytes as stored now.
+    fn read_for_claim(&self, id: &str, raw: IVec) -> Result<(IVec, Delivery)> {
+        let mut decoded: Delivery = decode(&raw)?;
+        if decoded.payload.is_absent() {
+            self.attach_body(&mut decoded)?;
+            return Ok((raw, decoded));
+        }
+        move_bodies_out(
+            &self.deliveries,
+            &self.events,
+            &[(IVec::from(id.as_bytes()), decoded.clone())],
+        )?;
+        Ok((IVec::from(encode(&decoded)), decoded))
+    }
+
     /// The delivery stored as `raw`, with its event's body.
     fn read_delivery(&self, raw: &[u8]) -> Result<Delivery> {
         let mut delivery: Delivery = decode(raw)?;
+        self.attach_body(&mut delivery)?;
+        Ok(delivery)
+    }
+
+    /// Put a delivery's event body back, unless its record held it.
+    fn attach_body(&self, delivery: &mut Delivery) -> Result<()> {
         if delivery.payload.is_absent() {
             let event = delivery.event_id.as_str();
             delivery.payload = stored_payload(event, self.events.get(event)?)?;
         }
-        Ok(delivery)
+        Ok(())
     }
 
     /// Claim up to `limit` deliveries from `queue` that are due at `now` (see [`Claims`]):
@@ -414,12 +463,24 @@ impl Store {
                 continue;
             };
             state.held_back.remove(id);
-            let raw = self.deliveries.get(id)?;
-            let delivery = raw
-                .as_deref()
-                .map(|raw| self.read_delivery(raw))
-                .transpose()?;
-            let (Some(raw), Some(delivery)) = (raw, delivery) else {
+            let read = match self.deliveries.get(id)? {
+                None => None,
+                Some(raw) => match self.read_for_claim(id, raw) {
+                    Ok(read) => Some(read),
+                    Err(StoreError::Corrupt(error)) => {
+                        tracing::error!(
+                            delivery_id = id,
+                            %error,
+                            "a stored delivery cannot be read; tried again in a minute"
+                        );
+                        let until = crate::clock::after(now, UNREADABLE_HOLD);
+                        state.held_back.insert(id.to_owned(), until);
+                        continue;
+                    }
+                    Err(other) => return Err(other),
+                },
+            };
+            let Some((raw, delivery)) = read else {
                 self.remove_stale_entry(&key, id)?;
                 continue;
             };
@@ -828,6 +889,100 @@ mod tests {
             .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].delivery.payload.value(), &event.payload());
+    }
+
+    /// Rewrite a stored delivery as the first layout wrote it: its body inside the record,
+    /// nothing in `events` (as an earlier version does if it runs after the upgrade).
+    fn rewrite_as_first_layout(store: &Store, delivery: &Delivery) {
+        let mut record = serde_json::to_value(delivery).unwrap();
+        record["payload"] = delivery.payload.value().clone();
+        store
+            .deliveries
+            .insert(delivery.id.as_str(), serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        store.events.remove(delivery.event_id.as_str()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_first_layout_record_written_after_the_upgrade_keeps_its_body_when_recorded() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let acme = Tenant::parse("acme").unwrap();
+        let (one, two) = (due_delivery(&acme, now), due_delivery(&acme, now));
+        store
+            .insert_deliveries(&[one.clone(), two.clone()])
+            .unwrap();
+        rewrite_as_first_layout(&store, &one);
+        rewrite_as_first_layout(&store, &two);
+
+        // Recorded by the worker: the claim moves the body out before the attempt.
+        let claimed = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        let first = claimed
+            .into_iter()
+            .find(|c| c.delivery.id == one.id)
+            .unwrap();
+        let update = store
+            .update_claimed(first, |d| {
+                d.state = DeliveryState::Succeeded;
+                d.next_attempt_at = None;
+                true
+            })
+            .await
+            .unwrap();
+        assert!(matches!(update, DeliveryUpdate::Updated(_)));
+        let read = store.delivery(&acme, &one.id).unwrap().unwrap();
+        assert_eq!(read.state, DeliveryState::Succeeded);
+        assert_eq!(read.payload.json(), one.payload.json());
+
+        // Changed through the API (a manual retry, say) straight from the old record.
+        rewrite_as_first_layout(&store, &two);
+        let update = store
+            .update_delivery(&acme, &two.id, |d| {
+                d.state = DeliveryState::Failed;
+                d.next_attempt_at = None;
+                true
+            })
+            .unwrap();
+        let DeliveryUpdate::Updated(updated) = update else {
+            panic!("expected an update");
+        };
+        assert_eq!(updated.payload.json(), two.payload.json());
+        let read = store.delivery(&acme, &two.id).unwrap().unwrap();
+        assert_eq!(read.state, DeliveryState::Failed);
+        assert_eq!(read.payload.json(), two.payload.json());
+    }
+
+    #[test]
+    fn an_unreadable_record_neither_stops_the_store_opening_nor_holds_up_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::Utc::now();
+        let acme = Tenant::parse("acme").unwrap();
+        let (bad, good) = (due_delivery(&acme, now), due_delivery(&acme, now));
+        {
+            let store = Store::open(dir.path(), 8 * 1024 * 1024).unwrap();
+            store
+                .insert_deliveries(&[bad.clone(), good.clone()])
+                .unwrap();
+            store
+                .deliveries
+                .insert(bad.id.as_str(), b"{not json".as_slice())
+                .unwrap();
+            store.db.open_tree("meta").unwrap().clear().unwrap();
+            store.flush_now().unwrap();
+        }
+        let store = reopen(dir.path());
+        let claimed = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .unwrap();
+        let ids: Vec<_> = claimed.iter().map(|c| c.delivery.id.clone()).collect();
+        assert_eq!(ids, vec![good.id.clone()]);
+        assert!(matches!(
+            store.delivery(&acme, &bad.id),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]

@@ -744,6 +744,18 @@ mod tests {
         delivery
     }
 
+    /// A store with two deliveries of tenant `acme`, due `now`.
+    fn two_due() -> (Store, tempfile::TempDir, Timestamp, Tenant, [Delivery; 2]) {
+        let (store, dir) = temp_store();
+        let now = chrono::Utc::now();
+        let acme = Tenant::parse("acme").unwrap();
+        let (one, two) = (due_delivery(&acme, now), due_delivery(&acme, now));
+        store
+            .insert_deliveries(&[one.clone(), two.clone()])
+            .unwrap();
+        (store, dir, now, acme, [one, two])
+    }
+
     fn claim_ids(store: &Store, now: Timestamp) -> (Vec<Claimed>, Vec<DeliveryId>) {
         let claimed = store
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
@@ -754,13 +766,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_writes_nothing_and_holds_its_delivery_until_the_attempt_is_on_disk() {
-        let (store, _dir) = temp_store();
-        let now = chrono::Utc::now();
-        let acme = Tenant::parse("acme").unwrap();
-        let (one, two) = (due_delivery(&acme, now), due_delivery(&acme, now));
-        store
-            .insert_deliveries(&[one.clone(), two.clone()])
-            .unwrap();
+        let (store, _dir, now, acme, [one, two]) = two_due();
         let stored = |id: &DeliveryId| store.delivery(&acme, id).unwrap().unwrap();
         let stored_one = serde_json::to_string(&stored(&one.id)).unwrap();
 
@@ -905,13 +911,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_first_layout_record_written_after_the_upgrade_keeps_its_body_when_recorded() {
-        let (store, _dir) = temp_store();
-        let now = chrono::Utc::now();
-        let acme = Tenant::parse("acme").unwrap();
-        let (one, two) = (due_delivery(&acme, now), due_delivery(&acme, now));
-        store
-            .insert_deliveries(&[one.clone(), two.clone()])
-            .unwrap();
+        let (store, _dir, now, acme, [one, two]) = two_due();
         rewrite_as_first_layout(&store, &one);
         rewrite_as_first_layout(&store, &two);
 

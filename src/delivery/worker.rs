@@ -127,8 +127,8 @@ impl DeliveryWorker {
             }
             let now = inner.clock.now();
             for claimed in inner.store.claim_due_deliveries(queue, now, free)? {
-                // Room was counted above; a destination at its limit is looked at again a
-                // little later.
+                // Room was counted above (only this loop takes these permits); a destination
+                // at its limit is looked at again a little later.
                 let permits = inner
                     .attempts
                     .clone()
@@ -192,14 +192,12 @@ impl DeliveryWorker {
             });
             match map.get(key) {
                 Some(semaphore) => semaphore.clone(),
-                None => map
-                    .entry(key.to_owned())
-                    .or_insert_with(|| {
-                        Arc::new(Semaphore::new(
-                            self.inner.settings.per_destination_concurrency,
-                        ))
-                    })
-                    .clone(),
+                None => {
+                    let limit = self.inner.settings.per_destination_concurrency;
+                    let semaphore = Arc::new(Semaphore::new(limit));
+                    map.insert(key.to_owned(), semaphore.clone());
+                    semaphore
+                }
             }
         };
         semaphore.try_acquire_owned().ok()

@@ -214,27 +214,7 @@ fn update_delivery_tx(
     };
     let stored: Delivery = match claimed {
         Some((bytes, delivery)) if raw == bytes => delivery.clone(),
-        _ => {
-            let mut stored: Delivery = decode_tx(&raw)?;
-            if &stored.tenant != tenant {
-                return Ok(DeliveryUpdate::NotFound);
-            }
-            let event = stored.event_id.as_str();
-            if !stored.payload.is_absent() {
-                // A record of the first layout (written by an earlier version after the
-                // upgrade ran): its body moves out now, as the record is written without it.
-                events.insert(event, stored.payload.json().as_bytes())?;
-            } else {
-                stored.payload = match claimed {
-                    Some((_, delivery)) if delivery.event_id == stored.event_id => {
-                        delivery.payload.clone()
-                    }
-                    _ => stored_payload(event, events.get(event)?)
-                        .map_err(ConflictableTransactionError::Abort)?,
-                };
-            }
-            stored
-        }
+        _ => with_body_tx(events, decode_tx(&raw)?, claimed.map(|(_, d)| d))?,
     };
     if &stored.tenant != tenant {
         return Ok(DeliveryUpdate::NotFound);
@@ -251,6 +231,28 @@ fn update_delivery_tx(
     }
     tree.insert(id.as_str(), encode(&changed))?;
     Ok(DeliveryUpdate::Updated(changed))
+}
+
+/// A record read in a transaction, with its event's body: the claimed delivery's if it is of
+/// the same event, else the stored one. A record of the first layout holds its own (written by
+/// an earlier version after the upgrade ran): that body is written to `events` now, since the
+/// record will be written back without it.
+fn with_body_tx(
+    events: &TransactionalTree,
+    mut stored: Delivery,
+    claimed: Option<&Delivery>,
+) -> TxResult<Delivery> {
+    let event = stored.event_id.as_str();
+    if !stored.payload.is_absent() {
+        events.insert(event, stored.payload.json().as_bytes())?;
+        return Ok(stored);
+    }
+    stored.payload = match claimed {
+        Some(delivery) if delivery.event_id == stored.event_id => delivery.payload.clone(),
+        _ => stored_payload(event, events.get(event)?)
+            .map_err(ConflictableTransactionError::Abort)?,
+    };
+    Ok(stored)
 }
 
 /// Which deliveries the worker holds now, in memory.

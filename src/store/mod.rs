@@ -70,7 +70,7 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Open (or create) the database at `path`, with at most `cache_bytes` of page cache.
-    /// Records of an earlier layout are brought up to date first (see [`LAYOUT`]).
+    /// Records of an earlier layout are brought up to date first (`deliveries::upgrade_layout`).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store> {
         let db = sled::Config::new()
             .path(path)

@@ -269,10 +269,9 @@ impl DeliveryWorker {
         }
         // Appended to the stored record, so a manual retry made meanwhile is not lost; on disk
         // (with the subscription's health, just written) before it counts.
-        let recorded_destination = destination.clone();
         let recorded = self
             .record(claimed, move |d| {
-                d.destination = recorded_destination.clone();
+                d.destination = destination.clone();
                 d.attempts.push(attempt.clone());
                 d.updated_at = finished;
                 if succeeded {

@@ -75,10 +75,7 @@ pub(super) fn insert_deliveries_tx(
     for (delivery, bytes) in deliveries.iter().zip(encoded) {
         let id = delivery.id.as_str();
         if bodies_written.insert(delivery.event_id.as_str()) {
-            trees.events.insert(
-                delivery.event_id.as_str(),
-                delivery.payload.json().as_bytes(),
-            )?;
+            put_body_tx(trees.events, delivery)?;
         }
         trees.deliveries.insert(id, bytes.as_slice())?;
         let index = trees.index;
@@ -99,6 +96,16 @@ pub(super) fn insert_deliveries_tx(
             trees.queue.insert(key, &[])?;
         }
     }
+    Ok(())
+}
+
+/// Store a delivery's event body under its event id (the same bytes for every delivery of
+/// the event).
+fn put_body_tx(events: &TransactionalTree, delivery: &Delivery) -> TxResult<()> {
+    events.insert(
+        delivery.event_id.as_str(),
+        delivery.payload.json().as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -172,19 +179,13 @@ fn move_bodies_out(
 ) -> Result<()> {
     let result = (deliveries, events).transaction(|(deliveries, events)| {
         for (key, delivery) in batch {
-            events.insert(
-                delivery.event_id.as_str(),
-                delivery.payload.json().as_bytes(),
-            )?;
+            put_body_tx(events, delivery)?;
             deliveries.insert(key, encode(delivery))?;
         }
         Ok(())
     });
     tx_result(result)
 }
-
-/// How long a delivery whose record cannot be read is left alone before it is tried again.
-const UNREADABLE_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What [`Store::update_delivery`] did.
 #[derive(Clone, Debug)]
@@ -242,11 +243,11 @@ fn with_body_tx(
     mut stored: Delivery,
     claimed: Option<&Delivery>,
 ) -> TxResult<Delivery> {
-    let event = stored.event_id.as_str();
     if !stored.payload.is_absent() {
-        events.insert(event, stored.payload.json().as_bytes())?;
+        put_body_tx(events, &stored)?;
         return Ok(stored);
     }
+    let event = stored.event_id.as_str();
     stored.payload = match claimed {
         Some(delivery) if delivery.event_id == stored.event_id => delivery.payload.clone(),
         _ => stored_payload(event, events.get(event)?)
@@ -370,6 +371,9 @@ impl Drop for Claimed {
 
 /// Past this many held-back deliveries, those free to go again are forgotten.
 const HELD_BACK_LIMIT: usize = 4096;
+
+/// How long a delivery whose record cannot be read is left alone before it is tried again.
+const UNREADABLE_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for Claimed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

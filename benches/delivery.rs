@@ -209,6 +209,9 @@ fn settings(dir: &std::path::Path, knobs: &Knobs) -> Settings {
     s.delivery.per_destination_concurrency = knobs.concurrency;
     s.delivery.allow_private_networks = true;
     s.delivery.timeout = Duration::from_secs(5);
+    if let Ok(Ok(bytes)) = std::env::var("DBENCH_CACHE_BYTES").map(|v| v.parse()) {
+        s.storage.cache_bytes = bytes;
+    }
     s
 }
 

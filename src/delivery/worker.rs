@@ -48,7 +48,8 @@ struct Inner {
     attempt_capacity: usize,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Secrets as parsed for signing (base64 decoded, HMAC keyed), by their stored text. The
-    /// secrets themselves are read afresh for every attempt, so a rotation applies at once.
+    /// secrets themselves are looked up for every attempt (the store keeps them in memory and
+    /// forgets them when they are written), so a rotation applies at once.
     keys: Mutex<HashMap<String, signature::SigningSecret>>,
 }
 
@@ -214,8 +215,9 @@ impl DeliveryWorker {
         let inner = &self.inner;
         let delivery = &claimed.delivery;
         let now = inner.clock.now();
-        // A subscription is read afresh: its URL, format and secrets may have changed since
-        // the event, and a disabled or deleted one gets nothing more.
+        // A subscription is looked up for every attempt (the store forgets its copy on every
+        // write): its URL, format and secrets may have changed since the event, and a disabled
+        // or deleted one gets nothing more.
         let subscription = match &delivery.destination {
             Destination::Subscription {
                 subscription_id, ..

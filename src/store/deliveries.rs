@@ -1,5 +1,6 @@
 //! Deliveries and the worker's queue.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -213,16 +214,21 @@ fn update_delivery_tx(
     let Some(raw) = tree.get(id.as_str())? else {
         return Ok(DeliveryUpdate::NotFound);
     };
-    let stored: Delivery = match claimed {
-        Some((bytes, delivery)) if raw == bytes => delivery.clone(),
-        _ => with_body_tx(events, decode_tx(&raw)?, claimed.map(|(_, d)| d))?,
+    // The claimed copy, when the record is still as claimed: no decoding, and one clone.
+    let stored: Cow<'_, Delivery> = match claimed {
+        Some((bytes, delivery)) if raw == bytes => Cow::Borrowed(delivery),
+        _ => Cow::Owned(with_body_tx(
+            events,
+            decode_tx(&raw)?,
+            claimed.map(|(_, d)| d),
+        )?),
     };
     if &stored.tenant != tenant {
         return Ok(DeliveryUpdate::NotFound);
     }
-    let mut changed = stored.clone();
+    let mut changed = Delivery::clone(&stored);
     if !change(&mut changed) {
-        return Ok(DeliveryUpdate::Unchanged(stored));
+        return Ok(DeliveryUpdate::Unchanged(stored.into_owned()));
     }
     if let Some(key) = queue_key(&stored) {
         queue.remove(key)?;

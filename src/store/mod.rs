@@ -17,6 +17,7 @@
 //! the next start, and nothing is lost nor needs a separate recovery pass (see
 //! `deliveries::Claims`).
 
+mod cache;
 mod deliveries;
 mod jobs;
 mod keys;
@@ -27,6 +28,8 @@ use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::domain::{SecretSet, Subscription};
 
 pub use deliveries::{Claimed, DeliveryPage, DeliveryQueue, DeliveryUpdate};
 pub use jobs::{
@@ -60,6 +63,9 @@ pub struct Store {
     in_flight: jobs::InFlight,
     /// Deliveries the worker is sending.
     claims: deliveries::Claims,
+    /// Subscriptions by id and callback secrets by tenant, as last read (see `cache`).
+    subscription_cache: cache::ReadCache<Subscription>,
+    secret_cache: cache::ReadCache<SecretSet>,
 }
 
 impl std::fmt::Debug for Store {
@@ -102,6 +108,8 @@ impl Store {
             writer: writer::Writer::start(db.clone(), trees),
             in_flight: jobs::InFlight::default(),
             claims: deliveries::Claims::default(),
+            subscription_cache: cache::ReadCache::default(),
+            secret_cache: cache::ReadCache::default(),
             db,
         })
     }

@@ -6,6 +6,7 @@ use crate::domain::{EventType, SecretSet, Subscription, SubscriptionId, Tenant};
 impl Store {
     pub fn save_subscription(&self, sub: &Subscription) -> Result<()> {
         self.subscriptions.insert(sub.id.as_str(), encode(sub))?;
+        self.subscription_cache.forget(sub.id.as_str());
         self.index.insert(
             keys::owned(
                 keys::TENANT_SUBSCRIPTIONS,
@@ -22,11 +23,22 @@ impl Store {
         tenant: &Tenant,
         id: &SubscriptionId,
     ) -> Result<Option<Subscription>> {
-        let found: Option<Subscription> = self
-            .subscriptions
-            .get(id.as_str())?
-            .map(|raw| decode(&raw))
-            .transpose()?;
+        let cache = &self.subscription_cache;
+        let found = match cache.get(id.as_str()) {
+            Some(sub) => Some(sub),
+            None => {
+                let start = cache.begin_read();
+                let found: Option<Subscription> = self
+                    .subscriptions
+                    .get(id.as_str())?
+                    .map(|raw| decode(&raw))
+                    .transpose()?;
+                if let Some(sub) = &found {
+                    cache.fill(start, id.as_str(), sub);
+                }
+                found
+            }
+        };
         Ok(found.filter(|s| &s.tenant == tenant))
     }
 
@@ -64,6 +76,7 @@ impl Store {
             return Ok(false);
         }
         self.subscriptions.remove(id.as_str())?;
+        self.subscription_cache.forget(id.as_str());
         self.index.remove(keys::owned(
             keys::TENANT_SUBSCRIPTIONS,
             tenant.as_str(),
@@ -78,19 +91,29 @@ impl Store {
         tenant: &Tenant,
         generate: impl Fn() -> String,
     ) -> Result<SecretSet> {
+        let cache = &self.secret_cache;
+        if let Some(secrets) = cache.get(tenant.as_str()) {
+            return Ok(secrets);
+        }
+        let start = cache.begin_read();
         loop {
-            if let Some(raw) = self.secrets.get(tenant.as_str())? {
-                return decode(&raw);
-            }
-            let fresh = SecretSet::new(generate());
-            let created = self.secrets.compare_and_swap(
-                tenant.as_str(),
-                None::<&[u8]>,
-                Some(encode(&fresh)),
-            )?;
-            if created.is_ok() {
-                return Ok(fresh);
-            }
+            let found = match self.secrets.get(tenant.as_str())? {
+                Some(raw) => decode(&raw)?,
+                None => {
+                    let fresh = SecretSet::new(generate());
+                    let created = self.secrets.compare_and_swap(
+                        tenant.as_str(),
+                        None::<&[u8]>,
+                        Some(encode(&fresh)),
+                    )?;
+                    if created.is_err() {
+                        continue;
+                    }
+                    fresh
+                }
+            };
+            cache.fill(start, tenant.as_str(), &found);
+            return Ok(found);
         }
     }
 
@@ -113,6 +136,7 @@ impl Store {
             let swapped =
                 self.secrets
                     .compare_and_swap(tenant.as_str(), stored, Some(encode(&secrets)))?;
+            self.secret_cache.forget(tenant.as_str());
             if swapped.is_ok() {
                 return Ok(secrets);
             }
@@ -121,6 +145,7 @@ impl Store {
 
     pub fn save_callback_secrets(&self, tenant: &Tenant, secrets: &SecretSet) -> Result<()> {
         self.secrets.insert(tenant.as_str(), encode(secrets))?;
+        self.secret_cache.forget(tenant.as_str());
         Ok(())
     }
 }
@@ -142,6 +167,7 @@ impl Store {
             let swapped =
                 self.subscriptions
                     .compare_and_swap(id.as_str(), Some(raw), Some(encode(&sub)))?;
+            self.subscription_cache.forget(id.as_str());
             if swapped.is_ok() {
                 return Ok(Some(sub));
             }

@@ -24,7 +24,9 @@
 //! Knobs (environment): `DBENCH_N` deliveries per throughput run (20000), `DBENCH_ROUNDS`
 //! baseline/end-to-end rounds (3), `DBENCH_EVENTS` fan-out events (200), `DBENCH_LATENCY_SECS`
 //! (10), `DBENCH_CONCURRENCY` (64), `DBENCH_RECEIVER_WORKERS` (1), `DBENCH_PHASES` (which
-//! runs: `baseline,e2e,fanout,latency,floor`).
+//! runs: `baseline,e2e,fanout,latency,floor`), `DBENCH_CACHE_BYTES` (the store's page cache;
+//! the default setting's 32 MiB), `DBENCH_FLOOR_GROUP` (records per transaction in the
+//! floor, 64).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -624,7 +626,7 @@ const FLOOR_GROUP: usize = 64;
 /// attempt takes (read the record, remove its queue entry, write the record back; one
 /// transaction and one flush per group). Records are `record_len` bytes, as the store writes
 /// them. Returns the process CPU per record.
-fn storage_floor(n: usize, record_len: usize) -> Throughput {
+fn storage_floor(n: usize, record_len: usize, group: usize) -> Throughput {
     use sled::transaction::ConflictableTransactionError;
     use sled::Transactional;
     type Tx = Result<(), ConflictableTransactionError<()>>;
@@ -655,7 +657,7 @@ fn storage_floor(n: usize, record_len: usize) -> Throughput {
     db.flush().expect("flush");
     let cpu = process_cpu();
     let started = Instant::now();
-    for chunk in ids.chunks(FLOOR_GROUP) {
+    for chunk in ids.chunks(group) {
         (&records, &queue)
             .transaction(|(records, queue)| {
                 for &i in chunk {
@@ -861,12 +863,13 @@ fn main() {
             duration_ms: 1,
             response_body: Some("ok".into()),
         });
-        let record_len = serde_json::to_vec(&recorded).expect("record").len();
-        let floor = storage_floor(knobs.n, record_len);
+        let record_len = agenthook::store::delivery_record_len(&recorded);
+        let group = knob("DBENCH_FLOOR_GROUP", FLOOR_GROUP).max(1);
+        let floor = storage_floor(knobs.n, record_len, group);
         let base_cpu = median(base_cpus);
         println!();
         println!(
-            "storage floor (sled alone: read + queue-entry remove + write of a {record_len}-byte record, {FLOOR_GROUP} per transaction and flush): {:.0} records/s, CPU {:.1} us per record",
+            "storage floor (sled alone: read + queue-entry remove + write of a {record_len}-byte record, {group} per transaction and flush): {:.0} records/s, CPU {:.1} us per record",
             floor.per_sec(),
             floor.cpu_us(),
         );

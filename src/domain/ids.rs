@@ -34,6 +34,11 @@ macro_rules! prefixed_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// An id as the store wrote it, taken as it is (like its JSON form).
+            pub(crate) fn from_stored(raw: String) -> Self {
+                Self(raw)
+            }
         }
 
         impl fmt::Display for $name {

@@ -26,6 +26,11 @@ impl Tenant {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A name as the store wrote it, taken as it is (like its JSON form).
+    pub(crate) fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
 }
 
 impl fmt::Display for Tenant {

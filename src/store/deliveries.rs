@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::{IVec, Transactional};
 
-use super::{decode, decode_tx, encode, keys, tx_result, Result, Store, StoreError};
+use super::record::{decode_delivery, encode_delivery};
+use super::{keys, tx_result, Result, Store, StoreError};
 use crate::clock::Timestamp;
 use crate::domain::{Delivery, DeliveryId, DeliveryState, JobId, Payload, SubscriptionId, Tenant};
 
@@ -140,7 +141,7 @@ pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Res
         let entry = entries.next().transpose()?;
         let done = entry.is_none();
         if let Some((key, raw)) = entry {
-            match decode::<Delivery>(&raw) {
+            match decode_delivery(&raw) {
                 Ok(delivery) if !delivery.payload.is_absent() => batch.push((key, delivery)),
                 Ok(_) => {}
                 // Left as it is: reading it fails as it did before, and the service starts.
@@ -181,7 +182,7 @@ fn move_bodies_out(
     let result = (deliveries, events).transaction(|(deliveries, events)| {
         for (key, delivery) in batch {
             put_body_tx(events, delivery)?;
-            deliveries.insert(key, encode(delivery))?;
+            deliveries.insert(key, encode_delivery(delivery))?;
         }
         Ok(())
     });
@@ -219,7 +220,7 @@ fn update_delivery_tx(
         Some((bytes, delivery)) if raw == bytes => Cow::Borrowed(delivery),
         _ => Cow::Owned(with_body_tx(
             events,
-            decode_tx(&raw)?,
+            decode_delivery(&raw).map_err(ConflictableTransactionError::Abort)?,
             claimed.map(|(_, d)| d),
         )?),
     };
@@ -236,7 +237,7 @@ fn update_delivery_tx(
     if let Some(key) = queue_key(&changed) {
         queue.insert(key, &[])?;
     }
-    tree.insert(id.as_str(), encode(&changed))?;
+    tree.insert(id.as_str(), encode_delivery(&changed))?;
     Ok(DeliveryUpdate::Updated(changed))
 }
 
@@ -398,7 +399,7 @@ pub struct DeliveryPage {
 impl Store {
     /// Store deliveries that no job transition caused (test events, say), queued at once.
     pub fn insert_deliveries(&self, deliveries: &[Delivery]) -> Result<()> {
-        let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode).collect();
+        let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode_delivery).collect();
         let result = (&self.deliveries, &self.events, &self.index, &self.queue).transaction(
             |(deliveries_tree, events, index, queue)| {
                 let trees = DeliveryTrees {
@@ -418,7 +419,7 @@ impl Store {
     /// recording the attempt, which writes the record without it, cannot lose it. Returns the
     /// record's bytes as stored now.
     fn read_for_claim(&self, id: &str, raw: IVec) -> Result<(IVec, Delivery)> {
-        let mut decoded: Delivery = decode(&raw)?;
+        let mut decoded = decode_delivery(&raw)?;
         if decoded.payload.is_absent() {
             self.attach_body(&mut decoded)?;
             return Ok((raw, decoded));
@@ -428,12 +429,12 @@ impl Store {
             &self.events,
             &[(IVec::from(id.as_bytes()), decoded.clone())],
         )?;
-        Ok((IVec::from(encode(&decoded)), decoded))
+        Ok((IVec::from(encode_delivery(&decoded)), decoded))
     }
 
     /// The delivery stored as `raw`, with its event's body.
     fn read_delivery(&self, raw: &[u8]) -> Result<Delivery> {
-        let mut delivery: Delivery = decode(raw)?;
+        let mut delivery = decode_delivery(raw)?;
         self.attach_body(&mut delivery)?;
         Ok(delivery)
     }
@@ -539,7 +540,9 @@ impl Store {
     fn remove_stale_entry(&self, key: &[u8], id: &str) -> Result<()> {
         let result = (&self.deliveries, &self.queue).transaction(|(tree, queue)| {
             let current = match tree.get(id)? {
-                Some(raw) => queue_key(&decode_tx::<Delivery>(&raw)?),
+                Some(raw) => {
+                    queue_key(&decode_delivery(&raw).map_err(ConflictableTransactionError::Abort)?)
+                }
                 None => None,
             };
             if current.as_deref() != Some(key) {
@@ -850,8 +853,9 @@ mod tests {
         assert_eq!(store.events.len(), 1);
         for d in &deliveries {
             let raw = store.deliveries.get(d.id.as_str()).unwrap().unwrap();
-            let record: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-            assert!(record.get("payload").is_none(), "{record}");
+            assert_ne!(raw[0], b'{', "written in the binary form");
+            assert!(decode_delivery(&raw).unwrap().payload.is_absent());
+            assert!(raw.len() < 300, "{} bytes", raw.len());
             let read = store.delivery(&acme, &d.id).unwrap().unwrap();
             assert_eq!(read.payload.json(), d.payload.json());
         }
@@ -892,8 +896,10 @@ mod tests {
 
         let store = reopen(dir.path());
         let raw = store.deliveries.get(delivery.id.as_str()).unwrap().unwrap();
-        let record: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-        assert!(record.get("payload").is_none(), "moved out: {record}");
+        assert!(
+            decode_delivery(&raw).unwrap().payload.is_absent(),
+            "moved out"
+        );
         let read = store.delivery(&acme, &delivery.id).unwrap().unwrap();
         assert_eq!(read.payload.value(), &event.payload());
         assert_eq!(read.message_id, delivery.message_id);
@@ -965,6 +971,39 @@ mod tests {
         let read = store.delivery(&acme, &two.id).unwrap().unwrap();
         assert_eq!(read.state, DeliveryState::Failed);
         assert_eq!(read.payload.json(), two.payload.json());
+    }
+
+    #[tokio::test]
+    async fn a_json_record_of_the_previous_version_is_claimed_read_and_rewritten_in_binary() {
+        let (store, _dir, now, acme, [one, _]) = two_due();
+        // Written as the previous version did: JSON, its body in `events`.
+        store
+            .deliveries
+            .insert(one.id.as_str(), serde_json::to_vec(&one).unwrap())
+            .unwrap();
+        let read = store.delivery(&acme, &one.id).unwrap().unwrap();
+        assert_eq!(read.message_id, one.message_id);
+        assert_eq!(read.payload.json(), one.payload.json());
+
+        let (claimed, ids) = claim_ids(&store, now);
+        assert!(ids.contains(&one.id));
+        let first = claimed.into_iter().find(|c| c.delivery.id == one.id);
+        let update = store
+            .update_claimed(first.unwrap(), |d| {
+                d.state = DeliveryState::Succeeded;
+                d.next_attempt_at = None;
+                true
+            })
+            .await
+            .unwrap();
+        assert!(matches!(update, DeliveryUpdate::Updated(_)));
+        let raw = store.deliveries.get(one.id.as_str()).unwrap().unwrap();
+        assert_ne!(raw[0], b'{', "rewritten in the binary form");
+        let read = store.delivery(&acme, &one.id).unwrap().unwrap();
+        assert_eq!(read.state, DeliveryState::Succeeded);
+        assert_eq!(read.message_id, one.message_id);
+        assert_eq!(read.payload.json(), one.payload.json());
+        assert_eq!(store.queued_deliveries(DeliveryQueue::Fresh), 1);
     }
 
     #[test]

@@ -301,7 +301,10 @@ impl Store {
     pub fn complete_job(&self, job: &Job, deliveries: &[Delivery]) -> Result<bool> {
         debug_assert!(job.status.is_terminal());
         let job_bytes = encode(job);
-        let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode).collect();
+        let encoded: Vec<Vec<u8>> = deliveries
+            .iter()
+            .map(super::record::encode_delivery)
+            .collect();
         let result = (
             &self.jobs,
             &self.index,

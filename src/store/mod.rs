@@ -21,6 +21,7 @@ mod cache;
 mod deliveries;
 mod jobs;
 mod keys;
+mod record;
 mod subscriptions;
 mod writer;
 
@@ -138,6 +139,12 @@ fn due_entries(tree: &sled::Tree, kind: u8, now: crate::clock::Timestamp) -> sle
     let start = [kind];
     let end = keys::timed_upper(kind, now);
     tree.range(start.as_slice()..end.as_slice())
+}
+
+/// The bytes a delivery's record takes in the store (its event body apart): for capacity
+/// planning and the delivery benchmark's storage floor.
+pub fn delivery_record_len(delivery: &crate::domain::Delivery) -> usize {
+    record::encode_delivery(delivery).len()
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

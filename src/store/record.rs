@@ -1,0 +1,426 @@
+//! The stored form of a delivery record: a compact binary encoding.
+//!
+//! A record is rewritten at every attempt and read at every claim, so its form is on the
+//! delivery path twice per attempt. JSON with RFC 3339 times cost a tenth of the worker's CPU
+//! there; this form is about half the size and needs no parsing beyond lengths.
+//!
+//! Layout (version 1): the byte `0x01`, then the fields in the order of [`Delivery`], the event
+//! body left out (it is stored once per event). Strings are a LEB128 length and UTF-8 bytes;
+//! an option is a byte 0 (none) or 1 (some) before its value; times are seconds since the
+//! epoch (i64) and nanoseconds (u32), little-endian; enums are one byte each, with the codes
+//! below (never renumbered). Records written by earlier versions are JSON objects (they begin
+//! with `{`) and are read as such; each is written in this form the next time it changes.
+
+use chrono::DateTime;
+
+use super::{decode, Result, StoreError};
+use crate::clock::Timestamp;
+use crate::domain::{
+    Attempt, Delivery, DeliveryId, DeliveryState, Destination, ErrorClass, EventId, EventType,
+    Format, JobId, MessageId, Payload, SubscriptionId, Tenant,
+};
+
+const VERSION_1: u8 = 1;
+
+pub(super) fn encode_delivery(d: &Delivery) -> Vec<u8> {
+    let mut out = Out(Vec::with_capacity(256));
+    out.u8(VERSION_1);
+    out.str(d.id.as_str());
+    out.str(d.tenant.as_str());
+    out.str(d.event_id.as_str());
+    out.u8(event_type_code(d.event_type));
+    out.opt(d.job_id.as_ref(), |out, id| out.str(id.as_str()));
+    out.str(d.message_id.as_str());
+    match &d.destination {
+        Destination::Callback { url } => {
+            out.u8(0);
+            out.str(url);
+        }
+        Destination::Subscription {
+            subscription_id,
+            url,
+            format,
+        } => {
+            out.u8(1);
+            out.str(subscription_id.as_str());
+            out.str(url);
+            out.u8(format_code(*format));
+        }
+    }
+    out.u8(state_code(d.state));
+    out.varint(d.attempts.len() as u64);
+    for a in &d.attempts {
+        out.time(&a.at);
+        out.opt(a.status_code, |out, code| out.varint(code.into()));
+        out.opt(a.error, |out, error| out.u8(error_code(error)));
+        out.varint(a.duration_ms);
+        out.opt(a.response_body.as_deref(), Out::str);
+    }
+    out.opt(d.next_attempt_at.as_ref(), Out::time);
+    out.time(&d.created_at);
+    out.time(&d.updated_at);
+    out.0
+}
+
+/// A stored delivery record, in either form; without its event body.
+pub(super) fn decode_delivery(bytes: &[u8]) -> Result<Delivery> {
+    match bytes.first() {
+        Some(b'{') => decode(bytes),
+        Some(&VERSION_1) => {
+            let mut input = In(&bytes[1..]);
+            let delivery = read_v1(&mut input).map_err(|what| corrupt(&what))?;
+            if !input.0.is_empty() {
+                return Err(corrupt("bytes after the end"));
+            }
+            Ok(delivery)
+        }
+        Some(other) => Err(corrupt(&format!("unknown form {other:#04x}"))),
+        None => Err(corrupt("empty")),
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("delivery record: {what}"))
+}
+
+type Read<T> = std::result::Result<T, String>;
+
+fn read_v1(input: &mut In<'_>) -> Read<Delivery> {
+    let id = DeliveryId::from_stored(input.string()?);
+    let tenant = Tenant::from_stored(input.string()?);
+    let event_id = EventId::from_stored(input.string()?);
+    let event_type = code(input.u8()?, EVENT_TYPES, "event type")?;
+    let job_id = input.opt(|i| Ok(JobId::from_stored(i.string()?)))?;
+    let message_id = MessageId::from_stored(input.string()?);
+    let destination = match input.u8()? {
+        0 => Destination::Callback {
+            url: input.string()?,
+        },
+        1 => Destination::Subscription {
+            subscription_id: SubscriptionId::from_stored(input.string()?),
+            url: input.string()?,
+            format: code(input.u8()?, FORMATS, "format")?,
+        },
+        other => return Err(format!("unknown destination kind {other}")),
+    };
+    let state = code(input.u8()?, STATES, "state")?;
+    let count = input.varint()?;
+    // Each attempt takes at least 16 bytes: a count beyond what is left is damage.
+    if count > (input.0.len() / 16) as u64 {
+        return Err(format!("{count} attempts in {} bytes", input.0.len()));
+    }
+    let mut attempts = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        attempts.push(Attempt {
+            at: input.time()?,
+            status_code: input.opt(|i| {
+                u16::try_from(i.varint()?).map_err(|_| "status code out of range".to_owned())
+            })?,
+            error: input.opt(|i| code(i.u8()?, ERRORS, "error class"))?,
+            duration_ms: input.varint()?,
+            response_body: input.opt(In::string)?,
+        });
+    }
+    Ok(Delivery {
+        id,
+        tenant,
+        event_id,
+        event_type,
+        job_id,
+        message_id,
+        destination,
+        payload: Payload::default(),
+        state,
+        attempts,
+        next_attempt_at: input.opt(In::time)?,
+        created_at: input.time()?,
+        updated_at: input.time()?,
+    })
+}
+
+// The codes of each enum: its position in these lists. Append only.
+const EVENT_TYPES: &[EventType] = &[
+    EventType::AgentReady,
+    EventType::AgentFailed,
+    EventType::WebhookTest,
+];
+const FORMATS: &[Format] = &[Format::Standard, Format::Slack, Format::Discord];
+const STATES: &[DeliveryState] = &[
+    DeliveryState::Pending,
+    DeliveryState::Succeeded,
+    DeliveryState::Failed,
+];
+const ERRORS: &[ErrorClass] = &[
+    ErrorClass::Timeout,
+    ErrorClass::Connect,
+    ErrorClass::Dns,
+    ErrorClass::Http,
+    ErrorClass::Blocked,
+    ErrorClass::Other,
+];
+
+fn code<T: Copy>(byte: u8, all: &[T], what: &str) -> Read<T> {
+    all.get(byte as usize)
+        .copied()
+        .ok_or_else(|| format!("unknown {what} {byte}"))
+}
+
+fn position<T: PartialEq>(value: T, all: &[T]) -> u8 {
+    all.iter()
+        .position(|v| *v == value)
+        .expect("every variant has a code") as u8
+}
+
+fn event_type_code(value: EventType) -> u8 {
+    position(value, EVENT_TYPES)
+}
+
+fn format_code(value: Format) -> u8 {
+    position(value, FORMATS)
+}
+
+fn state_code(value: DeliveryState) -> u8 {
+    position(value, STATES)
+}
+
+fn error_code(value: ErrorClass) -> u8 {
+    position(value, ERRORS)
+}
+
+struct Out(Vec<u8>);
+
+impl Out {
+    fn u8(&mut self, byte: u8) {
+        self.0.push(byte);
+    }
+
+    fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.0.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.0.push(value as u8);
+    }
+
+    fn str(&mut self, text: &str) {
+        self.varint(text.len() as u64);
+        self.0.extend_from_slice(text.as_bytes());
+    }
+
+    fn time(&mut self, at: &Timestamp) {
+        self.0.extend_from_slice(&at.timestamp().to_le_bytes());
+        self.0
+            .extend_from_slice(&at.timestamp_subsec_nanos().to_le_bytes());
+    }
+
+    fn opt<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
+        match value {
+            None => self.u8(0),
+            Some(value) => {
+                self.u8(1);
+                write(self, value);
+            }
+        }
+    }
+}
+
+struct In<'a>(&'a [u8]);
+
+impl<'a> In<'a> {
+    fn take(&mut self, n: usize) -> Read<&'a [u8]> {
+        if self.0.len() < n {
+            return Err("cut short".to_owned());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Read<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Read<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("a number longer than 64 bits".to_owned())
+    }
+
+    fn string(&mut self) -> Read<String> {
+        let len = usize::try_from(self.varint()?).map_err(|_| "a length out of range")?;
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| "text that is not UTF-8".to_owned())
+    }
+
+    fn time(&mut self) -> Read<Timestamp> {
+        let secs = i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"));
+        let nanos = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
+        DateTime::from_timestamp(secs, nanos).ok_or_else(|| "a time out of range".to_owned())
+    }
+
+    fn opt<T>(&mut self, read: impl FnOnce(&mut Self) -> Read<T>) -> Read<Option<T>> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => read(self).map(Some),
+            other => Err(format!("an option marked {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Event;
+    use serde_json::json;
+
+    fn event(event_type: EventType) -> Event {
+        Event {
+            id: EventId::generate(),
+            tenant: Tenant::parse("acme").unwrap(),
+            event_type,
+            timestamp: chrono::Utc::now(),
+            data: json!({"agent_id": "A1", "note": "é\"\u{1F600}"}),
+        }
+    }
+
+    /// Every field compared, through the JSON form (which leaves out the body too).
+    fn same(a: &Delivery, b: &Delivery) {
+        assert_eq!(
+            serde_json::to_value(a).unwrap(),
+            serde_json::to_value(b).unwrap()
+        );
+    }
+
+    fn varied() -> Vec<Delivery> {
+        let at = DateTime::from_timestamp(1_790_000_000, 123_456_789).unwrap();
+        let mut callback = Delivery::new(
+            &event(EventType::AgentReady),
+            Some(JobId::generate()),
+            Destination::Callback {
+                url: "https://example.com/hook?q=é".into(),
+            },
+            at,
+        );
+        callback.attempts = vec![
+            Attempt {
+                at,
+                status_code: Some(503),
+                error: Some(ErrorClass::Http),
+                duration_ms: 1_234,
+                response_body: Some("busy \u{1F600}".repeat(300)),
+            },
+            Attempt {
+                at: at + chrono::Duration::seconds(5),
+                status_code: None,
+                error: Some(ErrorClass::Timeout),
+                duration_ms: u64::MAX,
+                response_body: None,
+            },
+            Attempt {
+                at: at + chrono::Duration::seconds(65),
+                status_code: Some(200),
+                error: None,
+                duration_ms: 0,
+                response_body: Some(String::new()),
+            },
+        ];
+        callback.state = DeliveryState::Succeeded;
+        callback.next_attempt_at = None;
+        let mut subscription = Delivery::new(
+            &event(EventType::WebhookTest),
+            None,
+            Destination::Subscription {
+                subscription_id: SubscriptionId::generate(),
+                url: "http://127.0.0.1:9/x".into(),
+                format: Format::Discord,
+            },
+            DateTime::from_timestamp(-1, 999_999_999).unwrap(),
+        );
+        subscription.state = DeliveryState::Failed;
+        let mut variants = vec![callback, subscription];
+        for (i, error) in ERRORS.iter().enumerate() {
+            let format = &FORMATS[i % FORMATS.len()];
+            let mut d = Delivery::new(
+                &event(EVENT_TYPES[i % EVENT_TYPES.len()]),
+                None,
+                Destination::Subscription {
+                    subscription_id: SubscriptionId::generate(),
+                    url: format!("https://h{i}.example/"),
+                    format: *format,
+                },
+                at,
+            );
+            d.state = STATES[i % STATES.len()];
+            d.attempts.push(Attempt {
+                at,
+                status_code: Some(u16::MAX),
+                error: Some(*error),
+                duration_ms: 127,
+                response_body: None,
+            });
+            variants.push(d);
+        }
+        let mut d = variants[2].clone();
+        d.attempts[0].error = Some(ErrorClass::Other);
+        variants.push(d);
+        variants
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written_every_field_and_code() {
+        for delivery in varied() {
+            let bytes = encode_delivery(&delivery);
+            assert_eq!(bytes[0], VERSION_1);
+            let read = decode_delivery(&bytes).unwrap();
+            same(&read, &delivery);
+            assert!(read.payload.is_absent(), "the body is stored apart");
+            assert_eq!(encode_delivery(&read), bytes);
+        }
+    }
+
+    #[test]
+    fn a_record_written_as_json_by_an_earlier_version_is_read() {
+        for delivery in varied() {
+            let json = serde_json::to_vec(&delivery).unwrap();
+            same(&decode_delivery(&json).unwrap(), &delivery);
+        }
+    }
+
+    #[test]
+    fn a_record_is_about_half_the_size_of_its_json() {
+        let d = &varied()[1];
+        let (binary, json) = (
+            encode_delivery(d).len(),
+            serde_json::to_vec(d).unwrap().len(),
+        );
+        assert!(binary * 2 <= json + 40, "{binary} bytes against {json}");
+    }
+
+    #[test]
+    fn damaged_records_are_errors_not_panics() {
+        let bytes = encode_delivery(&varied()[0]);
+        // Every prefix, and every single-byte change at each position.
+        for len in 0..bytes.len() {
+            assert!(decode_delivery(&bytes[..len]).is_err(), "cut at {len}");
+        }
+        for i in 0..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut damaged = bytes.clone();
+                damaged[i] ^= flip;
+                let _ = decode_delivery(&damaged);
+            }
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_delivery(&longer).is_err(), "trailing bytes");
+        assert!(decode_delivery(&[9, 1, 2]).is_err(), "unknown form");
+    }
+}

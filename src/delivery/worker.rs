@@ -21,7 +21,7 @@ use crate::clock::{after, SharedClock, Timestamp};
 use crate::config::DeliverySettings;
 use crate::domain::{Attempt, Delivery, DeliveryState, Destination, ErrorClass, Subscription};
 use crate::signals::Signals;
-use crate::store::{Claimed, DeliveryQueue, DeliveryUpdate, Store, StoreError};
+use crate::store::{Claimed, DeliveryQueue, Recorded, Store, StoreError};
 
 /// Response bodies are kept up to this size in the attempt log.
 pub const RESPONSE_BODY_LIMIT: usize = 16 * 1024;
@@ -213,7 +213,8 @@ impl DeliveryWorker {
         request_slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     ) -> Result<Option<AttemptReport>, StoreError> {
         let inner = &self.inner;
-        let delivery = &claimed.delivery;
+        // Kept here while the claim goes to the writer with the record.
+        let delivery = claimed.delivery.clone();
         let now = inner.clock.now();
         // A subscription is looked up for every attempt (the store forgets its copy on every
         // write): its URL, format and secrets may have changed since the event, and a disabled
@@ -254,7 +255,7 @@ impl DeliveryWorker {
         let signature =
             signature::signature_header(&keys, delivery.message_id.as_str(), timestamp, &body);
         let sent = self
-            .send(&destination, delivery, timestamp, signature, body)
+            .send(&destination, &delivery, timestamp, signature, body)
             .await;
         drop(request_slots);
         inner.signals.delivery_wake.notify_one();
@@ -264,7 +265,7 @@ impl DeliveryWorker {
         let error = attempt.error;
         let succeeded = error.is_none();
         let gone = status_code == Some(410) && subscription.is_some();
-        let schedule = inner.settings.retry_schedule.clone();
+        let worker = self.clone();
         let retry_after = sent.retry_after;
         if let Some(sub) = &subscription {
             self.note_outcome(sub, succeeded, gone, finished)?;
@@ -282,7 +283,9 @@ impl DeliveryWorker {
                 } else if gone {
                     d.state = DeliveryState::Failed;
                     d.next_attempt_at = None;
-                } else if let Some(delay) = schedule.get(d.attempts.len()) {
+                } else if let Some(delay) =
+                    worker.inner.settings.retry_schedule.get(d.attempts.len())
+                {
                     d.state = DeliveryState::Pending;
                     let wait = with_jitter(*delay).max(retry_after.unwrap_or_default());
                     d.next_attempt_at = Some(after(finished, wait));
@@ -309,21 +312,21 @@ impl DeliveryWorker {
         metrics::histogram!("agenthook_delivery_attempt_duration_seconds")
             .record(sent.duration.as_secs_f64());
         if recorded.state == DeliveryState::Succeeded {
-            let lag = crate::clock::until(recorded.created_at, finished);
+            let lag = crate::clock::until(delivery.created_at, finished);
             metrics::histogram!("agenthook_event_to_delivery_seconds").record(lag.as_secs_f64());
         }
         tracing::info!(
-            delivery_id = %recorded.id,
-            webhook_id = %recorded.message_id,
-            job_id = recorded.job_id.as_ref().map(|j| j.as_str()).unwrap_or(""),
-            attempt = recorded.attempts.len(),
+            delivery_id = %delivery.id,
+            webhook_id = %delivery.message_id,
+            job_id = delivery.job_id.as_ref().map(|j| j.as_str()).unwrap_or(""),
+            attempt = recorded.attempts,
             status = status_code,
             error = error.map(ErrorClass::as_str),
             state = recorded.state.as_str(),
             "delivery attempt"
         );
         Ok(Some(AttemptReport {
-            delivery_id: recorded.id.to_string(),
+            delivery_id: delivery.id.to_string(),
             state: recorded.state,
             status_code,
             error,
@@ -336,19 +339,14 @@ impl DeliveryWorker {
         &self,
         claimed: Claimed,
         change: impl Fn(&mut Delivery) + Send + 'static,
-    ) -> Result<Option<Delivery>, StoreError> {
-        let update = self
-            .inner
+    ) -> Result<Option<Recorded>, StoreError> {
+        self.inner
             .store
             .update_claimed(claimed, move |d| {
                 change(d);
                 true
             })
-            .await?;
-        Ok(match update {
-            DeliveryUpdate::Updated(d) => Some(d),
-            DeliveryUpdate::Unchanged(_) | DeliveryUpdate::NotFound => None,
-        })
+            .await
     }
 
     /// A subscription's health: any success clears its failing run; a 410 or a failing run

@@ -189,6 +189,14 @@ fn move_bodies_out(
     tx_result(result)
 }
 
+/// A claimed delivery as [`Store::update_claimed`] left it stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub state: DeliveryState,
+    /// Attempts made so far, the one just recorded included.
+    pub attempts: usize,
+}
+
 /// What [`Store::update_delivery`] did.
 #[derive(Clone, Debug)]
 pub enum DeliveryUpdate {
@@ -348,9 +356,10 @@ impl ClaimState {
 }
 
 /// A delivery the worker holds (see [`Claims`]), with the bytes it was read as. Dropping it
-/// releases the claim.
+/// releases the claim. The delivery is shared, so the worker can keep it while the claim goes
+/// to the storage writer, and its memory is freed by the thread that allocated it.
 pub struct Claimed {
-    pub delivery: Delivery,
+    pub delivery: Arc<Delivery>,
     stored: IVec,
     claims: Claims,
 }
@@ -506,7 +515,7 @@ impl Store {
             }
             state.sending.insert(id.to_owned());
             claimed.push(Claimed {
-                delivery,
+                delivery: Arc::new(delivery),
                 stored: raw,
                 claims: self.claims.clone(),
             });
@@ -554,26 +563,34 @@ impl Store {
     }
 
     /// Change a claimed delivery (its attempt recorded) as [`Store::update_delivery`] does,
-    /// answered once on disk. Changes made together share one transaction and one fsync. The
-    /// claim goes into the write and is released when the writer drops it, after answering.
+    /// answered once on disk with what it left stored (`None`: the delivery is gone, or the
+    /// change declined). Changes made together share one transaction and one fsync. The claim
+    /// goes into the write and is released when the writer drops it, before answering.
     pub async fn update_claimed(
         &self,
         claim: Claimed,
         change: impl Fn(&mut Delivery) -> bool + Send + 'static,
-    ) -> Result<DeliveryUpdate> {
+    ) -> Result<Option<Recorded>> {
         self.writer
             .write(move |tx| {
-                let claimed = Some((claim.stored.as_ref(), &claim.delivery));
-                let d = &claim.delivery;
-                update_delivery_tx(
+                let d = &*claim.delivery;
+                let update = update_delivery_tx(
                     tx.deliveries,
                     tx.events,
                     tx.queue,
                     &d.tenant,
                     &d.id,
-                    claimed,
+                    Some((claim.stored.as_ref(), d)),
                     &change,
-                )
+                )?;
+                // The changed record stays on this thread: only its outcome goes back.
+                Ok(match update {
+                    DeliveryUpdate::Updated(changed) => Some(Recorded {
+                        state: changed.state,
+                        attempts: changed.attempts.len(),
+                    }),
+                    DeliveryUpdate::Unchanged(_) | DeliveryUpdate::NotFound => None,
+                })
             })
             .await
     }
@@ -817,7 +834,11 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(matches!(update, DeliveryUpdate::Updated(_)));
+        let pending = Recorded {
+            state: DeliveryState::Pending,
+            attempts: 0,
+        };
+        assert_eq!(update, Some(pending));
         assert_eq!(stored(&one.id).next_attempt_at, Some(later));
         assert_eq!(claim_ids(&store, now).1, vec![two.id.clone()]);
         let (_held, mut ids) = claim_ids(&store, later);
@@ -950,7 +971,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(matches!(update, DeliveryUpdate::Updated(_)));
+        assert_eq!(update.map(|r| r.state), Some(DeliveryState::Succeeded));
         let read = store.delivery(&acme, &one.id).unwrap().unwrap();
         assert_eq!(read.state, DeliveryState::Succeeded);
         assert_eq!(read.payload.json(), one.payload.json());
@@ -996,7 +1017,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(matches!(update, DeliveryUpdate::Updated(_)));
+        assert_eq!(update.map(|r| r.state), Some(DeliveryState::Succeeded));
         let raw = store.deliveries.get(one.id.as_str()).unwrap().unwrap();
         assert_ne!(raw[0], b'{', "rewritten in the binary form");
         let read = store.delivery(&acme, &one.id).unwrap().unwrap();

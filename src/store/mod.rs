@@ -32,7 +32,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::domain::{SecretSet, Subscription};
 
-pub use deliveries::{Claimed, DeliveryPage, DeliveryQueue, DeliveryUpdate};
+pub use deliveries::{Claimed, DeliveryPage, DeliveryQueue, DeliveryUpdate, Recorded};
 pub use jobs::{
     Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, KeyHold, WorkKind,
 };

@@ -1,4 +1,4 @@
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -223,8 +223,10 @@ impl Payload {
 }
 
 impl Default for Payload {
+    /// One shared absent body: every record read from the store starts with it.
     fn default() -> Self {
-        Payload::from(Value::Null)
+        static ABSENT: LazyLock<Payload> = LazyLock::new(|| Payload::from(Value::Null));
+        ABSENT.clone()
     }
 }
 

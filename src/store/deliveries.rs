@@ -465,7 +465,7 @@ impl Store {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<Claimed>> {
-        let mut claimed = Vec::new();
+        let mut claimed = Vec::with_capacity(limit.min(PREFETCH));
         let mut state = self.claims.lock();
         let mut scanned = false;
         while claimed.len() < limit {

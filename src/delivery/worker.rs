@@ -37,6 +37,8 @@ struct Inner {
     store: Store,
     clock: SharedClock,
     settings: DeliverySettings,
+    /// `settings.retry_schedule`, shared with the record closures that need it.
+    retry_schedule: Arc<[Duration]>,
     signals: Arc<Signals>,
     client: reqwest::Client,
     fresh_slots: Arc<Semaphore>,
@@ -89,6 +91,7 @@ impl DeliveryWorker {
                 attempt_capacity,
                 store,
                 clock,
+                retry_schedule: settings.retry_schedule.clone().into(),
                 settings,
                 signals,
                 client,
@@ -265,7 +268,7 @@ impl DeliveryWorker {
         let error = attempt.error;
         let succeeded = error.is_none();
         let gone = status_code == Some(410) && subscription.is_some();
-        let worker = self.clone();
+        let schedule = inner.retry_schedule.clone();
         let retry_after = sent.retry_after;
         if let Some(sub) = &subscription {
             self.note_outcome(sub, succeeded, gone, finished)?;
@@ -283,9 +286,7 @@ impl DeliveryWorker {
                 } else if gone {
                     d.state = DeliveryState::Failed;
                     d.next_attempt_at = None;
-                } else if let Some(delay) =
-                    worker.inner.settings.retry_schedule.get(d.attempts.len())
-                {
+                } else if let Some(delay) = schedule.get(d.attempts.len()) {
                     d.state = DeliveryState::Pending;
                     let wait = with_jitter(*delay).max(retry_after.unwrap_or_default());
                     d.next_attempt_at = Some(after(finished, wait));

@@ -89,7 +89,7 @@ fn read_v1(input: &mut In<'_>) -> Read<Delivery> {
     let id = DeliveryId::from_stored(input.string()?);
     let tenant = Tenant::from_stored(input.string()?);
     let event_id = EventId::from_stored(input.string()?);
-    let event_type = code(input.u8()?, EVENT_TYPES, "event type")?;
+    let event_type = event_type(input.u8()?)?;
     let job_id = input.opt(|i| Ok(JobId::from_stored(i.string()?)))?;
     let message_id = MessageId::from_stored(input.string()?);
     let destination = match input.u8()? {
@@ -99,11 +99,11 @@ fn read_v1(input: &mut In<'_>) -> Read<Delivery> {
         1 => Destination::Subscription {
             subscription_id: SubscriptionId::from_stored(input.string()?),
             url: input.string()?,
-            format: code(input.u8()?, FORMATS, "format")?,
+            format: format(input.u8()?)?,
         },
         other => return Err(format!("unknown destination kind {other}")),
     };
-    let state = code(input.u8()?, STATES, "state")?;
+    let state = state(input.u8()?)?;
     let count = input.varint()?;
     // Each attempt takes at least 16 bytes: a count beyond what is left is damage.
     if count > (input.0.len() / 16) as u64 {
@@ -116,7 +116,7 @@ fn read_v1(input: &mut In<'_>) -> Read<Delivery> {
             status_code: input.opt(|i| {
                 u16::try_from(i.varint()?).map_err(|_| "status code out of range".to_owned())
             })?,
-            error: input.opt(|i| code(i.u8()?, ERRORS, "error class"))?,
+            error: input.opt(|i| error_class(i.u8()?))?,
             duration_ms: input.varint()?,
             response_body: input.opt(In::string)?,
         });
@@ -138,53 +138,81 @@ fn read_v1(input: &mut In<'_>) -> Read<Delivery> {
     })
 }
 
-// The codes of each enum: its position in these lists. Append only.
-const EVENT_TYPES: &[EventType] = &[
-    EventType::AgentReady,
-    EventType::AgentFailed,
-    EventType::WebhookTest,
-];
-const FORMATS: &[Format] = &[Format::Standard, Format::Slack, Format::Discord];
-const STATES: &[DeliveryState] = &[
-    DeliveryState::Pending,
-    DeliveryState::Succeeded,
-    DeliveryState::Failed,
-];
-const ERRORS: &[ErrorClass] = &[
-    ErrorClass::Timeout,
-    ErrorClass::Connect,
-    ErrorClass::Dns,
-    ErrorClass::Http,
-    ErrorClass::Blocked,
-    ErrorClass::Other,
-];
-
-fn code<T: Copy>(byte: u8, all: &[T], what: &str) -> Read<T> {
-    all.get(byte as usize)
-        .copied()
-        .ok_or_else(|| format!("unknown {what} {byte}"))
-}
-
-fn position<T: PartialEq>(value: T, all: &[T]) -> u8 {
-    all.iter()
-        .position(|v| *v == value)
-        .expect("every variant has a code") as u8
-}
+// The one-byte codes of each enum. Never renumbered; a new variant takes a new code (the
+// matches are exhaustive, so a variant without a code does not compile).
 
 fn event_type_code(value: EventType) -> u8 {
-    position(value, EVENT_TYPES)
+    match value {
+        EventType::AgentReady => 0,
+        EventType::AgentFailed => 1,
+        EventType::WebhookTest => 2,
+    }
+}
+
+fn event_type(code: u8) -> Read<EventType> {
+    Ok(match code {
+        0 => EventType::AgentReady,
+        1 => EventType::AgentFailed,
+        2 => EventType::WebhookTest,
+        other => return Err(format!("unknown event type {other}")),
+    })
 }
 
 fn format_code(value: Format) -> u8 {
-    position(value, FORMATS)
+    match value {
+        Format::Standard => 0,
+        Format::Slack => 1,
+        Format::Discord => 2,
+    }
+}
+
+fn format(code: u8) -> Read<Format> {
+    Ok(match code {
+        0 => Format::Standard,
+        1 => Format::Slack,
+        2 => Format::Discord,
+        other => return Err(format!("unknown format {other}")),
+    })
 }
 
 fn state_code(value: DeliveryState) -> u8 {
-    position(value, STATES)
+    match value {
+        DeliveryState::Pending => 0,
+        DeliveryState::Succeeded => 1,
+        DeliveryState::Failed => 2,
+    }
+}
+
+fn state(code: u8) -> Read<DeliveryState> {
+    Ok(match code {
+        0 => DeliveryState::Pending,
+        1 => DeliveryState::Succeeded,
+        2 => DeliveryState::Failed,
+        other => return Err(format!("unknown state {other}")),
+    })
 }
 
 fn error_code(value: ErrorClass) -> u8 {
-    position(value, ERRORS)
+    match value {
+        ErrorClass::Timeout => 0,
+        ErrorClass::Connect => 1,
+        ErrorClass::Dns => 2,
+        ErrorClass::Http => 3,
+        ErrorClass::Blocked => 4,
+        ErrorClass::Other => 5,
+    }
+}
+
+fn error_class(code: u8) -> Read<ErrorClass> {
+    Ok(match code {
+        0 => ErrorClass::Timeout,
+        1 => ErrorClass::Connect,
+        2 => ErrorClass::Dns,
+        3 => ErrorClass::Http,
+        4 => ErrorClass::Blocked,
+        5 => ErrorClass::Other,
+        other => return Err(format!("unknown error class {other}")),
+    })
 }
 
 struct Out(Vec<u8>);
@@ -280,6 +308,48 @@ mod tests {
     use super::*;
     use crate::domain::Event;
     use serde_json::json;
+
+    const EVENT_TYPES: &[EventType] = &EventType::ALL;
+    const FORMATS: &[Format] = &[Format::Standard, Format::Slack, Format::Discord];
+    const STATES: &[DeliveryState] = &[
+        DeliveryState::Pending,
+        DeliveryState::Succeeded,
+        DeliveryState::Failed,
+    ];
+    const ERRORS: &[ErrorClass] = &[
+        ErrorClass::Timeout,
+        ErrorClass::Connect,
+        ErrorClass::Dns,
+        ErrorClass::Http,
+        ErrorClass::Blocked,
+        ErrorClass::Other,
+    ];
+
+    #[test]
+    fn every_enum_code_reads_back_and_codes_are_distinct() {
+        for (i, v) in EVENT_TYPES.iter().enumerate() {
+            assert_eq!(event_type(event_type_code(*v)).unwrap(), *v);
+            assert_eq!(
+                event_type_code(*v) as usize,
+                i,
+                "codes are never renumbered"
+            );
+        }
+        for (i, v) in FORMATS.iter().enumerate() {
+            assert_eq!(format(format_code(*v)).unwrap(), *v);
+            assert_eq!(format_code(*v) as usize, i);
+        }
+        for (i, v) in STATES.iter().enumerate() {
+            assert_eq!(state(state_code(*v)).unwrap(), *v);
+            assert_eq!(state_code(*v) as usize, i);
+        }
+        for (i, v) in ERRORS.iter().enumerate() {
+            assert_eq!(error_class(error_code(*v)).unwrap(), *v);
+            assert_eq!(error_code(*v) as usize, i);
+        }
+        assert!(event_type(3).is_err() && format(3).is_err());
+        assert!(state(3).is_err() && error_class(6).is_err());
+    }
 
     fn event(event_type: EventType) -> Event {
         Event {

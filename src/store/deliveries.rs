@@ -356,8 +356,9 @@ impl ClaimState {
 }
 
 /// A delivery the worker holds (see [`Claims`]), with the bytes it was read as. Dropping it
-/// releases the claim. The delivery is shared, so the worker can keep it while the claim goes
-/// to the storage writer, and its memory is freed by the thread that allocated it.
+/// releases the claim. The delivery is shared, so the worker keeps it while the claim goes to
+/// the storage writer: the writer's thread lets go of a reference, and the memory is usually
+/// freed back on the thread that allocated it.
 pub struct Claimed {
     pub delivery: Arc<Delivery>,
     stored: IVec,
@@ -936,6 +937,19 @@ mod tests {
         assert_eq!(claimed[0].delivery.payload.value(), &event.payload());
     }
 
+    /// Record a claimed delivery's attempt as a success, as the worker does.
+    async fn record_success(store: &Store, claimed: Claimed) {
+        let update = store
+            .update_claimed(claimed, |d| {
+                d.state = DeliveryState::Succeeded;
+                d.next_attempt_at = None;
+                true
+            })
+            .await
+            .unwrap();
+        assert_eq!(update.map(|r| r.state), Some(DeliveryState::Succeeded));
+    }
+
     /// Rewrite a stored delivery as the first layout wrote it: its body inside the record,
     /// nothing in `events` (as an earlier version does if it runs after the upgrade).
     fn rewrite_as_first_layout(store: &Store, delivery: &Delivery) {
@@ -963,15 +977,7 @@ mod tests {
             .into_iter()
             .find(|c| c.delivery.id == one.id)
             .unwrap();
-        let update = store
-            .update_claimed(first, |d| {
-                d.state = DeliveryState::Succeeded;
-                d.next_attempt_at = None;
-                true
-            })
-            .await
-            .unwrap();
-        assert_eq!(update.map(|r| r.state), Some(DeliveryState::Succeeded));
+        record_success(&store, first).await;
         let read = store.delivery(&acme, &one.id).unwrap().unwrap();
         assert_eq!(read.state, DeliveryState::Succeeded);
         assert_eq!(read.payload.json(), one.payload.json());
@@ -1009,15 +1015,7 @@ mod tests {
         let (claimed, ids) = claim_ids(&store, now);
         assert!(ids.contains(&one.id));
         let first = claimed.into_iter().find(|c| c.delivery.id == one.id);
-        let update = store
-            .update_claimed(first.unwrap(), |d| {
-                d.state = DeliveryState::Succeeded;
-                d.next_attempt_at = None;
-                true
-            })
-            .await
-            .unwrap();
-        assert_eq!(update.map(|r| r.state), Some(DeliveryState::Succeeded));
+        record_success(&store, first.unwrap()).await;
         let raw = store.deliveries.get(one.id.as_str()).unwrap().unwrap();
         assert_ne!(raw[0], b'{', "rewritten in the binary form");
         let read = store.delivery(&acme, &one.id).unwrap().unwrap();

@@ -3,7 +3,7 @@
 //!
 //! Only one process opens a store, and every write of these records goes through [`Store`]
 //! (`super::Store`), which calls [`ReadCache::forget`] once the write is done. A read that
-//! missed fills the cache only if no write was made since it began ([`ReadCache::begin_read`]):
+//! missed fills the cache only if no write was made since it began ([`ReadCache::get_or_read`]):
 //! a value read just before a write can never be put back after that write's `forget`.
 
 use std::collections::HashMap;
@@ -23,7 +23,7 @@ struct State<V> {
 
 /// What a read that missed saw when it began, for [`ReadCache::fill`].
 #[derive(Clone, Copy)]
-pub(super) struct ReadStart(u64);
+struct ReadStart(u64);
 
 impl<V> Default for ReadCache<V> {
     fn default() -> Self {
@@ -42,17 +42,17 @@ impl<V: Clone> ReadCache<V> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn get(&self, key: &str) -> Option<V> {
+    fn get(&self, key: &str) -> Option<V> {
         self.lock().entries.get(key).cloned()
     }
 
     /// Call before reading the stored record of a key that missed.
-    pub fn begin_read(&self) -> ReadStart {
+    fn begin_read(&self) -> ReadStart {
         ReadStart(self.lock().writes)
     }
 
     /// Keep `value`, read from the store since `start`, unless a write came in between.
-    pub fn fill(&self, start: ReadStart, key: &str, value: &V) {
+    fn fill(&self, start: ReadStart, key: &str, value: &V) {
         let mut state = self.lock();
         if state.writes != start.0 {
             return;
@@ -61,6 +61,24 @@ impl<V: Clone> ReadCache<V> {
             state.entries.clear();
         }
         state.entries.insert(key.to_owned(), value.clone());
+    }
+
+    /// The value of `key`: the kept one, or what `read` finds in the store (kept for next time
+    /// unless a write came in meanwhile).
+    pub fn get_or_read<E>(
+        &self,
+        key: &str,
+        read: impl FnOnce() -> Result<Option<V>, E>,
+    ) -> Result<Option<V>, E> {
+        if let Some(value) = self.get(key) {
+            return Ok(Some(value));
+        }
+        let start = self.begin_read();
+        let found = read()?;
+        if let Some(value) = &found {
+            self.fill(start, key, value);
+        }
+        Ok(found)
     }
 
     /// The record of `key` was just written or removed: read it from the store next time.

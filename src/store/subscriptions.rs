@@ -23,22 +23,12 @@ impl Store {
         tenant: &Tenant,
         id: &SubscriptionId,
     ) -> Result<Option<Subscription>> {
-        let cache = &self.subscription_cache;
-        let found = match cache.get(id.as_str()) {
-            Some(sub) => Some(sub),
-            None => {
-                let start = cache.begin_read();
-                let found: Option<Subscription> = self
-                    .subscriptions
-                    .get(id.as_str())?
-                    .map(|raw| decode(&raw))
-                    .transpose()?;
-                if let Some(sub) = &found {
-                    cache.fill(start, id.as_str(), sub);
-                }
-                found
-            }
-        };
+        let found = self.subscription_cache.get_or_read(id.as_str(), || {
+            self.subscriptions
+                .get(id.as_str())?
+                .map(|raw| decode(&raw))
+                .transpose()
+        })?;
         Ok(found.filter(|s| &s.tenant == tenant))
     }
 
@@ -91,30 +81,21 @@ impl Store {
         tenant: &Tenant,
         generate: impl Fn() -> String,
     ) -> Result<SecretSet> {
-        let cache = &self.secret_cache;
-        if let Some(secrets) = cache.get(tenant.as_str()) {
-            return Ok(secrets);
-        }
-        let start = cache.begin_read();
-        loop {
-            let found = match self.secrets.get(tenant.as_str())? {
-                Some(raw) => decode(&raw)?,
-                None => {
-                    let fresh = SecretSet::new(generate());
-                    let created = self.secrets.compare_and_swap(
-                        tenant.as_str(),
-                        None::<&[u8]>,
-                        Some(encode(&fresh)),
-                    )?;
-                    if created.is_err() {
-                        continue;
-                    }
-                    fresh
-                }
-            };
-            cache.fill(start, tenant.as_str(), &found);
-            return Ok(found);
-        }
+        let found = self.secret_cache.get_or_read(tenant.as_str(), || loop {
+            if let Some(raw) = self.secrets.get(tenant.as_str())? {
+                return decode(&raw).map(Some);
+            }
+            let fresh = SecretSet::new(generate());
+            let created = self.secrets.compare_and_swap(
+                tenant.as_str(),
+                None::<&[u8]>,
+                Some(encode(&fresh)),
+            )?;
+            if created.is_ok() {
+                return Ok(Some(fresh));
+            }
+        })?;
+        Ok(found.expect("the secrets are read or created"))
     }
 
     /// Change the tenant's callback secrets atomically against concurrent changes (two

@@ -103,7 +103,7 @@ impl DeliveryWorker {
 
     /// Claim everything due that there is room for and send it; wait for those attempts.
     pub async fn step(&self) -> Result<Vec<AttemptReport>, StoreError> {
-        let handles = self.dispatch()?;
+        let handles = self.dispatch().await?;
         let mut reports = Vec::with_capacity(handles.len());
         for outcome in join_all(handles).await {
             match outcome {
@@ -116,23 +116,62 @@ impl DeliveryWorker {
         Ok(reports)
     }
 
-    /// Claim due deliveries while there are free slots, and start sending each. Claims are
-    /// held in memory: this reads storage and writes nothing.
-    fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
+    /// Claim due deliveries while there are free slots, and start sending each.
+    async fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
+        let claims = self.off_runtime(Self::claim_due).await?;
+        Ok(self.start(claims))
+    }
+
+    /// Run `work`, which reads storage, on the blocking pool. A read can wait for sled's
+    /// global lock, which the storage writer's transaction holds exclusively; waiting on a
+    /// runtime thread would stall every request and response that thread serves.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: fn(&Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let worker = self.clone();
+        tokio::task::spawn_blocking(move || work(&worker))
+            .await
+            .unwrap_or_else(|join| {
+                Err(StoreError::Corrupt(format!(
+                    "reading the delivery queue failed: {join}"
+                )))
+            })
+    }
+
+    /// Due deliveries of each queue, as many as it has room for. Claims are held in memory:
+    /// this reads storage and writes nothing.
+    fn claim_due(&self) -> Result<Vec<(DeliveryQueue, Vec<Claimed>)>, StoreError> {
+        let inner = &self.inner;
+        let mut claims = Vec::with_capacity(2);
+        for queue in [DeliveryQueue::Fresh, DeliveryQueue::Retry] {
+            let free = self.room(self.slots(queue));
+            if free > 0 {
+                let now = inner.clock.now();
+                claims.push((queue, inner.store.claim_due_deliveries(queue, now, free)?));
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The request slots of `queue`.
+    fn slots(&self, queue: DeliveryQueue) -> &Arc<Semaphore> {
+        match queue {
+            DeliveryQueue::Fresh => &self.inner.fresh_slots,
+            DeliveryQueue::Retry => &self.inner.retry_slots,
+        }
+    }
+
+    /// Start sending each claimed delivery there is still room for; the others are put back.
+    fn start(&self, claims: Vec<(DeliveryQueue, Vec<Claimed>)>) -> Vec<AttemptTask> {
         let inner = &self.inner;
         let mut started = Vec::new();
-        for (queue, slots) in [
-            (DeliveryQueue::Fresh, &inner.fresh_slots),
-            (DeliveryQueue::Retry, &inner.retry_slots),
-        ] {
-            let free = self.room(slots);
-            if free == 0 {
-                continue;
-            }
+        for (queue, claimed) in claims {
+            let slots = self.slots(queue);
             let now = inner.clock.now();
-            for claimed in inner.store.claim_due_deliveries(queue, now, free)? {
-                // Room was counted above (only this loop takes these permits); a destination
-                // at its limit is looked at again a little later.
+            for claimed in claimed {
+                // Room was counted when claiming (only this loop takes these permits); a
+                // destination at its limit is looked at again a little later.
                 let permits = inner
                     .attempts
                     .clone()
@@ -157,7 +196,7 @@ impl DeliveryWorker {
                 }));
             }
         }
-        Ok(started)
+        started
     }
 
     /// How many attempts of the queue with these `slots` may begin now.
@@ -453,13 +492,14 @@ impl DeliveryWorker {
         let signals = self.inner.signals.clone();
         signals.set_delivery_running(true);
         while !signals.is_shutting_down() {
-            let pause = match self.dispatch() {
-                Ok(_) => self.idle_for(),
-                Err(error) => {
-                    tracing::error!(%error, "delivery dispatch failed");
-                    Duration::from_secs(1)
-                }
+            let planned = match self.dispatch().await {
+                Ok(_) => self.off_runtime(Self::idle_for).await,
+                Err(error) => Err(error),
             };
+            let pause = planned.unwrap_or_else(|error| {
+                tracing::error!(%error, "delivery dispatch failed");
+                Duration::from_secs(1)
+            });
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = signals.delivery_wake.notified() => {
@@ -482,22 +522,19 @@ impl DeliveryWorker {
     /// How long to wait for work, if no attempt ends and nothing new comes meanwhile (both
     /// wake the worker). A queue with no room is not looked at: only an attempt that ends (or
     /// whose response is in) can make room in it, and that wakes the worker.
-    fn idle_for(&self) -> Duration {
+    fn idle_for(&self) -> Result<Duration, StoreError> {
         let inner = &self.inner;
         let now = inner.clock.now();
         let mut wake = after(now, Duration::from_secs(1));
-        for (queue, slots) in [
-            (DeliveryQueue::Fresh, &inner.fresh_slots),
-            (DeliveryQueue::Retry, &inner.retry_slots),
-        ] {
-            if self.room(slots) == 0 {
+        for queue in [DeliveryQueue::Fresh, DeliveryQueue::Retry] {
+            if self.room(self.slots(queue)) == 0 {
                 continue;
             }
-            if let Ok(Some(due)) = inner.store.next_delivery_due_at(queue) {
+            if let Some(due) = inner.store.next_delivery_due_at(queue)? {
                 wake = wake.min(due);
             }
         }
-        crate::clock::until(now, wake).max(Duration::from_millis(2))
+        Ok(crate::clock::until(now, wake).max(Duration::from_millis(2)))
     }
 }
 

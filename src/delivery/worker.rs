@@ -60,6 +60,14 @@ const KEY_CACHE_LIMIT: usize = 4096;
 
 type AttemptTask = JoinHandle<Result<Option<AttemptReport>, StoreError>>;
 
+/// A claimed delivery with the permits its attempt holds: one of the attempts not yet recorded,
+/// and its request slots (overall and per destination).
+struct Ready {
+    claimed: Claimed,
+    attempt: OwnedSemaphorePermit,
+    request_slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
 /// How one attempt ended, for tests and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptReport {
@@ -116,62 +124,51 @@ impl DeliveryWorker {
         Ok(reports)
     }
 
-    /// Claim due deliveries while there are free slots, and start sending each.
+    /// Claim due deliveries while there are free slots, and start sending each (none once
+    /// shutdown has begun: the claims are let go).
     async fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
-        let claims = self.off_runtime(Self::claim_due).await?;
-        Ok(self.start(claims))
+        let ready = self.off_runtime(Self::claim_due).await?;
+        if self.inner.signals.is_shutting_down() {
+            return Ok(Vec::new());
+        }
+        Ok(ready.into_iter().map(|r| self.start(r)).collect())
     }
 
-    /// Run `work`, which reads storage, on the blocking pool. A read can wait for sled's
-    /// global lock, which the storage writer's transaction holds exclusively; waiting on a
-    /// runtime thread would stall every request and response that thread serves.
+    /// Run `work`, which reads or writes storage, on the blocking pool. sled's reads and writes
+    /// can wait for its global lock, which the storage writer's transaction holds exclusively;
+    /// waiting on a runtime thread would stall every request and response that thread serves.
+    /// A panic in `work` is the caller's, as if it had run here.
     async fn off_runtime<T: Send + 'static>(
         &self,
-        work: fn(&Self) -> Result<T, StoreError>,
+        work: impl FnOnce(&Self) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let worker = self.clone();
-        tokio::task::spawn_blocking(move || work(&worker))
-            .await
-            .unwrap_or_else(|join| {
-                Err(StoreError::Corrupt(format!(
-                    "reading the delivery queue failed: {join}"
-                )))
-            })
+        match tokio::task::spawn_blocking(move || work(&worker)).await {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => Err(StoreError::Sled(sled::Error::Unsupported(
+                "the runtime is shutting down".into(),
+            ))),
+        }
     }
 
-    /// Due deliveries of each queue, as many as it has room for. Claims are held in memory:
-    /// this reads storage and writes nothing.
-    fn claim_due(&self) -> Result<Vec<(DeliveryQueue, Vec<Claimed>)>, StoreError> {
+    /// Due deliveries of each queue, as many as there is room for, each with the permits it
+    /// takes: taken here, so the fresh queue's claims count against the room left for retries.
+    /// Claims are held in memory (a claim writes nothing). An error in the retry queue lets go
+    /// of the fresh claims made before it; a later scan of the queue finds them again.
+    fn claim_due(&self) -> Result<Vec<Ready>, StoreError> {
         let inner = &self.inner;
-        let mut claims = Vec::with_capacity(2);
+        let mut ready = Vec::new();
         for queue in [DeliveryQueue::Fresh, DeliveryQueue::Retry] {
-            let free = self.room(self.slots(queue));
-            if free > 0 {
-                let now = inner.clock.now();
-                claims.push((queue, inner.store.claim_due_deliveries(queue, now, free)?));
-            }
-        }
-        Ok(claims)
-    }
-
-    /// The request slots of `queue`.
-    fn slots(&self, queue: DeliveryQueue) -> &Arc<Semaphore> {
-        match queue {
-            DeliveryQueue::Fresh => &self.inner.fresh_slots,
-            DeliveryQueue::Retry => &self.inner.retry_slots,
-        }
-    }
-
-    /// Start sending each claimed delivery there is still room for; the others are put back.
-    fn start(&self, claims: Vec<(DeliveryQueue, Vec<Claimed>)>) -> Vec<AttemptTask> {
-        let inner = &self.inner;
-        let mut started = Vec::new();
-        for (queue, claimed) in claims {
             let slots = self.slots(queue);
+            let free = self.room(slots);
+            if free == 0 {
+                continue;
+            }
             let now = inner.clock.now();
-            for claimed in claimed {
-                // Room was counted when claiming (only this loop takes these permits); a
-                // destination at its limit is looked at again a little later.
+            for claimed in inner.store.claim_due_deliveries(queue, now, free)? {
+                // Only this loop takes these permits, and room was counted above; a destination
+                // at its limit is looked at again a little later.
                 let permits = inner
                     .attempts
                     .clone()
@@ -186,17 +183,38 @@ impl DeliveryWorker {
                     claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
                     continue;
                 };
-                let request_slots = (slot, destination_slot);
-                let worker = self.clone();
-                started.push(tokio::spawn(async move {
-                    let report = worker.attempt(claimed, request_slots).await;
-                    drop(attempt);
-                    worker.inner.signals.delivery_wake.notify_one();
-                    report
-                }));
+                ready.push(Ready {
+                    claimed,
+                    attempt,
+                    request_slots: (slot, destination_slot),
+                });
             }
         }
-        started
+        Ok(ready)
+    }
+
+    /// The request slots of `queue`.
+    fn slots(&self, queue: DeliveryQueue) -> &Arc<Semaphore> {
+        match queue {
+            DeliveryQueue::Fresh => &self.inner.fresh_slots,
+            DeliveryQueue::Retry => &self.inner.retry_slots,
+        }
+    }
+
+    /// Send a claimed delivery, on a task of its own.
+    fn start(&self, ready: Ready) -> AttemptTask {
+        let Ready {
+            claimed,
+            attempt,
+            request_slots,
+        } = ready;
+        let worker = self.clone();
+        tokio::spawn(async move {
+            let report = worker.attempt(claimed, request_slots).await;
+            drop(attempt);
+            worker.inner.signals.delivery_wake.notify_one();
+            report
+        })
     }
 
     /// How many attempts of the queue with these `slots` may begin now.
@@ -310,7 +328,7 @@ impl DeliveryWorker {
         let schedule = inner.retry_schedule.clone();
         let retry_after = sent.retry_after;
         if let Some(sub) = &subscription {
-            self.note_outcome(sub, succeeded, gone, finished)?;
+            self.note_outcome(sub, succeeded, gone, finished).await?;
         }
         // Appended to the stored record, so a manual retry made meanwhile is not lost; on disk
         // (with the subscription's health, just written) before it counts.
@@ -390,8 +408,10 @@ impl DeliveryWorker {
     }
 
     /// A subscription's health: any success clears its failing run; a 410 or a failing run
-    /// longer than `disable_after` disables it.
-    fn note_outcome(
+    /// longer than `disable_after` disables it. Written (on the blocking pool) only when one of
+    /// those changes: a receiver that keeps failing costs one write when its run begins, not
+    /// one per attempt.
+    async fn note_outcome(
         &self,
         sub: &Subscription,
         succeeded: bool,
@@ -399,29 +419,39 @@ impl DeliveryWorker {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let disable_after = self.inner.settings.disable_after;
-        let needs_change = succeeded != sub.failing_since.is_none() || gone || !succeeded;
+        let needs_change = if succeeded {
+            sub.failing_since.is_some()
+        } else {
+            gone || sub
+                .failing_since
+                .is_none_or(|since| sub.enabled && after(since, disable_after) <= now)
+        };
         if !needs_change {
             return Ok(());
         }
-        self.inner.store.update_subscription(&sub.id, |s| {
-            if succeeded {
-                s.failing_since = None;
-                return;
-            }
-            let since = *s.failing_since.get_or_insert(now);
-            if gone {
-                s.enabled = false;
-                s.disabled_reason = Some("the receiver answered 410 Gone".into());
-            } else if s.enabled && after(since, disable_after) <= now {
-                s.enabled = false;
-                s.disabled_reason = Some(format!(
-                    "every delivery failed for {}",
-                    humantime::format_duration(disable_after)
-                ));
-            }
-            s.updated_at = now;
-        })?;
-        Ok(())
+        let id = sub.id.clone();
+        self.off_runtime(move |worker| {
+            worker.inner.store.update_subscription(&id, |s| {
+                if succeeded {
+                    s.failing_since = None;
+                    return;
+                }
+                let since = *s.failing_since.get_or_insert(now);
+                if gone {
+                    s.enabled = false;
+                    s.disabled_reason = Some("the receiver answered 410 Gone".into());
+                } else if s.enabled && after(since, disable_after) <= now {
+                    s.enabled = false;
+                    s.disabled_reason = Some(format!(
+                        "every delivery failed for {}",
+                        humantime::format_duration(disable_after)
+                    ));
+                }
+                s.updated_at = now;
+            })?;
+            Ok(())
+        })
+        .await
     }
 
     async fn send(
@@ -492,14 +522,23 @@ impl DeliveryWorker {
         let signals = self.inner.signals.clone();
         signals.set_delivery_running(true);
         while !signals.is_shutting_down() {
-            let planned = match self.dispatch().await {
-                Ok(_) => self.off_runtime(Self::idle_for).await,
-                Err(error) => Err(error),
+            let pause = match self.dispatch().await {
+                Ok(_) => self
+                    .off_runtime(Self::idle_for)
+                    .await
+                    .unwrap_or_else(|error| {
+                        tracing::error!(%error, "delivery idle check failed");
+                        Duration::from_secs(1)
+                    }),
+                Err(error) => {
+                    tracing::error!(%error, "delivery dispatch failed");
+                    Duration::from_secs(1)
+                }
             };
-            let pause = planned.unwrap_or_else(|error| {
-                tracing::error!(%error, "delivery dispatch failed");
-                Duration::from_secs(1)
-            });
+            // Shutdown wakes only a worker already waiting: it may have begun meanwhile.
+            if signals.is_shutting_down() {
+                break;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = signals.delivery_wake.notified() => {
@@ -601,6 +640,97 @@ impl Sent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Event;
+    use crate::store::test_support::temp_store;
+
+    /// A worker of `concurrency` request slots (so `concurrency / 2` for retries and
+    /// `3 × concurrency` attempts not yet recorded), with its signals.
+    fn worker(store: Store, concurrency: usize) -> (DeliveryWorker, Arc<Signals>) {
+        let mut settings =
+            crate::config::Settings::load_with_env(None, Vec::<(String, String)>::new())
+                .expect("default settings")
+                .delivery;
+        settings.concurrency = concurrency;
+        settings.allow_private_networks = true;
+        let signals = Arc::new(Signals::default());
+        let worker =
+            DeliveryWorker::new(store, crate::clock::system(), settings, signals.clone()).unwrap();
+        (worker, signals)
+    }
+
+    /// `fresh` deliveries due now that were never tried, and `retries` that failed once.
+    fn insert_due(store: &Store, fresh: usize, retries: usize) {
+        let tenant = crate::domain::Tenant::parse("acme").unwrap();
+        let now = chrono::Utc::now();
+        let deliveries: Vec<Delivery> = (0..fresh + retries)
+            .map(|i| {
+                let mut delivery = Delivery::new(
+                    &Event::test(tenant.clone(), now),
+                    None,
+                    Destination::Callback {
+                        url: "http://127.0.0.1:9/cb".into(),
+                    },
+                    now,
+                );
+                if i >= fresh {
+                    delivery.attempts.push(Attempt {
+                        at: now,
+                        status_code: Some(500),
+                        error: Some(ErrorClass::Http),
+                        duration_ms: 1,
+                        response_body: None,
+                    });
+                }
+                delivery
+            })
+            .collect();
+        store.insert_deliveries(&deliveries).unwrap();
+    }
+
+    #[tokio::test]
+    async fn fresh_claims_take_their_permits_before_the_room_for_retries_is_counted() {
+        let (store, _dir) = temp_store();
+        insert_due(&store, 3, 3);
+        let (worker, _signals) = worker(store, 4);
+        let attempts = worker.inner.attempts.clone();
+        // Ten of the twelve attempts are waiting for the writer: room for two more in all.
+        let held = attempts.clone().try_acquire_many_owned(10).unwrap();
+
+        let ready = worker.claim_due().unwrap();
+        assert_eq!(ready.len(), 2, "no more claims than attempts left");
+        assert!(
+            ready.iter().all(|r| r.claimed.delivery.is_first_attempt()),
+            "fresh deliveries first"
+        );
+        assert_eq!(attempts.available_permits(), 0);
+        drop(ready);
+        assert_eq!(
+            attempts.available_permits(),
+            2,
+            "permits go with the claims"
+        );
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn no_attempt_starts_once_shutdown_has_begun_and_its_claims_are_let_go() {
+        let (store, _dir) = temp_store();
+        insert_due(&store, 2, 0);
+        let (worker, signals) = worker(store.clone(), 4);
+        signals.begin_shutdown();
+
+        let started = worker.dispatch().await.unwrap();
+        assert!(started.is_empty(), "{} attempts started", started.len());
+        let now = chrono::Utc::now();
+        let again = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .unwrap();
+        assert_eq!(again.len(), 2, "the claims were released");
+        assert_eq!(
+            worker.inner.attempts.available_permits(),
+            worker.inner.attempt_capacity
+        );
+    }
 
     #[test]
     fn a_destination_is_the_scheme_host_and_port_of_its_url() {

@@ -458,8 +458,9 @@ impl Store {
         Ok(())
     }
 
-    /// Claim up to `limit` deliveries from `queue` that are due at `now` (see [`Claims`]):
-    /// reads only, nothing is written.
+    /// Claim up to `limit` deliveries from `queue` that are due at `now` (see [`Claims`]). A
+    /// claim writes nothing; only a queue entry its delivery no longer has is removed on the
+    /// way, and a record of the first layout has its body moved out.
     pub fn claim_due_deliveries(
         &self,
         queue: DeliveryQueue,

@@ -1195,6 +1195,33 @@ async fn a_subscription_failing_for_longer_than_disable_after_is_disabled() {
 }
 
 #[tokio::test]
+async fn a_failing_run_is_written_to_its_subscription_once_not_at_every_attempt() {
+    let app = spawn_app_with(fast_sim_config(), |s| {
+        s.delivery.retry_schedule = vec![ms(0), ms(100), ms(100), ms(100)];
+    })
+    .await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::status(500));
+    let sub = create_subscription(&app, KEY_A, json!({"url": rx.url("/hook")})).await;
+    let sub_id = id_of(&sub);
+    let delivery = id_of(&send_test_event(&app, KEY_A, &sub_id).await);
+    let dead = wait_for_delivery_state(&app, KEY_A, &delivery, "failed").await;
+    let tried = attempts(&dead);
+    assert_eq!(tried.len(), 4, "{dead:#}");
+
+    let now = get_json(&app, KEY_A, &format!("/v1/subscriptions/{sub_id}")).await;
+    assert_eq!(now["enabled"], true, "five days have not passed: {now:#}");
+    let time =
+        |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().expect("a timestamp")).unwrap();
+    // Its failing run began with the first attempt, and nothing about it changed after that.
+    let updated = time(&now["updated_at"]);
+    assert!(
+        updated > time(&sub["updated_at"]) && updated < time(&tried[1]["at"]),
+        "updated at {updated}, attempts {tried:#?}"
+    );
+}
+
+#[tokio::test]
 async fn an_attempt_that_outlasts_the_timeout_is_classed_timeout() {
     let app = spawn_app_with(fast_sim_config(), |s| {
         s.delivery.timeout = ms(500);

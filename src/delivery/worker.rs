@@ -60,14 +60,6 @@ const KEY_CACHE_LIMIT: usize = 4096;
 
 type AttemptTask = JoinHandle<Result<Option<AttemptReport>, StoreError>>;
 
-/// A claimed delivery with the permits its attempt holds: one of the attempts not yet recorded,
-/// and its request slots (overall and per destination).
-struct Ready {
-    claimed: Claimed,
-    attempt: OwnedSemaphorePermit,
-    request_slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
-}
-
 /// How one attempt ended, for tests and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptReport {
@@ -111,7 +103,7 @@ impl DeliveryWorker {
 
     /// Claim everything due that there is room for and send it; wait for those attempts.
     pub async fn step(&self) -> Result<Vec<AttemptReport>, StoreError> {
-        let handles = self.dispatch().await?;
+        let handles = self.dispatch()?;
         let mut reports = Vec::with_capacity(handles.len());
         for outcome in join_all(handles).await {
             match outcome {
@@ -124,50 +116,22 @@ impl DeliveryWorker {
         Ok(reports)
     }
 
-    /// Claim due deliveries while there are free slots, and start sending each (none once
-    /// shutdown has begun: the claims are let go).
-    async fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
-        let ready = self.off_runtime(Self::claim_due).await?;
-        if self.inner.signals.is_shutting_down() {
-            return Ok(Vec::new());
-        }
-        Ok(ready.into_iter().map(|r| self.start(r)).collect())
-    }
-
-    /// Run `work`, which reads or writes storage, on the blocking pool. sled's reads and writes
-    /// can wait for its global lock, which the storage writer's transaction holds exclusively;
-    /// waiting on a runtime thread would stall every request and response that thread serves.
-    /// A panic in `work` is the caller's, as if it had run here.
-    async fn off_runtime<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Self) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let worker = self.clone();
-        match tokio::task::spawn_blocking(move || work(&worker)).await {
-            Ok(result) => result,
-            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-            Err(_) => Err(StoreError::Sled(sled::Error::Unsupported(
-                "the runtime is shutting down".into(),
-            ))),
-        }
-    }
-
-    /// Due deliveries of each queue, as many as there is room for, each with the permits it
-    /// takes: taken here, so the fresh queue's claims count against the room left for retries.
-    /// Claims are held in memory (a claim writes nothing). An error in the retry queue lets go
-    /// of the fresh claims made before it; a later scan of the queue finds them again.
-    fn claim_due(&self) -> Result<Vec<Ready>, StoreError> {
+    /// Claim due deliveries while there are free slots, and start sending each. Claims are
+    /// held in memory: this reads storage and writes nothing.
+    fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
         let inner = &self.inner;
-        let mut ready = Vec::new();
-        for queue in [DeliveryQueue::Fresh, DeliveryQueue::Retry] {
-            let slots = self.slots(queue);
+        let mut started = Vec::new();
+        for (queue, slots) in [
+            (DeliveryQueue::Fresh, &inner.fresh_slots),
+            (DeliveryQueue::Retry, &inner.retry_slots),
+        ] {
             let free = self.room(slots);
             if free == 0 {
                 continue;
             }
             let now = inner.clock.now();
             for claimed in inner.store.claim_due_deliveries(queue, now, free)? {
-                // Only this loop takes these permits, and room was counted above; a destination
+                // Room was counted above (only this loop takes these permits); a destination
                 // at its limit is looked at again a little later.
                 let permits = inner
                     .attempts
@@ -183,38 +147,17 @@ impl DeliveryWorker {
                     claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
                     continue;
                 };
-                ready.push(Ready {
-                    claimed,
-                    attempt,
-                    request_slots: (slot, destination_slot),
-                });
+                let request_slots = (slot, destination_slot);
+                let worker = self.clone();
+                started.push(tokio::spawn(async move {
+                    let report = worker.attempt(claimed, request_slots).await;
+                    drop(attempt);
+                    worker.inner.signals.delivery_wake.notify_one();
+                    report
+                }));
             }
         }
-        Ok(ready)
-    }
-
-    /// The request slots of `queue`.
-    fn slots(&self, queue: DeliveryQueue) -> &Arc<Semaphore> {
-        match queue {
-            DeliveryQueue::Fresh => &self.inner.fresh_slots,
-            DeliveryQueue::Retry => &self.inner.retry_slots,
-        }
-    }
-
-    /// Send a claimed delivery, on a task of its own.
-    fn start(&self, ready: Ready) -> AttemptTask {
-        let Ready {
-            claimed,
-            attempt,
-            request_slots,
-        } = ready;
-        let worker = self.clone();
-        tokio::spawn(async move {
-            let report = worker.attempt(claimed, request_slots).await;
-            drop(attempt);
-            worker.inner.signals.delivery_wake.notify_one();
-            report
-        })
+        Ok(started)
     }
 
     /// How many attempts of the queue with these `slots` may begin now.
@@ -328,7 +271,7 @@ impl DeliveryWorker {
         let schedule = inner.retry_schedule.clone();
         let retry_after = sent.retry_after;
         if let Some(sub) = &subscription {
-            self.note_outcome(sub, succeeded, gone, finished).await?;
+            self.note_outcome(sub, succeeded, gone, finished)?;
         }
         // Appended to the stored record, so a manual retry made meanwhile is not lost; on disk
         // (with the subscription's health, just written) before it counts.
@@ -408,10 +351,9 @@ impl DeliveryWorker {
     }
 
     /// A subscription's health: any success clears its failing run; a 410 or a failing run
-    /// longer than `disable_after` disables it. Written (on the blocking pool) only when one of
-    /// those changes: a receiver that keeps failing costs one write when its run begins, not
-    /// one per attempt.
-    async fn note_outcome(
+    /// longer than `disable_after` disables it. Written only when one of those changes: a
+    /// receiver that keeps failing costs one write when its run begins, not one per attempt.
+    fn note_outcome(
         &self,
         sub: &Subscription,
         succeeded: bool,
@@ -429,29 +371,25 @@ impl DeliveryWorker {
         if !needs_change {
             return Ok(());
         }
-        let id = sub.id.clone();
-        self.off_runtime(move |worker| {
-            worker.inner.store.update_subscription(&id, |s| {
-                if succeeded {
-                    s.failing_since = None;
-                    return;
-                }
-                let since = *s.failing_since.get_or_insert(now);
-                if gone {
-                    s.enabled = false;
-                    s.disabled_reason = Some("the receiver answered 410 Gone".into());
-                } else if s.enabled && after(since, disable_after) <= now {
-                    s.enabled = false;
-                    s.disabled_reason = Some(format!(
-                        "every delivery failed for {}",
-                        humantime::format_duration(disable_after)
-                    ));
-                }
-                s.updated_at = now;
-            })?;
-            Ok(())
-        })
-        .await
+        self.inner.store.update_subscription(&sub.id, |s| {
+            if succeeded {
+                s.failing_since = None;
+                return;
+            }
+            let since = *s.failing_since.get_or_insert(now);
+            if gone {
+                s.enabled = false;
+                s.disabled_reason = Some("the receiver answered 410 Gone".into());
+            } else if s.enabled && after(since, disable_after) <= now {
+                s.enabled = false;
+                s.disabled_reason = Some(format!(
+                    "every delivery failed for {}",
+                    humantime::format_duration(disable_after)
+                ));
+            }
+            s.updated_at = now;
+        })?;
+        Ok(())
     }
 
     async fn send(
@@ -522,26 +460,23 @@ impl DeliveryWorker {
         let signals = self.inner.signals.clone();
         signals.set_delivery_running(true);
         while !signals.is_shutting_down() {
-            let pause = match self.dispatch().await {
-                Ok(_) => self
-                    .off_runtime(Self::idle_for)
-                    .await
-                    .unwrap_or_else(|error| {
-                        tracing::error!(%error, "delivery idle check failed");
-                        Duration::from_secs(1)
-                    }),
+            let pause = match self.dispatch() {
+                Ok(_) => self.idle_for(),
                 Err(error) => {
                     tracing::error!(%error, "delivery dispatch failed");
                     Duration::from_secs(1)
                 }
             };
-            // Shutdown wakes only a worker already waiting: it may have begun meanwhile.
+            // Shutdown wakes only a worker already waiting: be one before looking.
+            let wake = signals.delivery_wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
             if signals.is_shutting_down() {
                 break;
             }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = signals.delivery_wake.notified() => {
+                _ = wake => {
                     // Attempts end in groups (their records share a round of the writer):
                     // let the others of the group end too, and claim once for all of them.
                     tokio::task::yield_now().await;
@@ -561,19 +496,22 @@ impl DeliveryWorker {
     /// How long to wait for work, if no attempt ends and nothing new comes meanwhile (both
     /// wake the worker). A queue with no room is not looked at: only an attempt that ends (or
     /// whose response is in) can make room in it, and that wakes the worker.
-    fn idle_for(&self) -> Result<Duration, StoreError> {
+    fn idle_for(&self) -> Duration {
         let inner = &self.inner;
         let now = inner.clock.now();
         let mut wake = after(now, Duration::from_secs(1));
-        for queue in [DeliveryQueue::Fresh, DeliveryQueue::Retry] {
-            if self.room(self.slots(queue)) == 0 {
+        for (queue, slots) in [
+            (DeliveryQueue::Fresh, &inner.fresh_slots),
+            (DeliveryQueue::Retry, &inner.retry_slots),
+        ] {
+            if self.room(slots) == 0 {
                 continue;
             }
-            if let Some(due) = inner.store.next_delivery_due_at(queue)? {
+            if let Ok(Some(due)) = inner.store.next_delivery_due_at(queue) {
                 wake = wake.min(due);
             }
         }
-        Ok(crate::clock::until(now, wake).max(Duration::from_millis(2)))
+        crate::clock::until(now, wake).max(Duration::from_millis(2))
     }
 }
 
@@ -644,8 +582,8 @@ mod tests {
     use crate::store::test_support::temp_store;
 
     /// A worker of `concurrency` request slots (so `concurrency / 2` for retries and
-    /// `3 × concurrency` attempts not yet recorded), with its signals.
-    fn worker(store: Store, concurrency: usize) -> (DeliveryWorker, Arc<Signals>) {
+    /// `3 × concurrency` attempts not yet recorded).
+    fn worker(store: Store, concurrency: usize) -> DeliveryWorker {
         let mut settings =
             crate::config::Settings::load_with_env(None, Vec::<(String, String)>::new())
                 .expect("default settings")
@@ -653,13 +591,12 @@ mod tests {
         settings.concurrency = concurrency;
         settings.allow_private_networks = true;
         let signals = Arc::new(Signals::default());
-        let worker =
-            DeliveryWorker::new(store, crate::clock::system(), settings, signals.clone()).unwrap();
-        (worker, signals)
+        DeliveryWorker::new(store, crate::clock::system(), settings, signals).unwrap()
     }
 
-    /// `fresh` deliveries due now that were never tried, and `retries` that failed once.
-    fn insert_due(store: &Store, fresh: usize, retries: usize) {
+    /// `fresh` deliveries due now that were never tried, then `retries` that failed once; to a
+    /// closed port on loopback.
+    fn insert_due(store: &Store, fresh: usize, retries: usize) -> Vec<Delivery> {
         let tenant = crate::domain::Tenant::parse("acme").unwrap();
         let now = chrono::Utc::now();
         let deliveries: Vec<Delivery> = (0..fresh + retries)
@@ -685,51 +622,32 @@ mod tests {
             })
             .collect();
         store.insert_deliveries(&deliveries).unwrap();
+        deliveries
     }
 
     #[tokio::test]
-    async fn fresh_claims_take_their_permits_before_the_room_for_retries_is_counted() {
+    async fn attempts_never_exceed_the_bound_and_first_attempts_go_first() {
         let (store, _dir) = temp_store();
-        insert_due(&store, 3, 3);
-        let (worker, _signals) = worker(store, 4);
-        let attempts = worker.inner.attempts.clone();
+        let deliveries = insert_due(&store, 3, 3);
+        let worker = worker(store, 4);
         // Ten of the twelve attempts are waiting for the writer: room for two more in all.
-        let held = attempts.clone().try_acquire_many_owned(10).unwrap();
-
-        let ready = worker.claim_due().unwrap();
-        assert_eq!(ready.len(), 2, "no more claims than attempts left");
-        assert!(
-            ready.iter().all(|r| r.claimed.delivery.is_first_attempt()),
-            "fresh deliveries first"
-        );
-        assert_eq!(attempts.available_permits(), 0);
-        drop(ready);
-        assert_eq!(
-            attempts.available_permits(),
-            2,
-            "permits go with the claims"
-        );
-        drop(held);
-    }
-
-    #[tokio::test]
-    async fn no_attempt_starts_once_shutdown_has_begun_and_its_claims_are_let_go() {
-        let (store, _dir) = temp_store();
-        insert_due(&store, 2, 0);
-        let (worker, signals) = worker(store.clone(), 4);
-        signals.begin_shutdown();
-
-        let started = worker.dispatch().await.unwrap();
-        assert!(started.is_empty(), "{} attempts started", started.len());
-        let now = chrono::Utc::now();
-        let again = store
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+        let held = worker
+            .inner
+            .attempts
+            .clone()
+            .try_acquire_many_owned(10)
             .unwrap();
-        assert_eq!(again.len(), 2, "the claims were released");
-        assert_eq!(
-            worker.inner.attempts.available_permits(),
-            worker.inner.attempt_capacity
-        );
+
+        let started = worker.dispatch().unwrap();
+        assert_eq!(started.len(), 2, "no more attempts than the bound leaves");
+        assert_eq!(worker.inner.attempts.available_permits(), 0);
+        let first: Vec<String> = deliveries[..3].iter().map(|d| d.id.to_string()).collect();
+        for outcome in join_all(started).await {
+            let report = outcome.unwrap().unwrap().expect("the attempt is recorded");
+            assert!(first.contains(&report.delivery_id), "{report:?}");
+        }
+        assert_eq!(worker.inner.attempts.available_permits(), 2);
+        drop(held);
     }
 
     #[test]

@@ -1157,18 +1157,28 @@ async fn a_slow_receiver_is_sent_each_attempt_exactly_once() {
     assert_eq!(seen, sent_ids, "each attempt sent exactly once");
 }
 
+/// A service set up by `tweak`, a subscription of tenant A to a receiver that answers 500 to
+/// everything, and a test event sent to it: the app, the receiver, the subscription and the
+/// delivery's id.
+async fn failing_subscription(
+    tweak: impl FnOnce(&mut Settings),
+) -> (TestApp, Receiver, Value, String) {
+    let app = spawn_app_with(fast_sim_config(), tweak).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::status(500));
+    let sub = create_subscription(&app, KEY_A, json!({"url": rx.url("/hook")})).await;
+    let delivery = id_of(&send_test_event(&app, KEY_A, &id_of(&sub)).await);
+    (app, rx, sub, delivery)
+}
+
 #[tokio::test]
 async fn a_subscription_failing_for_longer_than_disable_after_is_disabled() {
-    let app = spawn_app_with(fast_sim_config(), |s| {
+    let (app, rx, sub, delivery) = failing_subscription(|s| {
         s.delivery.disable_after = Duration::from_secs(1);
         s.delivery.retry_schedule = vec![ms(0), ms(400), ms(400), ms(400), ms(400), ms(400)];
     })
     .await;
-    let rx = Receiver::start().await;
-    rx.set_default(Reply::status(500));
-    let sub = create_subscription(&app, KEY_A, json!({"url": rx.url("/hook")})).await;
     let sub_id = id_of(&sub);
-    let delivery = id_of(&send_test_event(&app, KEY_A, &sub_id).await);
 
     let disabled = wait_for_json(
         &app,
@@ -1196,15 +1206,11 @@ async fn a_subscription_failing_for_longer_than_disable_after_is_disabled() {
 
 #[tokio::test]
 async fn a_failing_run_is_written_to_its_subscription_once_not_at_every_attempt() {
-    let app = spawn_app_with(fast_sim_config(), |s| {
+    let (app, _rx, sub, delivery) = failing_subscription(|s| {
         s.delivery.retry_schedule = vec![ms(0), ms(100), ms(100), ms(100)];
     })
     .await;
-    let rx = Receiver::start().await;
-    rx.set_default(Reply::status(500));
-    let sub = create_subscription(&app, KEY_A, json!({"url": rx.url("/hook")})).await;
     let sub_id = id_of(&sub);
-    let delivery = id_of(&send_test_event(&app, KEY_A, &sub_id).await);
     let dead = wait_for_delivery_state(&app, KEY_A, &delivery, "failed").await;
     let tried = attempts(&dead);
     assert_eq!(tried.len(), 4, "{dead:#}");

@@ -386,10 +386,6 @@ fn run_phases(
         Phase::Pipeline,
     ] {
         eprintln!("running part: {} ...", phase.name());
-        // Start each part with nothing waiting to be written: a flush blocks every sled
-        // transaction while it writes, and the first flush after a part that never flushed
-        // would stall this one for seconds.
-        services.store.flush_now().expect("flush");
         let end = Instant::now() + secs;
         let tasks: Vec<_> = (0..concurrency)
             .map(|task| {
@@ -430,11 +426,12 @@ fn run_phases(
                                     agenthook::clock::after(now, Duration::from_secs(3600)),
                                     now,
                                 );
-                                store.save_job(&job).expect("save");
+                                store.save_job(&job).await.expect("save");
                             }
                             _ => {
                                 let _hold = store
                                     .begin_job(&job, None, Duration::from_secs(86_400))
+                                    .await
                                     .expect("begin");
                                 if phase == Phase::Pipeline {
                                     lifecycle.submit(&mut job).await;
@@ -641,13 +638,17 @@ async fn load_task(
 }
 
 fn count_present(store: &agenthook::store::Store, ids: &[String]) -> usize {
-    ids.iter()
-        .filter(|id| {
-            JobId::parse(id)
-                .and_then(|id| store.job_by_id(&id).ok().flatten())
-                .is_some()
-        })
-        .count()
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut present = 0;
+        for id in ids.iter().filter_map(|id| JobId::parse(id)) {
+            present += usize::from(matches!(store.job_by_id(&id).await, Ok(Some(_))));
+        }
+        present
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {

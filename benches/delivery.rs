@@ -45,7 +45,7 @@ use agenthook::domain::{
     Delivery, DeliveryState, Destination, Event, Format, Job, JobStatus, SecretSet, Subscription,
     SubscriptionId, Tenant,
 };
-use agenthook::store::{DeliveryQueue, Store};
+use agenthook::store::Store;
 
 /// Deliveries are inserted in transactions of this many (a poller round's worth).
 const INSERT_BATCH: usize = 500;
@@ -269,25 +269,28 @@ fn callback_deliveries(tenant: &Tenant, url: &str, n: usize) -> Vec<Delivery> {
         .collect()
 }
 
-fn insert(store: &Store, deliveries: &[Delivery]) {
+async fn insert(store: &Store, deliveries: &[Delivery]) {
     for batch in deliveries.chunks(INSERT_BATCH) {
-        store.insert_deliveries(batch).expect("insert deliveries");
+        store
+            .insert_deliveries(batch.to_vec())
+            .await
+            .expect("insert deliveries");
     }
 }
 
 /// No queue entry left, claimed or not: every attempt is recorded (a recorded success removes
 /// its entry in the same transaction). Counts the entries: call it only near the end.
-fn queue_empty(store: &Store) -> bool {
-    [DeliveryQueue::Fresh, DeliveryQueue::Retry]
-        .into_iter()
-        .all(|q| store.queued_deliveries(q) == 0)
+async fn queue_empty(store: &Store) -> bool {
+    let counts = store.counts().await.expect("counts");
+    counts.deliveries_fresh + counts.deliveries_retry == 0
 }
 
 /// Every delivery succeeded after exactly one attempt.
-fn check_succeeded(store: &Store, deliveries: &[Delivery]) -> Result<(), String> {
+async fn check_succeeded(store: &Store, deliveries: &[Delivery]) -> Result<(), String> {
     for d in deliveries {
         let stored = store
             .delivery(&d.tenant, &d.id)
+            .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("delivery {} is lost", d.id))?;
         if stored.state != DeliveryState::Succeeded || stored.attempts.len() != 1 {
@@ -348,7 +351,6 @@ fn process_cpu() -> Duration {
 /// receiver has them all and every attempt is recorded and on disk.
 async fn drain(services: &Services, receiver: &Receiver, deliveries: &[Delivery]) -> Throughput {
     let store = &services.store;
-    store.durable().await.expect("flush the backlog");
     let before = receiver.count();
     let worker = services.delivery_worker().expect("worker");
     let cpu = process_cpu();
@@ -356,7 +358,7 @@ async fn drain(services: &Services, receiver: &Receiver, deliveries: &[Delivery]
     let task = tokio::spawn(worker.run(Duration::from_secs(5)));
     let target = before + deliveries.len();
     loop {
-        if receiver.count() >= target && queue_empty(store) {
+        if receiver.count() >= target && queue_empty(store).await {
             break;
         }
         assert!(
@@ -367,7 +369,6 @@ async fn drain(services: &Services, receiver: &Receiver, deliveries: &[Delivery]
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    store.durable().await.expect("flush");
     let elapsed = started.elapsed();
     let cpu = process_cpu().saturating_sub(cpu);
     services.signals.begin_shutdown();
@@ -378,7 +379,9 @@ async fn drain(services: &Services, receiver: &Receiver, deliveries: &[Delivery]
         deliveries.len(),
         "the receiver got each delivery once"
     );
-    check_succeeded(store, deliveries).expect("every delivery recorded as succeeded");
+    check_succeeded(store, deliveries)
+        .await
+        .expect("every delivery recorded as succeeded");
     Throughput {
         count: deliveries.len(),
         elapsed,
@@ -390,12 +393,13 @@ async fn end_to_end(knobs: &Knobs, receiver: &Receiver) -> Throughput {
     let (services, _dir) = services(knobs);
     let tenant = tenant();
     let deliveries = callback_deliveries(&tenant, &receiver.url("/hook"), knobs.n);
-    insert(&services.store, &deliveries);
+    insert(&services.store, &deliveries).await;
     let result = drain(&services, receiver, &deliveries).await;
     if let Some(sample) = receiver.take_sample() {
         let secrets = services
             .store
             .callback_secrets(&tenant, signature::SigningSecret::generate)
+            .await
             .expect("callback secrets");
         verify_sample(&sample, &secrets.current);
     }
@@ -513,7 +517,10 @@ async fn fan_out(knobs: &Knobs, receiver: &Receiver) -> Throughput {
         })
         .collect();
     for sub in &subscriptions {
-        store.save_subscription(sub).expect("save subscription");
+        store
+            .save_subscription(sub)
+            .await
+            .expect("save subscription");
     }
     let mut all = Vec::with_capacity(knobs.events * FAN_OUT);
     for e in 0..knobs.events {
@@ -522,7 +529,10 @@ async fn fan_out(knobs: &Knobs, receiver: &Receiver) -> Throughput {
             .iter()
             .map(|sub| Delivery::new(&event, None, Destination::subscription(sub), now))
             .collect();
-        store.insert_deliveries(&deliveries).expect("insert");
+        store
+            .insert_deliveries(deliveries.clone())
+            .await
+            .expect("insert");
         all.extend(deliveries);
     }
     let _ = receiver.take_sample();
@@ -591,7 +601,8 @@ async fn latency(knobs: &Knobs, receiver: &Receiver) -> Latency {
         inserted.insert(delivery.message_id.as_str().to_owned(), at);
         let insert_started = Instant::now();
         store
-            .insert_deliveries(std::slice::from_ref(&delivery))
+            .insert_deliveries(vec![delivery.clone()])
+            .await
             .expect("insert");
         inserts.push(insert_started.elapsed());
         services.signals.delivery_wake.notify_one();

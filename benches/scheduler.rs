@@ -67,7 +67,7 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--startup") {
         let dir = Path::new(&args[i + 1]);
         let t = Instant::now();
-        let store = Store::open(dir, DEFAULT_CACHE).expect("open");
+        let store = agenthook::store::SledStore::open(dir, DEFAULT_CACHE).expect("open");
         let open = t.elapsed();
         let t = Instant::now();
         store.next_due_at(WorkKind::Poll).expect("next due");
@@ -158,7 +158,9 @@ fn agent_for(i: usize) -> String {
 
 /// Child process: write `n` pending jobs, due one every [`SPACING_MS`] from `base_ms`.
 fn populate(dir: &Path, n: usize, base_ms: i64) {
-    let store = Store::open(dir, DEFAULT_CACHE).expect("open store");
+    let store: Store = std::sync::Arc::new(
+        agenthook::store::SledStore::open(dir, DEFAULT_CACHE).expect("open store"),
+    );
     let base = chrono::DateTime::from_timestamp_millis(base_ms).expect("base");
     let created = Utc::now();
     // Many writers at once, so the store's writer puts many jobs in each round.
@@ -184,7 +186,7 @@ fn populate(dir: &Path, n: usize, base_ms: i64) {
             task.await.expect("writer task");
         }
     });
-    store.flush_now().expect("flush");
+    rt.block_on(store.close()).expect("flush");
 }
 
 fn dir_size(dir: &Path) -> u64 {
@@ -429,13 +431,11 @@ fn measure(dir: &Path, base: Timestamp, idle: Duration) -> PartA {
     a.open = t.elapsed();
     groups.claim_new("store (sled) threads started by open");
     let t = Instant::now();
-    let next_poll = services
-        .store
-        .next_due_at(WorkKind::Poll)
+    let next_poll = rt
+        .block_on(services.store.next_due_at(WorkKind::Poll))
         .expect("next due");
-    let next_submit = services
-        .store
-        .next_due_at(WorkKind::Submit)
+    let next_submit = rt
+        .block_on(services.store.next_due_at(WorkKind::Submit))
         .expect("next due");
     a.resume = t.elapsed();
     assert!(next_poll.is_some() && next_submit.is_none());
@@ -506,9 +506,12 @@ fn measure(dir: &Path, base: Timestamp, idle: Duration) -> PartA {
     let t = Instant::now();
     let mut after = None;
     loop {
-        let page = services
-            .store
-            .list_jobs(&tenant(), None, after.as_ref(), 100)
+        let page = rt
+            .block_on(
+                services
+                    .store
+                    .list_jobs(&tenant(), None, after.as_ref(), 100),
+            )
             .expect("list");
         a.read_all += page.jobs.len();
         match page.next {
@@ -527,13 +530,12 @@ fn measure(dir: &Path, base: Timestamp, idle: Duration) -> PartA {
     a.round_1000 = t.elapsed();
     a.round_1000_polled = report.polled;
     a.rss_after_wide_round = rss_bytes();
-    a.queued = services
-        .store
-        .count_queued(WorkKind::Poll, Utc::now())
+    a.queued = rt
+        .block_on(services.store.counts())
         .expect("count")
-        .0;
+        .jobs_processing as usize;
     a.peak_rss = peak_rss_bytes();
-    services.store.flush_now().expect("flush");
+    rt.block_on(services.store.close()).expect("flush");
     drop(sim);
     a
 }
@@ -603,11 +605,10 @@ fn part_b(rt: &tokio::runtime::Runtime, per_minute: u32, minutes: usize) -> Budg
     let wall = t.elapsed();
     let stats = sim.state.stats();
     let read = &stats.buckets["read"];
-    let still_processing = services
-        .store
-        .count_queued(WorkKind::Poll, clock.now())
+    let still_processing = rt
+        .block_on(services.store.counts())
         .expect("count")
-        .0;
+        .jobs_processing as usize;
     drop(services);
     rt.block_on(sim.stop());
     BudgetRun {

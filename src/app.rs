@@ -57,12 +57,11 @@ pub struct Services {
 
 impl Services {
     pub fn build(settings: Settings, clock: SharedClock) -> Result<Services, StartError> {
-        let store = Store::open(&settings.storage.path, settings.storage.cache_bytes).map_err(
-            |source| StartError::Storage {
+        let store =
+            crate::store::open(&settings.storage).map_err(|source| StartError::Storage {
                 path: settings.storage.path.display().to_string(),
                 source,
-            },
-        )?;
+            })?;
         let budgets = Arc::new(Budgets::new(
             settings.upstream.generate_per_minute,
             settings.upstream.read_per_minute,
@@ -191,7 +190,8 @@ impl Application {
             }
         }
         self.store
-            .flush_now()
+            .close()
+            .await
             .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
         tracing::info!("stopped");
         Ok(())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::clock::{after, SharedClock, Timestamp};
 use crate::config::PollerSettings;
 use crate::domain::{Delivery, Destination, Event, Job, JobError, JobStatus};
-use crate::store::{Store, StoreError};
+use crate::store::{self, Store, StoreError};
 use crate::upstream::{AgentState, StatusReport, UpstreamClient, UpstreamError};
 
 /// How one submission attempt went; the job has been updated to match.
@@ -187,17 +187,18 @@ impl Lifecycle {
     /// Write a job's terminal state and its deliveries (its callback and every matching
     /// subscription) in one transaction. Returns how many deliveries were queued, or `None`
     /// when the job had already ended (cancelled meanwhile).
-    pub fn complete(&self, job: &Job) -> Result<Option<usize>, StoreError> {
+    pub async fn complete(&self, job: &Job) -> Result<Option<usize>, StoreError> {
         let now = self.clock.now();
         let deliveries = match Event::for_job(job, now) {
-            Some(event) => self.deliveries_for(job, &event, now)?,
+            Some(event) => self.deliveries_for(job, &event, now).await?,
             None => Vec::new(),
         };
-        let written = self.store.complete_job(job, &deliveries)?;
-        Ok(written.then_some(deliveries.len()))
+        let count = deliveries.len();
+        let written = self.store.complete_job(job, deliveries).await?;
+        Ok(written.then_some(count))
     }
 
-    fn deliveries_for(
+    async fn deliveries_for(
         &self,
         job: &Job,
         event: &Event,
@@ -212,10 +213,7 @@ impl Lifecycle {
                 now,
             ));
         }
-        for sub in self
-            .store
-            .subscriptions_for(&job.tenant, event.event_type)?
-        {
+        for sub in store::subscriptions_for(&*self.store, &job.tenant, event.event_type).await? {
             deliveries.push(Delivery::new(
                 event,
                 Some(job.id.clone()),

@@ -48,21 +48,27 @@ impl Poller {
         let lease_until = after(now, lc.settings.lease);
         let budgets = lc.upstream.budgets();
         let cap = lc.settings.concurrency;
-        let submits = lc.store.claim_due_jobs(
-            WorkKind::Submit,
-            now,
-            budgets.generate.available(now, cap),
-            lease_until,
-        )?;
-        let polls = lc.store.claim_due_jobs(
-            WorkKind::Poll,
-            now,
-            budgets.read.available(now, cap),
-            lease_until,
-        )?;
+        let submits = lc
+            .store
+            .claim_due_jobs(
+                WorkKind::Submit,
+                now,
+                budgets.generate.available(now, cap),
+                lease_until,
+            )
+            .await?;
+        let polls = lc
+            .store
+            .claim_due_jobs(
+                WorkKind::Poll,
+                now,
+                budgets.read.available(now, cap),
+                lease_until,
+            )
+            .await?;
         let mut report = StepReport::default();
-        let submits = self.expire_too_old(submits, now, &mut report)?;
-        let polls = self.expire_too_old(polls, now, &mut report)?;
+        let submits = self.expire_too_old(submits, now, &mut report).await?;
+        let polls = self.expire_too_old(polls, now, &mut report).await?;
         let submit_results = join_all(submits.into_iter().map(|job| self.submit_one(job)));
         let poll_results = join_all(polls.into_iter().map(|job| self.poll_one(job, now)));
         let (submit_results, poll_results) = tokio::join!(submit_results, poll_results);
@@ -77,7 +83,6 @@ impl Poller {
             report.add_completion(&outcome);
         }
         if report.deliveries > 0 {
-            lc.store.durable().await?;
             self.signals.delivery_wake.notify_one();
         }
         Ok(report)
@@ -85,7 +90,7 @@ impl Poller {
 
     /// End the jobs that are past their maximum age (without spending budget on them); return
     /// the others.
-    fn expire_too_old(
+    async fn expire_too_old(
         &self,
         jobs: Vec<Job>,
         now: Timestamp,
@@ -96,7 +101,7 @@ impl Poller {
         for mut job in jobs {
             if lc.is_too_old(&job, now) {
                 lc.expire(&mut job, now);
-                report.add_completion(&self.finish(&job, false)?);
+                report.add_completion(&self.finish(&job, false).await?);
             } else {
                 live.push(job);
             }
@@ -109,14 +114,14 @@ impl Poller {
         match lc.submit(&mut job).await {
             Submission::Accepted => {
                 tracing::info!(job_id = %job.id, agent_id = job.agent_id.as_deref().unwrap_or(""), "submitted upstream");
-                lc.store.save_job(&job)?;
+                lc.store.save_job(&job).await?;
                 Ok(JobOutcome::touched())
             }
             Submission::Deferred(error) => {
                 if let Some(error) = &error {
                     tracing::warn!(job_id = %job.id, %error, "submission deferred");
                 }
-                lc.store.save_job(&job)?;
+                lc.store.save_job(&job).await?;
                 Ok(JobOutcome {
                     touched_upstream: error.is_some(),
                     ..JobOutcome::default()
@@ -125,7 +130,7 @@ impl Poller {
             Submission::Refused(error) => {
                 tracing::warn!(job_id = %job.id, %error, "upstream refused the job");
                 lc.refuse(&mut job, &error, lc.clock.now());
-                self.finish(&job, true)
+                self.finish(&job, true).await
             }
         }
     }
@@ -140,7 +145,7 @@ impl Poller {
         if !read.try_acquire(claimed_at) {
             // Someone else (the drop-in status proxy) took the slot: wait for the next one.
             job.next_poll_at = Some(read.next_available_at(claimed_at));
-            lc.store.save_job(&job)?;
+            lc.store.save_job(&job).await?;
             return Ok(JobOutcome::default());
         }
         let agent_id = job.agent_id.clone().unwrap_or_default();
@@ -150,14 +155,14 @@ impl Poller {
         }
         let now = lc.clock.now();
         if lc.apply_poll(&mut job, result, now) {
-            return self.finish(&job, true);
+            return self.finish(&job, true).await;
         }
-        lc.store.save_job(&job)?;
+        lc.store.save_job(&job).await?;
         Ok(JobOutcome::touched())
     }
 
-    fn finish(&self, job: &Job, touched_upstream: bool) -> Result<JobOutcome, StoreError> {
-        let queued = self.lifecycle.complete(job)?;
+    async fn finish(&self, job: &Job, touched_upstream: bool) -> Result<JobOutcome, StoreError> {
+        let queued = self.lifecycle.complete(job).await?;
         if let Some(n) = queued {
             metrics::counter!("agenthook_jobs_completed_total", "status" => job.status.as_str())
                 .increment(1);
@@ -172,7 +177,7 @@ impl Poller {
 
     /// How long the loop may sleep: until the next job is due and affordable, at most
     /// [`MAX_IDLE`].
-    fn idle_for(&self) -> Result<Duration, StoreError> {
+    async fn idle_for(&self) -> Result<Duration, StoreError> {
         let lc = &self.lifecycle;
         let now = lc.clock.now();
         let budgets = lc.upstream.budgets();
@@ -181,7 +186,7 @@ impl Poller {
             (WorkKind::Submit, &budgets.generate),
             (WorkKind::Poll, &budgets.read),
         ] {
-            if let Some(due) = lc.store.next_due_at(kind)? {
+            if let Some(due) = lc.store.next_due_at(kind).await? {
                 wake = wake.min(due.max(budget.next_available_at(now)));
             }
         }
@@ -194,7 +199,7 @@ impl Poller {
         while !self.signals.is_shutting_down() {
             let pause = match self.step().await {
                 Ok(report) if report.submitted + report.polled > 0 => Duration::ZERO,
-                Ok(_) => self.idle_for().unwrap_or(MAX_IDLE),
+                Ok(_) => self.idle_for().await.unwrap_or(MAX_IDLE),
                 Err(error) => {
                     tracing::error!(%error, "scheduler step failed");
                     Duration::from_secs(1)

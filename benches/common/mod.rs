@@ -221,8 +221,8 @@ pub fn env_usize(var: &str, default: usize) -> usize {
 pub fn open_store_retrying(path: &std::path::Path, cache: u64) -> agenthook::store::Store {
     let mut last = None;
     for _ in 0..200 {
-        match agenthook::store::Store::open(path, cache) {
-            Ok(store) => return store,
+        match agenthook::store::SledStore::open(path, cache) {
+            Ok(store) => return std::sync::Arc::new(store),
             Err(e) => last = Some(e),
         }
         std::thread::sleep(Duration::from_millis(25));

@@ -146,7 +146,7 @@ pub async fn status(
     if !plausible_agent_id(&agent_id) {
         return Err(ApiError::not_found("agent"));
     }
-    if let Some(job) = state.store.job_by_agent(&agent_id)? {
+    if let Some(job) = state.store.job_by_agent(&agent_id).await? {
         if job.tenant != tenant {
             return Err(ApiError::not_found("agent"));
         }

@@ -1,7 +1,5 @@
 //! `/v1/callback-secret`: the secret that signs a tenant's job callbacks, and its rotation.
 
-use std::cell::Cell;
-
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 
 use super::subscriptions::{
@@ -10,7 +8,7 @@ use super::subscriptions::{
 use super::{ApiError, AppState, ErrorBody};
 use crate::clock::after;
 use crate::delivery::signature::SigningSecret;
-use crate::domain::Tenant;
+use crate::domain::{SecretSet, Tenant};
 
 /// The secret that signs job callbacks
 ///
@@ -29,8 +27,8 @@ use crate::domain::Tenant;
 pub async fn get(tenant: Tenant, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let secrets = state
         .store
-        .callback_secrets(&tenant, SigningSecret::generate)?;
-    state.store.durable().await?;
+        .callback_secrets(&tenant, SigningSecret::generate)
+        .await?;
     Ok(HttpResponse::Ok().json(SecretView::of(&secrets, state.clock.now())))
 }
 
@@ -62,29 +60,27 @@ pub async fn rotate(
     let secret = parse_rotation(body)?;
     let now = state.clock.now();
     let until = after(now, state.settings.delivery.secret_overlap);
-    // A tenant without a secret yet simply gets this one: there is nothing to overlap with.
-    let created = Cell::new(false);
-    let same = Cell::new(false);
-    let secrets = state.store.update_callback_secrets(
-        &tenant,
-        || {
-            created.set(true);
-            secret.clone()
-        },
-        |s| {
-            let fresh = created.replace(false);
-            same.set(!fresh && s.current == secret);
-            if !fresh && !same.get() {
-                s.rotate(secret.clone(), until);
-            }
-        },
-    )?;
-    if same.get() {
+    let secrets = state
+        .store
+        .update_callback_secrets(
+            &tenant,
+            Box::new(move |stored| match stored {
+                // A tenant without a secret yet simply gets this one: nothing to overlap with.
+                None => Some(SecretSet::new(secret.clone())),
+                Some(s) if s.current == secret => None,
+                Some(s) => {
+                    let mut rotated = s.clone();
+                    rotated.rotate(secret.clone(), until);
+                    Some(rotated)
+                }
+            }),
+        )
+        .await?;
+    let Some(secrets) = secrets else {
         return Err(
             ApiError::bad_request("the new secret must differ from the current one")
                 .with_details("secret"),
         );
-    }
-    state.store.durable().await?;
+    };
     Ok(HttpResponse::Ok().json(SecretView::of(&secrets, now)))
 }

@@ -102,11 +102,12 @@ fn parse_id(raw: &str) -> Result<DeliveryId, ApiError> {
     DeliveryId::parse(raw).ok_or_else(|| ApiError::not_found("delivery"))
 }
 
-fn find(state: &AppState, tenant: &Tenant, raw: &str) -> Result<Delivery, ApiError> {
+async fn find(state: &AppState, tenant: &Tenant, raw: &str) -> Result<Delivery, ApiError> {
     let id = parse_id(raw)?;
     state
         .store
-        .delivery(tenant, &id)?
+        .delivery(tenant, &id)
+        .await?
         .ok_or_else(|| ApiError::not_found("delivery"))
 }
 
@@ -160,7 +161,8 @@ pub async fn list(
     )?;
     let page = state
         .store
-        .list_deliveries(&tenant, wanted, after.as_ref(), limit)?;
+        .list_deliveries(&tenant, wanted, after.as_ref(), limit)
+        .await?;
     Ok(HttpResponse::Ok().json(DeliveryPage {
         data: page.deliveries.iter().map(DeliveryView::of).collect(),
         next: page.next,
@@ -186,7 +188,7 @@ pub async fn get(
     tenant: Tenant,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let delivery = find(&state, &tenant, &path)?;
+    let delivery = find(&state, &tenant, &path).await?;
     Ok(HttpResponse::Ok().json(DeliveryDetail::of(&delivery)))
 }
 
@@ -213,14 +215,18 @@ pub async fn retry(
     tenant: Tenant,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let delivery = find(&state, &tenant, &path)?;
+    let delivery = find(&state, &tenant, &path).await?;
     let sub = match delivery.destination.subscription_id() {
         None => None,
         Some(id) => {
-            let sub = state.store.subscription(&tenant, id)?.ok_or_else(|| {
-                ApiError::conflict("the subscription of this delivery has been deleted")
-                    .with_details(id.to_string())
-            })?;
+            let sub = state
+                .store
+                .subscription(&tenant, id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::conflict("the subscription of this delivery has been deleted")
+                        .with_details(id.to_string())
+                })?;
             if !sub.enabled {
                 return Err(ApiError::conflict(
                     "the subscription of this delivery is disabled; enable it (PATCH {\"enabled\": true}) before retrying",
@@ -231,16 +237,20 @@ pub async fn retry(
         }
     };
     let now = state.clock.now();
-    let updated = match state.store.update_delivery(&tenant, &delivery.id, |d| {
+    let change = Box::new(move |d: &mut Delivery| {
         resend(d, sub.as_ref(), now);
         true
-    })? {
+    });
+    let updated = match state
+        .store
+        .update_delivery(&tenant, &delivery.id, change)
+        .await?
+    {
         DeliveryUpdate::Updated(d) => d,
         DeliveryUpdate::Unchanged(_) | DeliveryUpdate::NotFound => {
             return Err(ApiError::not_found("delivery"))
         }
     };
-    state.store.durable().await?;
     state.signals.delivery_wake.notify_one();
     Ok(HttpResponse::Accepted().json(DeliveryDetail::of(&updated)))
 }

@@ -38,7 +38,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     if state.signals.is_shutting_down() {
         return Err(ApiError::unavailable("shutting down"));
     }
-    if !state.store.is_healthy() {
+    if !state.store.is_healthy().await {
         return Err(ApiError::unavailable("storage is not available"));
     }
     if !state.signals.workers_running() {

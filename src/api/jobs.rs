@@ -225,7 +225,11 @@ pub async fn admit(
     let mut job = Job::new(tenant, spec.upstream, spec.callback_url, spec.metadata, now);
     // If the job has to be held: the poller takes it over then, should we die meanwhile.
     job.next_poll_at = Some(after(now, state.settings.poller.lease));
-    let hold = match state.store.begin_job(&job, key.as_ref(), IDEMPOTENCY_TTL)? {
+    let hold = match state
+        .store
+        .begin_job(&job, key.as_ref(), IDEMPOTENCY_TTL)
+        .await?
+    {
         Admission::Created(hold) => hold,
         Admission::Replay(response) => return Ok(replay(&response)),
         Admission::Mismatch => {
@@ -235,7 +239,7 @@ pub async fn admit(
         }
         Admission::InFlight { job_id, since } => {
             let abandoned = after(since, state.settings.poller.lease) <= now;
-            match state.store.job(&job.tenant, &job_id)? {
+            match state.store.job(&job.tenant, &job_id).await? {
                 Some(first) if abandoned => return Ok(replay(&render(&first))),
                 _ => {
                     return Err(ApiError::conflict(
@@ -421,7 +425,8 @@ pub async fn get(
     let id = parse_job_id(&path)?;
     let job = state
         .store
-        .job(&tenant, &id)?
+        .job(&tenant, &id)
+        .await?
         .ok_or_else(|| ApiError::not_found("job"))?;
     Ok(HttpResponse::Ok().json(JobView::from(&job)))
 }
@@ -508,7 +513,8 @@ pub async fn list(
     let after = query_param(query.after.as_deref(), JobId::parse, "after", "a job id")?;
     let page = state
         .store
-        .list_jobs(&tenant, status, after.as_ref(), limit)?;
+        .list_jobs(&tenant, status, after.as_ref(), limit)
+        .await?;
     Ok(HttpResponse::Ok().json(JobPage {
         data: page.jobs.iter().map(JobView::from).collect(),
         next: page.next,
@@ -538,11 +544,12 @@ pub async fn cancel(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
-    match state.store.cancel_job(&tenant, &id, state.clock.now())? {
-        Cancellation::Cancelled(job) => {
-            state.store.durable().await?;
-            Ok(HttpResponse::Ok().json(JobView::from(&job)))
-        }
+    match state
+        .store
+        .cancel_job(&tenant, &id, state.clock.now())
+        .await?
+    {
+        Cancellation::Cancelled(job) => Ok(HttpResponse::Ok().json(JobView::from(&job))),
         Cancellation::AlreadyFinished(job) if job.status == JobStatus::Cancelled => {
             Ok(HttpResponse::Ok().json(JobView::from(&job)))
         }
@@ -574,10 +581,10 @@ pub async fn deliveries(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
-    if state.store.job(&tenant, &id)?.is_none() {
+    if state.store.job(&tenant, &id).await?.is_none() {
         return Err(ApiError::not_found("job"));
     }
-    let deliveries = state.store.deliveries_of_job(&id)?;
+    let deliveries = state.store.deliveries_of_job(&id).await?;
     Ok(HttpResponse::Ok().json(DeliveryList {
         data: deliveries.iter().map(DeliveryView::of).collect(),
     }))

@@ -1,10 +1,16 @@
 //! `GET /metrics`: Prometheus text. Counters and histograms are recorded where things happen;
-//! queue depths and budget tokens are read at scrape time.
+//! queue depths and budget tokens are read at scrape time: stored counts that the store keeps
+//! up to date as it writes, and the due entries counted up to [`DUE_COUNT_CAP`], so a scrape
+//! costs the same however much is stored.
 
 use actix_web::{get, web, HttpResponse};
 
 use super::AppState;
-use crate::store::{DeliveryQueue, WorkKind};
+use crate::store::WorkKind;
+
+/// Due jobs counted per scrape at most: past it the gauge shows this many (the scheduler is
+/// that far behind, which is what the gauge is for).
+const DUE_COUNT_CAP: usize = 10_000;
 
 /// Prometheus metrics
 ///
@@ -18,26 +24,27 @@ use crate::store::{DeliveryQueue, WorkKind};
 #[get("/metrics")]
 pub async fn render(state: web::Data<AppState>) -> HttpResponse {
     let now = state.clock.now();
-    for (kind, status) in [
-        (WorkKind::Submit, "submitting"),
-        (WorkKind::Poll, "processing"),
-    ] {
-        if let Ok((total, due)) = state.store.count_queued(kind, now) {
-            metrics::gauge!("agenthook_jobs", "status" => status).set(total as f64);
-            let queue = if kind == WorkKind::Submit {
-                "submit_due"
-            } else {
-                "poll_due"
-            };
-            metrics::gauge!("agenthook_queue_depth", "queue" => queue).set(due as f64);
+    if let Ok(counts) = state.store.counts().await {
+        for (status, count) in [
+            ("submitting", counts.jobs_submitting),
+            ("processing", counts.jobs_processing),
+        ] {
+            metrics::gauge!("agenthook_jobs", "status" => status).set(count as f64);
+        }
+        for (queue, count) in [
+            ("deliveries_fresh", counts.deliveries_fresh),
+            ("deliveries_retry", counts.deliveries_retry),
+        ] {
+            metrics::gauge!("agenthook_queue_depth", "queue" => queue).set(count as f64);
         }
     }
-    for (queue, name) in [
-        (DeliveryQueue::Fresh, "deliveries_fresh"),
-        (DeliveryQueue::Retry, "deliveries_retry"),
+    for (kind, queue) in [
+        (WorkKind::Submit, "submit_due"),
+        (WorkKind::Poll, "poll_due"),
     ] {
-        metrics::gauge!("agenthook_queue_depth", "queue" => name)
-            .set(state.store.queued_deliveries(queue) as f64);
+        if let Ok(due) = state.store.count_due(kind, now, DUE_COUNT_CAP).await {
+            metrics::gauge!("agenthook_queue_depth", "queue" => queue).set(due as f64);
+        }
     }
     let budgets = state.lifecycle.upstream.budgets();
     for budget in [&budgets.generate, &budgets.read] {

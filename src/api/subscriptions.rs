@@ -485,25 +485,27 @@ fn parse_id(raw: &str) -> Result<SubscriptionId, ApiError> {
 }
 
 /// The tenant's subscription `raw`, or a 404.
-fn find(state: &AppState, tenant: &Tenant, raw: &str) -> Result<Subscription, ApiError> {
+async fn find(state: &AppState, tenant: &Tenant, raw: &str) -> Result<Subscription, ApiError> {
     let id = parse_id(raw)?;
     state
         .store
-        .subscription(tenant, &id)?
+        .subscription(tenant, &id)
+        .await?
         .ok_or_else(|| ApiError::not_found("subscription"))
 }
 
 /// Change the tenant's subscription `raw` atomically, or 404.
-fn update(
+async fn update(
     state: &AppState,
     tenant: &Tenant,
     raw: &str,
-    change: impl Fn(&mut Subscription),
+    change: impl Fn(&mut Subscription) + Send + Sync + 'static,
 ) -> Result<Subscription, ApiError> {
-    let sub = find(state, tenant, raw)?;
+    let sub = find(state, tenant, raw).await?;
     state
         .store
-        .update_subscription(&sub.id, change)?
+        .update_subscription(&sub.id, Box::new(change))
+        .await?
         .ok_or_else(|| ApiError::not_found("subscription"))
 }
 
@@ -532,8 +534,7 @@ pub async fn create(
     let new = NewSubscription::parse(body, state.settings.delivery.allow_private_networks)?;
     let now = state.clock.now();
     let sub = new.into_subscription(tenant, now);
-    state.store.save_subscription(&sub)?;
-    state.store.durable().await?;
+    state.store.save_subscription(&sub).await?;
     Ok(HttpResponse::Created().json(SubscriptionView::of(&sub, now)))
 }
 
@@ -553,7 +554,8 @@ pub async fn list(tenant: Tenant, state: web::Data<AppState>) -> Result<HttpResp
     let now = state.clock.now();
     let data: Vec<SubscriptionView> = state
         .store
-        .list_subscriptions(&tenant)?
+        .list_subscriptions(&tenant)
+        .await?
         .iter()
         .map(|s| SubscriptionView::of(s, now))
         .collect();
@@ -579,7 +581,7 @@ pub async fn get(
     tenant: Tenant,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let sub = find(&state, &tenant, &path)?;
+    let sub = find(&state, &tenant, &path).await?;
     Ok(HttpResponse::Ok().json(SubscriptionView::of(&sub, state.clock.now())))
 }
 
@@ -607,15 +609,15 @@ pub async fn patch(
     tenant: Tenant,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let existing = find(&state, &tenant, &path)?;
+    let existing = find(&state, &tenant, &path).await?;
     let body = body::json_object(&req, payload, body_limit(&state)).await?;
     let patch = SubscriptionPatch::parse(body, state.settings.delivery.allow_private_networks)?;
     let now = state.clock.now();
     let sub = state
         .store
-        .update_subscription(&existing.id, |s| patch.apply(s, now))?
+        .update_subscription(&existing.id, Box::new(move |s| patch.apply(s, now)))
+        .await?
         .ok_or_else(|| ApiError::not_found("subscription"))?;
-    state.store.durable().await?;
     Ok(HttpResponse::Ok().json(SubscriptionView::of(&sub, now)))
 }
 
@@ -639,10 +641,9 @@ pub async fn delete(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    if !state.store.delete_subscription(&tenant, &id)? {
+    if !state.store.delete_subscription(&tenant, &id).await? {
         return Err(ApiError::not_found("subscription"));
     }
-    state.store.durable().await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -671,7 +672,7 @@ pub async fn rotate_secret(
     tenant: Tenant,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let existing = find(&state, &tenant, &path)?;
+    let existing = find(&state, &tenant, &path).await?;
     let body = optional_object(&req, payload, body_limit(&state)).await?;
     let secret = parse_rotation(body)?;
     if secret == existing.secrets.current {
@@ -682,11 +683,11 @@ pub async fn rotate_secret(
     }
     let now = state.clock.now();
     let until = after(now, state.settings.delivery.secret_overlap);
-    let sub = update(&state, &tenant, &path, |s| {
+    let sub = update(&state, &tenant, &path, move |s| {
         s.secrets.rotate(secret.clone(), until);
         s.updated_at = now;
-    })?;
-    state.store.durable().await?;
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(SecretView::of(&sub.secrets, now)))
 }
 
@@ -711,7 +712,7 @@ pub async fn test(
     tenant: Tenant,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let sub = find(&state, &tenant, &path)?;
+    let sub = find(&state, &tenant, &path).await?;
     // The worker sends nothing to a disabled subscription: accepting the event would only
     // queue a delivery bound to fail unsent.
     if !sub.enabled {
@@ -725,8 +726,8 @@ pub async fn test(
     let delivery = Delivery::new(&event, None, Destination::subscription(&sub), now);
     state
         .store
-        .insert_deliveries(std::slice::from_ref(&delivery))?;
-    state.store.durable().await?;
+        .insert_deliveries(vec![delivery.clone()])
+        .await?;
     state.signals.delivery_wake.notify_one();
     Ok(HttpResponse::Accepted().json(DeliveryDetail::of(&delivery)))
 }
@@ -778,7 +779,7 @@ pub async fn recover(
     tenant: Tenant,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let sub = find(&state, &tenant, &path)?;
+    let sub = find(&state, &tenant, &path).await?;
     let body = body::json_object(&req, payload, body_limit(&state)).await?;
     let since = parse_recover(body)?;
     if !sub.enabled {
@@ -789,23 +790,27 @@ pub async fn recover(
     }
     let now = state.clock.now();
     let mut recovered = 0usize;
-    for delivery in state.store.deliveries_of_subscription(&sub.id)? {
+    for delivery in state.store.deliveries_of_subscription(&sub.id).await? {
         if delivery.state != DeliveryState::Failed || delivery.created_at < since {
             continue;
         }
-        let update = state.store.update_delivery(&tenant, &delivery.id, |d| {
+        let sub = sub.clone();
+        let change = Box::new(move |d: &mut Delivery| {
             if d.state != DeliveryState::Failed {
                 return false;
             }
             resend(d, Some(&sub), now);
             true
-        })?;
+        });
+        let update = state
+            .store
+            .update_delivery(&tenant, &delivery.id, change)
+            .await?;
         if matches!(update, DeliveryUpdate::Updated(_)) {
             recovered += 1;
         }
     }
     if recovered > 0 {
-        state.store.durable().await?;
         state.signals.delivery_wake.notify_one();
     }
     Ok(HttpResponse::Accepted().json(RecoverResult { recovered }))

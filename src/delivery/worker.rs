@@ -103,7 +103,7 @@ impl DeliveryWorker {
 
     /// Claim everything due that there is room for and send it; wait for those attempts.
     pub async fn step(&self) -> Result<Vec<AttemptReport>, StoreError> {
-        let handles = self.dispatch()?;
+        let handles = self.dispatch().await?;
         let mut reports = Vec::with_capacity(handles.len());
         for outcome in join_all(handles).await {
             match outcome {
@@ -118,7 +118,7 @@ impl DeliveryWorker {
 
     /// Claim due deliveries while there are free slots, and start sending each. Claims are
     /// held in memory: this reads storage and writes nothing.
-    fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
+    async fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
         let inner = &self.inner;
         let mut started = Vec::new();
         for (queue, slots) in [
@@ -130,7 +130,7 @@ impl DeliveryWorker {
                 continue;
             }
             let now = inner.clock.now();
-            for claimed in inner.store.claim_due_deliveries(queue, now, free)? {
+            for claimed in inner.store.claim_due_deliveries(queue, now, free).await? {
                 // Room was counted above (only this loop takes these permits); a destination
                 // at its limit is looked at again a little later.
                 let permits = inner
@@ -227,7 +227,8 @@ impl DeliveryWorker {
                 subscription_id, ..
             } => match inner
                 .store
-                .subscription(&delivery.tenant, subscription_id)?
+                .subscription(&delivery.tenant, subscription_id)
+                .await?
             {
                 Some(sub) if sub.enabled => Some(sub),
                 _ => {
@@ -248,9 +249,12 @@ impl DeliveryWorker {
         };
         let secrets = match &subscription {
             Some(sub) => sub.secrets.clone(),
-            None => inner
-                .store
-                .callback_secrets(&delivery.tenant, signature::SigningSecret::generate)?,
+            None => {
+                inner
+                    .store
+                    .callback_secrets(&delivery.tenant, signature::SigningSecret::generate)
+                    .await?
+            }
         };
         let keys = self.signing_keys(&secrets.active(now));
         let body = format::render_payload(destination.format(), &delivery.payload);
@@ -271,7 +275,7 @@ impl DeliveryWorker {
         let schedule = inner.retry_schedule.clone();
         let retry_after = sent.retry_after;
         if let Some(sub) = &subscription {
-            self.note_outcome(sub, succeeded, gone, finished)?;
+            self.note_outcome(sub, succeeded, gone, finished).await?;
         }
         // Appended to the stored record, so a manual retry made meanwhile is not lost; on disk
         // (with the subscription's health, just written) before it counts.
@@ -339,21 +343,24 @@ impl DeliveryWorker {
     async fn record(
         &self,
         claimed: Claimed,
-        change: impl Fn(&mut Delivery) + Send + 'static,
+        change: impl Fn(&mut Delivery) + Send + Sync + 'static,
     ) -> Result<Option<Recorded>, StoreError> {
         self.inner
             .store
-            .update_claimed(claimed, move |d| {
-                change(d);
-                true
-            })
+            .update_claimed(
+                claimed,
+                Box::new(move |d| {
+                    change(d);
+                    true
+                }),
+            )
             .await
     }
 
     /// A subscription's health: any success clears its failing run; a 410 or a failing run
     /// longer than `disable_after` disables it. Written only when one of those changes: a
     /// receiver that keeps failing costs one write when its run begins, not one per attempt.
-    fn note_outcome(
+    async fn note_outcome(
         &self,
         sub: &Subscription,
         succeeded: bool,
@@ -371,7 +378,7 @@ impl DeliveryWorker {
         if !needs_change {
             return Ok(());
         }
-        self.inner.store.update_subscription(&sub.id, |s| {
+        let change = Box::new(move |s: &mut Subscription| {
             if succeeded {
                 s.failing_since = None;
                 return;
@@ -388,7 +395,11 @@ impl DeliveryWorker {
                 ));
             }
             s.updated_at = now;
-        })?;
+        });
+        self.inner
+            .store
+            .update_subscription(&sub.id, change)
+            .await?;
         Ok(())
     }
 
@@ -460,8 +471,8 @@ impl DeliveryWorker {
         let signals = self.inner.signals.clone();
         signals.set_delivery_running(true);
         while !signals.is_shutting_down() {
-            let pause = match self.dispatch() {
-                Ok(_) => self.idle_for(),
+            let pause = match self.dispatch().await {
+                Ok(_) => self.idle_for().await,
                 Err(error) => {
                     tracing::error!(%error, "delivery dispatch failed");
                     Duration::from_secs(1)
@@ -496,7 +507,7 @@ impl DeliveryWorker {
     /// How long to wait for work, if no attempt ends and nothing new comes meanwhile (both
     /// wake the worker). A queue with no room is not looked at: only an attempt that ends (or
     /// whose response is in) can make room in it, and that wakes the worker.
-    fn idle_for(&self) -> Duration {
+    async fn idle_for(&self) -> Duration {
         let inner = &self.inner;
         let now = inner.clock.now();
         let mut wake = after(now, Duration::from_secs(1));
@@ -507,7 +518,7 @@ impl DeliveryWorker {
             if self.room(slots) == 0 {
                 continue;
             }
-            if let Ok(Some(due)) = inner.store.next_delivery_due_at(queue) {
+            if let Ok(Some(due)) = inner.store.next_delivery_due_at(queue).await {
                 wake = wake.min(due);
             }
         }
@@ -596,7 +607,7 @@ mod tests {
 
     /// `fresh` deliveries due now that were never tried, then `retries` that failed once; to a
     /// closed port on loopback.
-    fn insert_due(store: &Store, fresh: usize, retries: usize) -> Vec<Delivery> {
+    async fn insert_due(store: &Store, fresh: usize, retries: usize) -> Vec<Delivery> {
         let tenant = crate::domain::Tenant::parse("acme").unwrap();
         let now = chrono::Utc::now();
         let deliveries: Vec<Delivery> = (0..fresh + retries)
@@ -621,14 +632,14 @@ mod tests {
                 delivery
             })
             .collect();
-        store.insert_deliveries(&deliveries).unwrap();
+        store.insert_deliveries(deliveries.clone()).await.unwrap();
         deliveries
     }
 
     #[tokio::test]
     async fn attempts_never_exceed_the_bound_and_first_attempts_go_first() {
         let (store, _dir) = temp_store();
-        let deliveries = insert_due(&store, 3, 3);
+        let deliveries = insert_due(&store, 3, 3).await;
         let worker = worker(store, 4);
         // Ten of the twelve attempts are waiting for the writer: room for two more in all.
         let held = worker
@@ -638,7 +649,7 @@ mod tests {
             .try_acquire_many_owned(10)
             .unwrap();
 
-        let started = worker.dispatch().unwrap();
+        let started = worker.dispatch().await.unwrap();
         assert_eq!(started.len(), 2, "no more attempts than the bound leaves");
         assert_eq!(worker.inner.attempts.available_permits(), 0);
         let first: Vec<String> = deliveries[..3].iter().map(|d| d.id.to_string()).collect();

@@ -1,182 +1,466 @@
-//! Durable state on sled, behind an API in domain terms (create a job, complete a job with its
-//! deliveries, claim due work) so another backend can stand beside this one.
+//! Durable state behind one API in domain terms: create a job, complete it with its deliveries
+//! (the outbox), claim due work, record an attempt. The API is async and knows no backend;
+//! [`Storage`] is what a backend implements and [`Store`] is what the rest of the service holds.
 //!
-//! Trees:
-//! - `jobs`: job id → job; `deliveries`: delivery id → delivery (without its event's body);
-//!   `events`: event id → the event's body, once for all its deliveries; `subscriptions`: id →
-//!   subscription
-//! - `index`: secondary keys, by prefix (see [`keys`]): a tenant's jobs, subscriptions and
-//!   deliveries, agent id → job id, a job's and a subscription's deliveries
-//! - `due`: the scheduler's queue, `kind | due millis | job id`
-//! - `queue`: the delivery worker's queue, `fresh|retry | due millis | delivery id`
-//! - `idempotency`: `tenant \0 key` → record; `secrets`: tenant → callback signing secrets
-//! - `meta`: the layout version of the records (see [`Store::open`])
+//! Promises every backend keeps (the conformance suite in `tests/store/` states each one):
+//! - a write is durable when it returns: there is no separate "flush now" step;
+//! - the outbox is atomic: a job is terminal if and only if its deliveries exist, and a second
+//!   completion writes nothing;
+//! - a subscription is stored with its indexes in one write;
+//! - an idempotency key admits one request at a time, and replays or refuses the rest;
+//! - a due job or delivery is claimed by one claimer at a time, and a claim whose lease ends
+//!   goes to the next claimer;
+//! - every read is scoped to a tenant, except the lookups the workers need (by id, by agent).
 //!
-//! A delivery claim is held in memory and writes nothing: the queue entry stays until the
-//! attempt is recorded, so a worker that dies mid-task leaves an entry that is due at once on
-//! the next start, and nothing is lost nor needs a separate recovery pass (see
-//! `deliveries::Claims`).
+//! The embedded backend is sled ([`sled`], one process per directory). Nothing outside that
+//! folder names sled (`.ci/run` checks).
 
-mod cache;
-mod deliveries;
-mod jobs;
-mod keys;
-mod record;
-mod subscriptions;
-mod writer;
+mod sled;
 
-use std::path::Path;
+pub use self::sled::{delivery_record_len, SledStore};
 
-use serde::{de::DeserializeOwned, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::any::Any;
+use std::sync::Arc;
 
-use crate::domain::{SecretSet, Subscription};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-pub use deliveries::{Claimed, DeliveryPage, DeliveryQueue, DeliveryUpdate, Recorded};
-pub use jobs::{
-    Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, KeyHold, WorkKind,
+use crate::clock::Timestamp;
+use crate::domain::{
+    Delivery, DeliveryId, DeliveryState, EventType, Job, JobId, JobStatus, SecretSet, Subscription,
+    SubscriptionId, Tenant,
 };
+
+/// The store the service holds: one backend, shared.
+pub type Store = Arc<dyn Storage>;
+
+/// Open the configured backend.
+pub fn open(settings: &crate::config::StorageSettings) -> Result<Store> {
+    Ok(Arc::new(SledStore::open(
+        &settings.path,
+        settings.cache_bytes,
+    )?))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage: {0}")]
-    Sled(#[from] sled::Error),
+    /// The backend failed (I/O, a lost connection, a full disk): the operation did not happen.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("storage record could not be decoded: {0}")]
     Corrupt(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-#[derive(Clone)]
-pub struct Store {
-    db: sled::Db,
-    jobs: sled::Tree,
-    deliveries: sled::Tree,
-    events: sled::Tree,
-    subscriptions: sled::Tree,
-    index: sled::Tree,
-    due: sled::Tree,
-    queue: sled::Tree,
-    idempotency: sled::Tree,
-    secrets: sled::Tree,
-    writer: writer::Writer,
-    /// Idempotency keys whose first request is being answered (see [`Store::begin_job`]).
-    in_flight: jobs::InFlight,
-    /// Deliveries the worker is sending.
-    claims: deliveries::Claims,
-    /// Subscriptions by id and callback secrets by tenant, as last read (see `cache`).
-    subscription_cache: cache::ReadCache<Subscription>,
-    secret_cache: cache::ReadCache<SecretSet>,
+/// What the scheduler does next with a pending job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkKind {
+    /// Hand the job to upstream (it has no agent id yet).
+    Submit,
+    /// Ask upstream how the agent is doing.
+    Poll,
 }
 
-impl std::fmt::Debug for Store {
+impl WorkKind {
+    /// The kind of work a job in this state waits for, if any.
+    pub fn of(job: &Job) -> Option<WorkKind> {
+        match job.status {
+            JobStatus::Submitting => Some(WorkKind::Submit),
+            JobStatus::Processing => Some(WorkKind::Poll),
+            _ => None,
+        }
+    }
+}
+
+/// An `Idempotency-Key` with the fingerprint of the request that carried it.
+#[derive(Clone, Debug)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// The first answer given for an idempotency key, replayed as it was.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdempotentResponse {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// An idempotency key held for the request that is admitting a job; released when dropped,
+/// which the request does once the key's record is stored (or the request has failed).
+pub struct KeyHold(Option<Box<dyn Any + Send + Sync>>);
+
+impl KeyHold {
+    /// A hold of nothing (the request carried no key).
+    pub fn none() -> KeyHold {
+        KeyHold(None)
+    }
+
+    /// A hold that lasts as long as `guard`: the backend releases the key when it is dropped.
+    pub fn new(guard: impl Any + Send + Sync) -> KeyHold {
+        KeyHold(Some(Box::new(guard)))
+    }
+}
+
+impl std::fmt::Debug for KeyHold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_tuple("KeyHold").field(&self.0.is_some()).finish()
     }
 }
 
-impl Store {
-    /// Open (or create) the database at `path`, with at most `cache_bytes` of page cache.
-    /// Records of an earlier layout are brought up to date first (`deliveries::upgrade_layout`).
-    pub fn open(path: &Path, cache_bytes: u64) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let trees = writer::Trees {
-            jobs: db.open_tree("jobs")?,
-            deliveries: db.open_tree("deliveries")?,
-            events: db.open_tree("events")?,
-            subscriptions: db.open_tree("subscriptions")?,
-            index: db.open_tree("index")?,
-            due: db.open_tree("due")?,
-            queue: db.open_tree("queue")?,
-            idempotency: db.open_tree("idempotency")?,
-            secrets: db.open_tree("secrets")?,
-        };
-        deliveries::upgrade_layout(&db, &trees)?;
-        Ok(Store {
-            jobs: trees.jobs.clone(),
-            deliveries: trees.deliveries.clone(),
-            events: trees.events.clone(),
-            subscriptions: trees.subscriptions.clone(),
-            index: trees.index.clone(),
-            due: trees.due.clone(),
-            queue: trees.queue.clone(),
-            idempotency: trees.idempotency.clone(),
-            secrets: trees.secrets.clone(),
-            writer: writer::Writer::start(db.clone(), trees),
-            in_flight: jobs::InFlight::default(),
-            claims: deliveries::Claims::default(),
-            subscription_cache: cache::ReadCache::default(),
-            secret_cache: cache::ReadCache::default(),
-            db,
-        })
-    }
+/// The outcome of asking to create a job.
+#[derive(Debug)]
+pub enum Admission {
+    /// Go on and submit it; the key (if any) is held until the hold is dropped.
+    Created(KeyHold),
+    /// The key was used before with the same body: answer this.
+    Replay(IdempotentResponse),
+    /// The key's first request has not been answered yet.
+    InFlight { job_id: JobId, since: Timestamp },
+    /// The key was used before with another body.
+    Mismatch,
+}
 
-    /// Wait until every write made before this call is on disk. Concurrent callers share one
-    /// fsync, so durability does not serialise requests.
-    pub async fn durable(&self) -> Result<()> {
-        self.writer.flush().await
-    }
+#[derive(Clone, Debug)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// The cursor for the next page, when there is one.
+    pub next: Option<JobId>,
+}
 
-    /// Flush synchronously (shutdown).
-    pub fn flush_now(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
-    }
+/// How a `DELETE` ended.
+#[derive(Clone, Debug)]
+pub enum Cancellation {
+    Cancelled(Job),
+    AlreadyFinished(Job),
+    NotFound,
+}
 
-    /// A cheap liveness check of the database.
-    pub fn is_healthy(&self) -> bool {
-        self.db.contains_key(b"__probe").is_ok()
+/// The worker drains two queues so that a receiver piling up retries never delays fresh
+/// events to healthy receivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryQueue {
+    /// First attempts.
+    Fresh,
+    /// Everything after a failed attempt.
+    Retry,
+}
+
+impl DeliveryQueue {
+    pub fn of(delivery: &Delivery) -> DeliveryQueue {
+        if delivery.is_first_attempt() {
+            DeliveryQueue::Fresh
+        } else {
+            DeliveryQueue::Retry
+        }
     }
 }
 
-/// The entries of a time-ordered queue (`kind | millis | id`, see [`keys::timed`]) due at or
-/// before `now`, earliest first.
-fn due_entries(tree: &sled::Tree, kind: u8, now: crate::clock::Timestamp) -> sled::Iter {
-    let start = [kind];
-    let end = keys::timed_upper(kind, now);
-    tree.range(start.as_slice()..end.as_slice())
+/// A claimed delivery as [`Storage::update_claimed`] left it stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub state: DeliveryState,
+    /// Attempts made so far, the one just recorded included.
+    pub attempts: usize,
 }
 
-/// The bytes a delivery's record takes in the store (its event body apart): for capacity
-/// planning and the delivery benchmark's storage floor.
-pub fn delivery_record_len(delivery: &crate::domain::Delivery) -> usize {
-    record::encode_delivery(delivery).len()
+/// What [`Storage::update_delivery`] did.
+#[derive(Clone, Debug)]
+pub enum DeliveryUpdate {
+    /// No such delivery for this tenant.
+    NotFound,
+    /// The change declined; the delivery as stored.
+    Unchanged(Delivery),
+    /// The delivery as changed and stored.
+    Updated(Delivery),
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("domain records always serialise")
+#[derive(Clone, Debug)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<Delivery>,
+    pub next: Option<DeliveryId>,
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+/// A change to a stored delivery: returns `false` to leave it as it is. It may run more than
+/// once (a backend retries a write that met a concurrent one), so it must only change its
+/// argument.
+pub type DeliveryChange = Box<dyn Fn(&mut Delivery) -> bool + Send + Sync>;
+/// A change to a stored subscription (may run more than once, as [`DeliveryChange`]).
+pub type SubscriptionChange = Box<dyn Fn(&mut Subscription) + Send + Sync>;
+/// A change to a tenant's callback secrets, given what is stored (`None`: nothing yet): what
+/// to store, or `None` to leave them as they are. It may run more than once, as
+/// [`DeliveryChange`].
+pub type SecretsChange = Box<dyn Fn(Option<&SecretSet>) -> Option<SecretSet> + Send + Sync>;
+
+/// What a backend keeps for a claim it handed out: released when dropped.
+pub trait Lease: Any + Send + Sync {
+    /// Release the claim, and let the item be claimed again no earlier than `at`.
+    fn put_back(self: Box<Self>, at: Timestamp);
+    /// For the backend that made it, to take its own lease back.
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
-/// For use inside transactions, where errors must be wrapped as aborts.
-fn decode_tx<T: DeserializeOwned>(
-    bytes: &[u8],
-) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
-    decode(bytes).map_err(ConflictableTransactionError::Abort)
+/// A delivery the worker holds. Dropping it releases the claim; recording its attempt
+/// ([`Storage::update_claimed`]) ends it. The delivery is shared, so the worker keeps it while
+/// the claim goes to the storage backend.
+pub struct Claimed {
+    pub delivery: Arc<Delivery>,
+    pub lease: Box<dyn Lease>,
 }
 
-fn tx_result<T>(result: std::result::Result<T, TransactionError<StoreError>>) -> Result<T> {
-    result.map_err(|e| match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Sled(e),
-    })
+impl Claimed {
+    /// Release the claim, and let the delivery be claimed again no earlier than `at` (the
+    /// worker had no room for it). Nothing is written.
+    pub fn put_back(self, at: Timestamp) {
+        self.lease.put_back(at);
+    }
+}
+
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed")
+            .field("delivery", &self.delivery.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stored counts for `/metrics`, kept up to date by the writes themselves so that a scrape
+/// costs the same however much is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Jobs waiting to be handed to upstream.
+    pub jobs_submitting: u64,
+    /// Jobs upstream is working on.
+    pub jobs_processing: u64,
+    /// Deliveries waiting for their first attempt.
+    pub deliveries_fresh: u64,
+    /// Deliveries waiting for a retry.
+    pub deliveries_retry: u64,
+}
+
+/// What a backend does. Every method is a unit of work in domain terms; every write is
+/// durable when it returns.
+#[async_trait::async_trait]
+pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
+    // --- Jobs and idempotency ---
+
+    /// Start admitting a new job: settle its idempotency key without writing anything. A live
+    /// key (younger than `key_ttl`) short-circuits; otherwise the key is held until the
+    /// returned [`KeyHold`] is dropped, and a second request with it meanwhile is told
+    /// [`Admission::InFlight`].
+    async fn begin_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyKey>,
+        key_ttl: std::time::Duration,
+    ) -> Result<Admission>;
+
+    /// Store a pending job, with the idempotency record of its key marked in flight: the
+    /// poller takes the job over at its `next_poll_at` if no one saves it before.
+    async fn hold_job(&self, job: &Job, idempotency: Option<&IdempotencyKey>) -> Result<()>;
+
+    /// Store a job that upstream accepted (or that will be submitted in the background), with
+    /// the answer its idempotency key replays. Returns `false`, writing nothing, when the job
+    /// was held and has meanwhile ended (cancelled): the cancellation stands. `held` says
+    /// whether [`Storage::hold_job`] stored it before.
+    async fn accept_job(
+        &self,
+        job: Job,
+        held: bool,
+        idempotency: Option<(IdempotencyKey, IdempotentResponse)>,
+    ) -> Result<bool>;
+
+    /// Keep nothing of a job that will not run. With `response`, that answer is what the key
+    /// replays; without, the key is released so the client may try again.
+    async fn refuse_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyKey>,
+        response: Option<&IdempotentResponse>,
+    ) -> Result<()>;
+
+    /// Save a pending job's progress, moving its due time. Returns `false`, writing nothing,
+    /// when the stored job has meanwhile ended (cancelled, say): the caller's news is stale.
+    async fn save_job(&self, job: &Job) -> Result<bool>;
+
+    /// The outbox: a job's terminal state and the deliveries it causes, in one write. Returns
+    /// `false`, writing nothing, when the job had already ended.
+    async fn complete_job(&self, job: &Job, deliveries: Vec<Delivery>) -> Result<bool>;
+
+    /// Cancel a tenant's job: no more polls, no events.
+    async fn cancel_job(&self, tenant: &Tenant, id: &JobId, now: Timestamp)
+        -> Result<Cancellation>;
+
+    /// A job of this tenant; another tenant's job is as good as absent.
+    async fn job(&self, tenant: &Tenant, id: &JobId) -> Result<Option<Job>>;
+
+    /// A job whichever tenant owns it (for the workers, never for a tenant's request).
+    async fn job_by_id(&self, id: &JobId) -> Result<Option<Job>>;
+
+    /// The job that tracks an upstream agent, whichever tenant owns it.
+    async fn job_by_agent(&self, agent_id: &str) -> Result<Option<Job>>;
+
+    /// A tenant's jobs, newest first, optionally of one status, after the cursor `after`.
+    async fn list_jobs(
+        &self,
+        tenant: &Tenant,
+        status: Option<JobStatus>,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<JobPage>;
+
+    /// Drop idempotency records older than `ttl`, at most `limit` of them; returns how many.
+    async fn purge_idempotency(
+        &self,
+        now: Timestamp,
+        ttl: std::time::Duration,
+        limit: usize,
+    ) -> Result<usize>;
+
+    // --- Due work ---
+
+    /// Claim up to `limit` jobs of `kind` due at `now`, each leased until `lease_until`: no one
+    /// else takes it meanwhile, and it is due again by itself if the claimer never reports.
+    async fn claim_due_jobs(
+        &self,
+        kind: WorkKind,
+        now: Timestamp,
+        limit: usize,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Job>>;
+
+    /// When the earliest job of `kind` is due, if any is pending.
+    async fn next_due_at(&self, kind: WorkKind) -> Result<Option<Timestamp>>;
+
+    /// How many jobs of `kind` are due at `now`, counting at most `cap`.
+    async fn count_due(&self, kind: WorkKind, now: Timestamp, cap: usize) -> Result<usize>;
+
+    /// Claim up to `limit` deliveries from `queue` that are due at `now`.
+    async fn claim_due_deliveries(
+        &self,
+        queue: DeliveryQueue,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Claimed>>;
+
+    /// When the earliest delivery of `queue` that is not claimed may be claimed.
+    async fn next_delivery_due_at(&self, queue: DeliveryQueue) -> Result<Option<Timestamp>>;
+
+    // --- Deliveries and attempts ---
+
+    /// Store deliveries that no job transition caused (test events, say), queued at once.
+    async fn insert_deliveries(&self, deliveries: Vec<Delivery>) -> Result<()>;
+
+    /// Record a claimed delivery's attempt: change it as [`Storage::update_delivery`] does and
+    /// end the claim. Answers with what it left stored (`None`: the delivery is gone, or the
+    /// change declined).
+    async fn update_claimed(
+        &self,
+        claim: Claimed,
+        change: DeliveryChange,
+    ) -> Result<Option<Recorded>>;
+
+    /// Change a tenant's delivery atomically against concurrent writers (the worker recording
+    /// an attempt), moving its due time: a dead letter retried by hand, say.
+    async fn update_delivery(
+        &self,
+        tenant: &Tenant,
+        id: &DeliveryId,
+        change: DeliveryChange,
+    ) -> Result<DeliveryUpdate>;
+
+    async fn delivery(&self, tenant: &Tenant, id: &DeliveryId) -> Result<Option<Delivery>>;
+
+    /// A tenant's deliveries, newest first, optionally in one state, after the cursor.
+    async fn list_deliveries(
+        &self,
+        tenant: &Tenant,
+        state: Option<DeliveryState>,
+        after: Option<&DeliveryId>,
+        limit: usize,
+    ) -> Result<DeliveryPage>;
+
+    /// Every delivery of a job's events, oldest first.
+    async fn deliveries_of_job(&self, job: &JobId) -> Result<Vec<Delivery>>;
+
+    /// Every delivery to a subscription, oldest first.
+    async fn deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>>;
+
+    // --- Subscriptions and secrets ---
+
+    /// Store a subscription and its indexes in one write.
+    async fn save_subscription(&self, sub: &Subscription) -> Result<()>;
+
+    async fn subscription(
+        &self,
+        tenant: &Tenant,
+        id: &SubscriptionId,
+    ) -> Result<Option<Subscription>>;
+
+    /// A tenant's subscriptions, oldest first.
+    async fn list_subscriptions(&self, tenant: &Tenant) -> Result<Vec<Subscription>>;
+
+    /// Remove a tenant's subscription with its indexes; `false` if there was none.
+    async fn delete_subscription(&self, tenant: &Tenant, id: &SubscriptionId) -> Result<bool>;
+
+    /// Change a subscription in place, atomically against concurrent changes. Returns the
+    /// updated subscription, or `None` when it no longer exists.
+    async fn update_subscription(
+        &self,
+        id: &SubscriptionId,
+        change: SubscriptionChange,
+    ) -> Result<Option<Subscription>>;
+
+    /// The tenant's callback secrets, created with `generate` on first use.
+    async fn callback_secrets(
+        &self,
+        tenant: &Tenant,
+        generate: fn() -> String,
+    ) -> Result<SecretSet>;
+
+    /// Change the tenant's callback secrets atomically against concurrent changes (two
+    /// rotations at once must not lose a secret one of them handed out). Answers with what is
+    /// stored now, or `None` when the change declined (nothing written).
+    async fn update_callback_secrets(
+        &self,
+        tenant: &Tenant,
+        change: SecretsChange,
+    ) -> Result<Option<SecretSet>>;
+
+    // --- Operations ---
+
+    /// Stored counts for metrics, read in constant time.
+    async fn counts(&self) -> Result<Counts>;
+
+    /// Whether the backend answers (a cheap probe for `/readyz`).
+    async fn is_healthy(&self) -> bool;
+
+    /// Make everything written so far durable and let go of the backend (shutdown).
+    async fn close(&self) -> Result<()>;
+}
+
+/// The enabled subscriptions of a tenant that want this event type.
+pub async fn subscriptions_for(
+    store: &dyn Storage,
+    tenant: &Tenant,
+    event_type: EventType,
+) -> Result<Vec<Subscription>> {
+    Ok(store
+        .list_subscriptions(tenant)
+        .await?
+        .into_iter()
+        .filter(|s| s.wants(event_type))
+        .collect())
 }
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    use super::Store;
+    use super::{SledStore, Store};
 
     /// A store in a fresh temporary directory, kept alive by the returned guard.
     pub fn temp_store() -> (Store, tempfile::TempDir) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 8 * 1024 * 1024).expect("open store");
-        (store, dir)
+        let (store, dir) = super::sled::test_support::temp_store();
+        (std::sync::Arc::new(store) as std::sync::Arc<SledStore>, dir)
     }
 }

@@ -221,8 +221,8 @@ pub fn harness(sim_config: SimConfig, tweak: impl FnOnce(&mut Settings)) -> Harn
 /// Open a stopped service's database directly, to look at what it stored.
 pub async fn open_store(path: &Path) -> agenthook::store::Store {
     for _ in 0..100 {
-        match agenthook::store::Store::open(path, 8 * 1024 * 1024) {
-            Ok(store) => return store,
+        match agenthook::store::SledStore::open(path, 8 * 1024 * 1024) {
+            Ok(store) => return std::sync::Arc::new(store),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }

@@ -75,7 +75,11 @@ async fn media_is_not_echoed_and_not_kept_once_accepted() {
     let id = agenthook::domain::JobId::parse(job["id"].as_str().unwrap()).unwrap();
     let (_, dir, _) = app.stop().await;
     let store = open_store(dir.path()).await;
-    let stored = store.job_by_id(&id).unwrap().expect("the job is stored");
+    let stored = store
+        .job_by_id(&id)
+        .await
+        .unwrap()
+        .expect("the job is stored");
     assert!(
         stored.request.is_none(),
         "the generate request (with its media) is still stored"

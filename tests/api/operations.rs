@@ -294,9 +294,9 @@ async fn a_stop_during_a_burst_of_deliveries_loses_nothing_and_leaves_nothing_le
     let store = open_store(dir.path()).await;
     let mut deliveries = Vec::new();
     for id in &ids {
-        let job = store.job_by_id(id).unwrap().expect("no job is lost");
+        let job = store.job_by_id(id).await.unwrap().expect("no job is lost");
         if job.status == agenthook::domain::JobStatus::Ready {
-            let of_job = store.deliveries_of_job(id).unwrap();
+            let of_job = store.deliveries_of_job(id).await.unwrap();
             assert_eq!(of_job.len(), 1, "a ready job has its callback delivery");
             deliveries.extend(of_job);
         }

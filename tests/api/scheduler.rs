@@ -28,8 +28,8 @@ async fn new_job(h: &Harness, prompt: &str, callback: Option<&str>) -> Job {
     job
 }
 
-fn stored(h: &Harness, job: &Job) -> Job {
-    h.services.store.job_by_id(&job.id).unwrap().unwrap()
+async fn stored(h: &Harness, job: &Job) -> Job {
+    h.services.store.job_by_id(&job.id).await.unwrap().unwrap()
 }
 
 /// Advance the clock in `tick` steps for `total`, stepping the poller after each.
@@ -76,7 +76,7 @@ async fn traps_never_end_a_job_and_ready_does() {
     for _ in 0..130 {
         h.clock.advance(Duration::from_secs(1));
         poller.step().await.unwrap();
-        let current = stored(&h, &job);
+        let current = stored(&h, &job).await;
         if let Some(status) = current.agent.as_ref().and_then(|a| a["status"].as_str()) {
             if seen.last().map(String::as_str) != Some(status) {
                 seen.push(status.to_owned());
@@ -92,7 +92,7 @@ async fn traps_never_end_a_job_and_ready_does() {
     assert!(seen.contains(&"completed".to_owned()), "{seen:?}");
     assert!(seen.contains(&"success".to_owned()), "{seen:?}");
     assert_eq!(seen.last().map(String::as_str), Some("ready"), "{seen:?}");
-    assert_eq!(stored(&h, &job).status, JobStatus::Ready);
+    assert_eq!(stored(&h, &job).await.status, JobStatus::Ready);
 }
 
 async fn run_to_end(h: &Harness, job: &Job) -> Job {
@@ -100,12 +100,12 @@ async fn run_to_end(h: &Harness, job: &Job) -> Job {
     for _ in 0..2000 {
         h.clock.advance(Duration::from_secs(1));
         poller.step().await.unwrap();
-        let current = stored(h, job);
+        let current = stored(h, job).await;
         if !current.is_pending() {
             return current;
         }
     }
-    panic!("job never ended: {:?}", stored(h, job));
+    panic!("job never ended: {:?}", stored(h, job).await);
 }
 
 #[tokio::test]
@@ -186,7 +186,10 @@ async fn the_read_budget_is_shared_never_exceeded_used_fully_and_fair() {
         "only {:.1}% of the budget used",
         share * 100.0
     );
-    let never_polled = jobs.iter().filter(|j| stored(&h, j).polls == 0).count();
+    let mut never_polled = 0;
+    for job in &jobs {
+        never_polled += usize::from(stored(&h, job).await.polls == 0);
+    }
     assert_eq!(never_polled, 0, "some jobs starved");
 }
 
@@ -199,7 +202,7 @@ async fn a_429_pauses_the_bucket_for_retry_after() {
     });
     let job = new_job(&h, "rate limited", None).await;
     run_for(&h, Duration::from_secs(2), Duration::from_millis(500)).await;
-    assert_eq!(stored(&h, &job).status, JobStatus::Processing);
+    assert_eq!(stored(&h, &job).await.status, JobStatus::Processing);
     h.sim.state.fail_next(1, 429);
     run_for(&h, Duration::from_secs(2), Duration::from_millis(500)).await;
     let after_429 = h.sim.state.status_calls();
@@ -218,7 +221,7 @@ async fn a_429_pauses_the_bucket_for_retry_after() {
         h.sim.state.status_calls() > after_429,
         "polling never resumed"
     );
-    assert!(stored(&h, &job).transient_errors >= 1);
+    assert!(stored(&h, &job).await.transient_errors >= 1);
 }
 
 #[tokio::test]
@@ -245,7 +248,7 @@ async fn repeated_404s_fail_the_job_with_not_found() {
     let h = harness(slow_sim(), |s| s.poller.max_not_found = 5);
     let job = new_job(&h, "vanishing", None).await;
     run_for(&h, Duration::from_secs(1), Duration::from_millis(100)).await;
-    let agent_id = stored(&h, &job).agent_id.unwrap();
+    let agent_id = stored(&h, &job).await.agent_id.unwrap();
     assert!(h.sim.state.forget_agent(&agent_id));
     let done = run_to_end(&h, &job).await;
     assert_eq!(done.status, JobStatus::Failed);
@@ -259,12 +262,12 @@ async fn a_submission_deferred_by_an_outage_goes_through_afterwards() {
     h.sim.state.set_outage(true);
     let job = new_job(&h, "outage", None).await;
     run_for(&h, Duration::from_secs(5), Duration::from_millis(500)).await;
-    let during = stored(&h, &job);
+    let during = stored(&h, &job).await;
     assert_eq!(during.status, JobStatus::Submitting);
     assert!(during.submit_attempts >= 1);
     h.sim.state.set_outage(false);
     run_for(&h, Duration::from_secs(120), Duration::from_secs(1)).await;
-    let after = stored(&h, &job);
+    let after = stored(&h, &job).await;
     assert_ne!(after.status, JobStatus::Submitting);
     assert!(after.agent_id.is_some());
     assert_eq!(
@@ -312,23 +315,31 @@ async fn the_terminal_transition_and_its_deliveries_are_written_together() {
     };
     let wants_ready = subscription(vec![EventType::AgentReady]);
     let wants_failed = subscription(vec![EventType::AgentFailed]);
-    h.services.store.save_subscription(&wants_ready).unwrap();
-    h.services.store.save_subscription(&wants_failed).unwrap();
+    h.services
+        .store
+        .save_subscription(&wants_ready)
+        .await
+        .unwrap();
+    h.services
+        .store
+        .save_subscription(&wants_failed)
+        .await
+        .unwrap();
     let job = new_job(&h, "outbox", Some("http://127.0.0.1:9/callback")).await;
 
     let poller = h.services.poller();
     loop {
         h.clock.advance(Duration::from_secs(1));
         poller.step().await.unwrap();
-        let current = stored(&h, &job);
-        let deliveries = h.services.store.deliveries_of_job(&job.id).unwrap();
+        let current = stored(&h, &job).await;
+        let deliveries = h.services.store.deliveries_of_job(&job.id).await.unwrap();
         // Never one without the other.
         assert_eq!(current.is_pending(), deliveries.is_empty(), "{current:?}");
         if !current.is_pending() {
             break;
         }
     }
-    let deliveries = h.services.store.deliveries_of_job(&job.id).unwrap();
+    let deliveries = h.services.store.deliveries_of_job(&job.id).await.unwrap();
     assert_eq!(
         deliveries.len(),
         2,
@@ -348,11 +359,16 @@ async fn the_terminal_transition_and_its_deliveries_are_written_together() {
     assert_eq!(deliveries[0].event_id, deliveries[1].event_id);
 
     // A second completion of an ended job writes nothing.
-    let mut again = stored(&h, &job);
+    let mut again = stored(&h, &job).await;
     again.status = JobStatus::Failed;
-    assert_eq!(h.services.lifecycle.complete(&again).unwrap(), None);
+    assert_eq!(h.services.lifecycle.complete(&again).await.unwrap(), None);
     assert_eq!(
-        h.services.store.deliveries_of_job(&job.id).unwrap().len(),
+        h.services
+            .store
+            .deliveries_of_job(&job.id)
+            .await
+            .unwrap()
+            .len(),
         2
     );
 }
@@ -367,10 +383,12 @@ async fn claimed_jobs_are_leased_and_come_back_when_the_lease_expires() {
     let lease_until = agenthook::clock::after(now, Duration::from_secs(60));
     let first = store
         .claim_due_jobs(WorkKind::Submit, now, 10, lease_until)
+        .await
         .unwrap();
     assert_eq!(first.len(), 1);
     assert!(store
         .claim_due_jobs(WorkKind::Submit, now, 10, lease_until)
+        .await
         .unwrap()
         .is_empty());
     // The claimer died; after the lease the job is due again.
@@ -382,6 +400,7 @@ async fn claimed_jobs_are_leased_and_come_back_when_the_lease_expires() {
             10,
             agenthook::clock::after(later, Duration::from_secs(60)),
         )
+        .await
         .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, job.id);
@@ -392,7 +411,7 @@ async fn forcing_an_outcome_in_the_simulator_is_seen_on_the_next_poll() {
     let h = harness(slow_sim(), |_| {});
     let job = new_job(&h, "forced", None).await;
     run_for(&h, Duration::from_secs(1), Duration::from_millis(100)).await;
-    let agent_id = stored(&h, &job).agent_id.unwrap();
+    let agent_id = stored(&h, &job).await.agent_id.unwrap();
     h.sim.state.set_agent_outcome(
         &agent_id,
         Outcome::Failed {

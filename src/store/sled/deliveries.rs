@@ -1,5 +1,6 @@
 //! Deliveries and the worker's queue.
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -8,41 +9,26 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::{IVec, Transactional};
 
 use super::record::{decode_delivery, encode_delivery};
-use super::{keys, tx_result, Result, Store, StoreError};
+use super::writer::{Tx, TxResult};
+use super::{keys, tx_result, Result, SledStore, StoreError};
 use crate::clock::Timestamp;
 use crate::domain::{Delivery, DeliveryId, DeliveryState, JobId, Payload, SubscriptionId, Tenant};
+use crate::store::{
+    Claimed, DeliveryChange, DeliveryPage, DeliveryQueue, DeliveryUpdate, Lease, Recorded,
+};
 
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
+/// A queue entry found stale by a claim, with its delivery's id.
+pub type StaleEntry = (Vec<u8>, String);
 
 /// The due time of a queue entry (its millis) as a timestamp.
 fn from_millis(ms: u64) -> Timestamp {
     chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default()
 }
 
-/// The worker drains two queues so that a receiver piling up retries never delays fresh
-/// events to healthy receivers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeliveryQueue {
-    /// First attempts.
-    Fresh,
-    /// Everything after a failed attempt.
-    Retry,
-}
-
-impl DeliveryQueue {
-    fn tag(self) -> u8 {
-        match self {
-            DeliveryQueue::Fresh => b'f',
-            DeliveryQueue::Retry => b'r',
-        }
-    }
-
-    pub fn of(delivery: &Delivery) -> DeliveryQueue {
-        if delivery.is_first_attempt() {
-            DeliveryQueue::Fresh
-        } else {
-            DeliveryQueue::Retry
-        }
+fn queue_tag(queue: DeliveryQueue) -> u8 {
+    match queue {
+        DeliveryQueue::Fresh => b'f',
+        DeliveryQueue::Retry => b'r',
     }
 }
 
@@ -52,24 +38,16 @@ fn queue_key(delivery: &Delivery) -> Option<Vec<u8>> {
     }
     let at = delivery.next_attempt_at?;
     Some(keys::timed(
-        DeliveryQueue::of(delivery).tag(),
+        queue_tag(DeliveryQueue::of(delivery)),
         at,
         delivery.id.as_str(),
     ))
 }
 
-/// The trees a new delivery is written to.
-pub(super) struct DeliveryTrees<'a> {
-    pub deliveries: &'a TransactionalTree,
-    pub events: &'a TransactionalTree,
-    pub index: &'a TransactionalTree,
-    pub queue: &'a TransactionalTree,
-}
-
 /// Store new deliveries (`encoded` are their records): each with its index and queue entries,
 /// and each event's body once, however many deliveries it has.
 pub(super) fn insert_deliveries_tx(
-    trees: &DeliveryTrees<'_>,
+    tx: &Tx<'_>,
     deliveries: &[Delivery],
     encoded: &[Vec<u8>],
 ) -> TxResult<()> {
@@ -77,10 +55,10 @@ pub(super) fn insert_deliveries_tx(
     for (delivery, bytes) in deliveries.iter().zip(encoded) {
         let id = delivery.id.as_str();
         if bodies_written.insert(delivery.event_id.as_str()) {
-            put_body_tx(trees.events, delivery)?;
+            put_body_tx(tx.events, delivery)?;
         }
-        trees.deliveries.insert(id, bytes.as_slice())?;
-        let index = trees.index;
+        tx.deliveries.insert(id, bytes.as_slice())?;
+        let index = tx.index;
         index.insert(
             keys::owned(keys::TENANT_DELIVERIES, delivery.tenant.as_str(), id),
             &[],
@@ -95,7 +73,7 @@ pub(super) fn insert_deliveries_tx(
             )?;
         }
         if let Some(key) = queue_key(delivery) {
-            trees.queue.insert(key, &[])?;
+            tx.put_queued(&key)?;
         }
     }
     Ok(())
@@ -189,45 +167,24 @@ fn move_bodies_out(
     tx_result(result)
 }
 
-/// A claimed delivery as [`Store::update_claimed`] left it stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Recorded {
-    pub state: DeliveryState,
-    /// Attempts made so far, the one just recorded included.
-    pub attempts: usize,
-}
-
-/// What [`Store::update_delivery`] did.
-#[derive(Clone, Debug)]
-pub enum DeliveryUpdate {
-    /// No such delivery for this tenant.
-    NotFound,
-    /// The change declined; the delivery as stored.
-    Unchanged(Delivery),
-    /// The delivery as changed and stored.
-    Updated(Delivery),
-}
-
-/// The body of [`Store::update_delivery`], inside a transaction. `claimed` is a delivery
+/// The body of [`SledStore::update_delivery`], inside a transaction. `claimed` is a delivery
 /// already in hand with the bytes it was read as: while those are still what is stored, it is
 /// taken instead of decoding them again.
 fn update_delivery_tx(
-    tree: &TransactionalTree,
-    events: &TransactionalTree,
-    queue: &TransactionalTree,
+    tx: &Tx<'_>,
     tenant: &Tenant,
     id: &DeliveryId,
     claimed: Option<(&[u8], &Delivery)>,
     change: &dyn Fn(&mut Delivery) -> bool,
 ) -> TxResult<DeliveryUpdate> {
-    let Some(raw) = tree.get(id.as_str())? else {
+    let Some(raw) = tx.deliveries.get(id.as_str())? else {
         return Ok(DeliveryUpdate::NotFound);
     };
     // The claimed copy, when the record is still as claimed: no decoding, and one clone.
     let stored: Cow<'_, Delivery> = match claimed {
         Some((bytes, delivery)) if raw == bytes => Cow::Borrowed(delivery),
         _ => Cow::Owned(with_body_tx(
-            events,
+            tx.events,
             decode_delivery(&raw).map_err(ConflictableTransactionError::Abort)?,
             claimed.map(|(_, d)| d),
         )?),
@@ -239,13 +196,17 @@ fn update_delivery_tx(
     if !change(&mut changed) {
         return Ok(DeliveryUpdate::Unchanged(stored.into_owned()));
     }
-    if let Some(key) = queue_key(&stored) {
-        queue.remove(key)?;
+    let (old_key, new_key) = (queue_key(&stored), queue_key(&changed));
+    if old_key != new_key {
+        if let Some(key) = old_key {
+            tx.remove_queued(&key)?;
+        }
+        if let Some(key) = new_key {
+            tx.put_queued(&key)?;
+        }
     }
-    if let Some(key) = queue_key(&changed) {
-        queue.insert(key, &[])?;
-    }
-    tree.insert(id.as_str(), encode_delivery(&changed))?;
+    tx.deliveries
+        .insert(id.as_str(), encode_delivery(&changed))?;
     Ok(DeliveryUpdate::Updated(changed))
 }
 
@@ -355,34 +316,32 @@ impl ClaimState {
     }
 }
 
-/// A delivery the worker holds (see [`Claims`]), with the bytes it was read as. Dropping it
-/// releases the claim. The delivery is shared, so the worker keeps it while the claim goes to
-/// the storage writer: the writer's thread lets go of a reference, and the memory is usually
-/// freed back on the thread that allocated it.
-pub struct Claimed {
-    pub delivery: Arc<Delivery>,
+/// The lease of a delivery the worker holds (see [`Claims`]), with the bytes its record was
+/// read as. Dropping it releases the claim.
+struct SledLease {
+    id: String,
     stored: IVec,
     claims: Claims,
 }
 
-impl Claimed {
-    /// Release the claim, and let the delivery be claimed again no earlier than `at` (the
-    /// worker had no room for it). Nothing is written.
-    pub fn put_back(self, at: Timestamp) {
+impl Lease for SledLease {
+    fn put_back(self: Box<Self>, at: Timestamp) {
         let mut state = self.claims.lock();
         if state.held_back.len() >= HELD_BACK_LIMIT {
             // Entries whose time has come hold nothing back any more.
             state.held_back.retain(|_, until| *until > at);
         }
-        state
-            .held_back
-            .insert(self.delivery.id.as_str().to_owned(), at);
+        state.held_back.insert(self.id.clone(), at);
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
     }
 }
 
-impl Drop for Claimed {
+impl Drop for SledLease {
     fn drop(&mut self) {
-        self.claims.lock().sending.remove(self.delivery.id.as_str());
+        self.claims.lock().sending.remove(&self.id);
     }
 }
 
@@ -392,36 +351,13 @@ const HELD_BACK_LIMIT: usize = 4096;
 /// How long a delivery whose record cannot be read is left alone before it is tried again.
 const UNREADABLE_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
-impl std::fmt::Debug for Claimed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Claimed")
-            .field("delivery", &self.delivery.id)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct DeliveryPage {
-    pub deliveries: Vec<Delivery>,
-    pub next: Option<DeliveryId>,
-}
-
-impl Store {
+impl SledStore {
     /// Store deliveries that no job transition caused (test events, say), queued at once.
-    pub fn insert_deliveries(&self, deliveries: &[Delivery]) -> Result<()> {
+    pub async fn insert_deliveries(&self, deliveries: Vec<Delivery>) -> Result<()> {
         let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode_delivery).collect();
-        let result = (&self.deliveries, &self.events, &self.index, &self.queue).transaction(
-            |(deliveries_tree, events, index, queue)| {
-                let trees = DeliveryTrees {
-                    deliveries: deliveries_tree,
-                    events,
-                    index,
-                    queue,
-                };
-                insert_deliveries_tx(&trees, deliveries, &encoded)
-            },
-        );
-        tx_result(result)
+        self.writer
+            .write(move |tx| insert_deliveries_tx(tx, &deliveries, &encoded))
+            .await
     }
 
     /// The delivery `id` stored as `raw`, with its event's body, to be claimed: a record that
@@ -459,15 +395,17 @@ impl Store {
     }
 
     /// Claim up to `limit` deliveries from `queue` that are due at `now` (see [`Claims`]). A
-    /// claim writes nothing; only a queue entry its delivery no longer has is removed on the
-    /// way, and a record of the first layout has its body moved out.
+    /// claim writes nothing; queue entries their deliveries no longer have are returned, for
+    /// [`SledStore::remove_stale_entries`], and a record of the first layout has its body moved
+    /// out.
     pub fn claim_due_deliveries(
         &self,
         queue: DeliveryQueue,
         now: Timestamp,
         limit: usize,
-    ) -> Result<Vec<Claimed>> {
+    ) -> Result<(Vec<Claimed>, Vec<StaleEntry>)> {
         let mut claimed = Vec::with_capacity(limit.min(PREFETCH));
+        let mut stale = Vec::new();
         let mut state = self.claims.lock();
         let mut scanned = false;
         while claimed.len() < limit {
@@ -505,24 +443,27 @@ impl Store {
                 },
             };
             let Some((raw, delivery)) = read else {
-                self.remove_stale_entry(&key, id)?;
+                stale.push((key.to_vec(), id.to_owned()));
                 continue;
             };
             if queue_key(&delivery).as_deref() != Some(&key[..]) {
                 // Moved since the scan (a manual retry, say), or an entry left behind.
                 if self.queue.contains_key(&key)? {
-                    self.remove_stale_entry(&key, id)?;
+                    stale.push((key.to_vec(), id.to_owned()));
                 }
                 continue;
             }
             state.sending.insert(id.to_owned());
             claimed.push(Claimed {
                 delivery: Arc::new(delivery),
-                stored: raw,
-                claims: self.claims.clone(),
+                lease: Box::new(SledLease {
+                    id: id.to_owned(),
+                    stored: raw,
+                    claims: self.claims.clone(),
+                }),
             });
         }
-        Ok(claimed)
+        Ok((claimed, stale))
     }
 
     /// Up to `want` entries of `queue` due at `now` that may be claimed, in order.
@@ -534,7 +475,7 @@ impl Store {
         want: usize,
     ) -> Result<VecDeque<IVec>> {
         let mut found = VecDeque::new();
-        for entry in super::due_entries(&self.queue, queue.tag(), now) {
+        for entry in super::due_entries(&self.queue, queue_tag(queue), now) {
             if found.len() >= want {
                 break;
             }
@@ -546,43 +487,49 @@ impl Store {
         Ok(found)
     }
 
-    /// Drop a queue entry that its delivery no longer has (none is left behind by the writes
-    /// here; this keeps the queue clean whatever happened before).
-    fn remove_stale_entry(&self, key: &[u8], id: &str) -> Result<()> {
-        let result = (&self.deliveries, &self.queue).transaction(|(tree, queue)| {
-            let current = match tree.get(id)? {
-                Some(raw) => {
-                    queue_key(&decode_delivery(&raw).map_err(ConflictableTransactionError::Abort)?)
+    /// Drop queue entries that their deliveries no longer have (none is left behind by the
+    /// writes here; this keeps the queue clean whatever happened before).
+    pub async fn remove_stale_entries(&self, entries: Vec<StaleEntry>) -> Result<()> {
+        self.writer
+            .write(move |tx| {
+                for (key, id) in &entries {
+                    let current = match tx.deliveries.get(id.as_str())? {
+                        Some(raw) => queue_key(
+                            &decode_delivery(&raw).map_err(ConflictableTransactionError::Abort)?,
+                        ),
+                        None => None,
+                    };
+                    if current.as_deref() != Some(key.as_slice()) {
+                        tx.remove_queued(key)?;
+                    }
                 }
-                None => None,
-            };
-            if current.as_deref() != Some(key) {
-                queue.remove(key)?;
-            }
-            Ok(())
-        });
-        tx_result(result)
+                Ok(())
+            })
+            .await
     }
 
-    /// Change a claimed delivery (its attempt recorded) as [`Store::update_delivery`] does,
-    /// answered once on disk with what it left stored (`None`: the delivery is gone, or the
-    /// change declined). Changes made together share one transaction and one fsync. The claim
-    /// goes into the write and is released when the writer drops it, before answering.
+    /// Change a claimed delivery (its attempt recorded) as [`SledStore::update_delivery`]
+    /// does, answered once on disk with what it left stored (`None`: the delivery is gone, or
+    /// the change declined). Changes made together share one transaction and one fsync. The
+    /// claim goes into the write and is released when the writer drops it, before answering.
     pub async fn update_claimed(
         &self,
         claim: Claimed,
-        change: impl Fn(&mut Delivery) -> bool + Send + 'static,
+        change: DeliveryChange,
     ) -> Result<Option<Recorded>> {
+        let Claimed { delivery, lease } = claim;
+        let lease = lease
+            .into_any()
+            .downcast::<SledLease>()
+            .map_err(|_| StoreError::Corrupt("a claim of another store".into()))?;
         self.writer
             .write(move |tx| {
-                let d = &*claim.delivery;
+                let d = &*delivery;
                 let update = update_delivery_tx(
-                    tx.deliveries,
-                    tx.events,
-                    tx.queue,
+                    tx,
                     &d.tenant,
                     &d.id,
-                    Some((claim.stored.as_ref(), d)),
+                    Some((lease.stored.as_ref(), d)),
                     &change,
                 )?;
                 // The changed record stays on this thread: only its outcome goes back.
@@ -600,17 +547,16 @@ impl Store {
     /// Change a tenant's delivery atomically against concurrent writers (the worker recording
     /// an attempt), moving its queue entry. `change` returns `false` to leave it as it is; it
     /// may run more than once.
-    pub fn update_delivery(
+    pub async fn update_delivery(
         &self,
         tenant: &Tenant,
         id: &DeliveryId,
-        change: impl Fn(&mut Delivery) -> bool,
+        change: DeliveryChange,
     ) -> Result<DeliveryUpdate> {
-        let result =
-            (&self.deliveries, &self.events, &self.queue).transaction(|(tree, events, queue)| {
-                update_delivery_tx(tree, events, queue, tenant, id, None, &change)
-            });
-        tx_result(result)
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.writer
+            .write(move |tx| update_delivery_tx(tx, &tenant, &id, None, &change))
+            .await
     }
 
     pub fn delivery(&self, tenant: &Tenant, id: &DeliveryId) -> Result<Option<Delivery>> {
@@ -696,16 +642,11 @@ impl Store {
         if let Some(at) = state.earliest(buffered.iter().map(|key| Ok(key.clone())))? {
             return Ok(Some(at));
         }
-        let stored = self.queue.scan_prefix([queue.tag()]).map(|entry| {
+        let stored = self.queue.scan_prefix([queue_tag(queue)]).map(|entry| {
             let (key, _) = entry?;
             Ok(key)
         });
         state.earliest(stored)
-    }
-
-    /// Deliveries waiting in `queue`.
-    pub fn queued_deliveries(&self, queue: DeliveryQueue) -> usize {
-        self.queue.scan_prefix([queue.tag()]).count()
     }
 }
 
@@ -713,7 +654,21 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::{Destination, Event};
-    use crate::store::test_support::temp_store;
+    use crate::store::Storage;
+
+    /// The store as the service sees it.
+    fn api(store: &SledStore) -> &dyn Storage {
+        store
+    }
+
+    fn queued(store: &SledStore, queue: DeliveryQueue) -> usize {
+        let counts = store.counts.read();
+        (match queue {
+            DeliveryQueue::Fresh => counts.deliveries_fresh,
+            DeliveryQueue::Retry => counts.deliveries_retry,
+        }) as usize
+    }
+    use crate::store::sled::test_support::temp_store;
 
     fn failed_delivery(tenant: &Tenant, now: Timestamp) -> Delivery {
         let event = Event::test(tenant.clone(), now);
@@ -730,42 +685,51 @@ mod tests {
         delivery
     }
 
-    #[test]
-    fn update_delivery_requeues_and_is_scoped_to_the_tenant() {
+    #[tokio::test]
+    async fn update_delivery_requeues_and_is_scoped_to_the_tenant() {
         let (store, _dir) = temp_store();
         let now = chrono::Utc::now();
         let acme = Tenant::parse("acme").unwrap();
         let globex = Tenant::parse("globex").unwrap();
         let delivery = failed_delivery(&acme, now);
-        store
-            .insert_deliveries(std::slice::from_ref(&delivery))
+        api(&store)
+            .insert_deliveries(vec![delivery.clone()])
+            .await
             .unwrap();
-        assert_eq!(store.queued_deliveries(DeliveryQueue::Fresh), 0);
+        assert_eq!(queued(&store, DeliveryQueue::Fresh), 0);
 
         let other = store
-            .update_delivery(&globex, &delivery.id, |_| true)
+            .update_delivery(&globex, &delivery.id, Box::new(|_| true))
+            .await
             .unwrap();
         assert!(matches!(other, DeliveryUpdate::NotFound));
 
         let declined = store
-            .update_delivery(&acme, &delivery.id, |_| false)
+            .update_delivery(&acme, &delivery.id, Box::new(|_| false))
+            .await
             .unwrap();
         assert!(matches!(declined, DeliveryUpdate::Unchanged(_)));
 
         let updated = store
-            .update_delivery(&acme, &delivery.id, |d| {
-                d.state = DeliveryState::Pending;
-                d.next_attempt_at = Some(now);
-                true
-            })
+            .update_delivery(
+                &acme,
+                &delivery.id,
+                Box::new(move |d| {
+                    d.state = DeliveryState::Pending;
+                    d.next_attempt_at = Some(now);
+                    true
+                }),
+            )
+            .await
             .unwrap();
         let DeliveryUpdate::Updated(updated) = updated else {
             panic!("expected an update");
         };
         assert_eq!(updated.message_id, delivery.message_id);
-        assert_eq!(store.queued_deliveries(DeliveryQueue::Fresh), 1);
-        let claimed = store
+        assert_eq!(queued(&store, DeliveryQueue::Fresh), 1);
+        let claimed = api(&store)
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .await
             .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].delivery.id, delivery.id);
@@ -779,19 +743,26 @@ mod tests {
     }
 
     /// A store with two deliveries of tenant `acme`, due `now`.
-    fn two_due() -> (Store, tempfile::TempDir, Timestamp, Tenant, [Delivery; 2]) {
+    async fn two_due() -> (
+        SledStore,
+        tempfile::TempDir,
+        Timestamp,
+        Tenant,
+        [Delivery; 2],
+    ) {
         let (store, dir) = temp_store();
         let now = chrono::Utc::now();
         let acme = Tenant::parse("acme").unwrap();
         let (one, two) = (due_delivery(&acme, now), due_delivery(&acme, now));
-        store
-            .insert_deliveries(&[one.clone(), two.clone()])
+        api(&store)
+            .insert_deliveries(vec![one.clone(), two.clone()])
+            .await
             .unwrap();
         (store, dir, now, acme, [one, two])
     }
 
-    fn claim_ids(store: &Store, now: Timestamp) -> (Vec<Claimed>, Vec<DeliveryId>) {
-        let claimed = store
+    fn claim_ids(store: &SledStore, now: Timestamp) -> (Vec<Claimed>, Vec<DeliveryId>) {
+        let (claimed, _stale) = store
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
             .unwrap();
         let ids = claimed.iter().map(|c| c.delivery.id.clone()).collect();
@@ -800,7 +771,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_writes_nothing_and_holds_its_delivery_until_the_attempt_is_on_disk() {
-        let (store, _dir, now, acme, [one, two]) = two_due();
+        let (store, _dir, now, acme, [one, two]) = two_due().await;
         let stored = |id: &DeliveryId| store.delivery(&acme, id).unwrap().unwrap();
         let stored_one = serde_json::to_string(&stored(&one.id)).unwrap();
 
@@ -814,7 +785,7 @@ mod tests {
             claimed.swap(0, 1);
         }
         assert_eq!(serde_json::to_string(&stored(&one.id)).unwrap(), stored_one);
-        assert_eq!(store.queued_deliveries(DeliveryQueue::Fresh), 2);
+        assert_eq!(queued(&store, DeliveryQueue::Fresh), 2);
         assert!(claim_ids(&store, now).1.is_empty(), "claimed twice");
         assert_eq!(
             store.next_delivery_due_at(DeliveryQueue::Fresh).unwrap(),
@@ -829,11 +800,14 @@ mod tests {
         let later = now + chrono::Duration::seconds(30);
         let first = claimed.pop().unwrap();
         let update = store
-            .update_claimed(first, move |d| {
-                d.next_attempt_at = Some(later);
-                d.updated_at = later;
-                true
-            })
+            .update_claimed(
+                first,
+                Box::new(move |d| {
+                    d.next_attempt_at = Some(later);
+                    d.updated_at = later;
+                    true
+                }),
+            )
             .await
             .unwrap();
         let pending = Recorded {
@@ -849,9 +823,9 @@ mod tests {
     }
 
     /// Open `path` again once the previous store's writer thread has let go of it.
-    fn reopen(path: &std::path::Path) -> Store {
+    fn reopen(path: &std::path::Path) -> SledStore {
         for _ in 0..200 {
-            match Store::open(path, 8 * 1024 * 1024) {
+            match SledStore::open(path, 8 * 1024 * 1024) {
                 Ok(store) => return store,
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
             }
@@ -859,8 +833,8 @@ mod tests {
         panic!("the store stayed locked");
     }
 
-    #[test]
-    fn an_event_body_is_stored_once_for_all_its_deliveries_and_not_in_their_records() {
+    #[tokio::test]
+    async fn an_event_body_is_stored_once_for_all_its_deliveries_and_not_in_their_records() {
         let (store, _dir) = temp_store();
         let now = chrono::Utc::now();
         let acme = Tenant::parse("acme").unwrap();
@@ -871,7 +845,10 @@ mod tests {
         let deliveries: Vec<Delivery> = (0..3)
             .map(|i| Delivery::new(&event, None, url(i), now))
             .collect();
-        store.insert_deliveries(&deliveries).unwrap();
+        api(&store)
+            .insert_deliveries(deliveries.clone())
+            .await
+            .unwrap();
 
         assert_eq!(store.events.len(), 1);
         for d in &deliveries {
@@ -882,8 +859,9 @@ mod tests {
             let read = store.delivery(&acme, &d.id).unwrap().unwrap();
             assert_eq!(read.payload.json(), d.payload.json());
         }
-        let claimed = store
+        let claimed = api(&store)
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .await
             .unwrap();
         assert_eq!(claimed.len(), 3);
         assert!(claimed
@@ -891,8 +869,8 @@ mod tests {
             .all(|c| c.delivery.payload.value() == &event.payload()));
     }
 
-    #[test]
-    fn records_of_the_first_layout_are_upgraded_on_open_and_read_the_same() {
+    #[tokio::test]
+    async fn records_of_the_first_layout_are_upgraded_on_open_and_read_the_same() {
         let dir = tempfile::tempdir().unwrap();
         let now = chrono::Utc::now();
         let acme = Tenant::parse("acme").unwrap();
@@ -901,9 +879,10 @@ mod tests {
         let mut delivery = Delivery::new(&event, None, delivery.destination, now);
         delivery.next_attempt_at = Some(now);
         {
-            let store = Store::open(dir.path(), 8 * 1024 * 1024).unwrap();
-            store
-                .insert_deliveries(std::slice::from_ref(&delivery))
+            let store = SledStore::open(dir.path(), 8 * 1024 * 1024).unwrap();
+            api(&store)
+                .insert_deliveries(vec![delivery.clone()])
+                .await
                 .unwrap();
             // Written as layout 1 did: the body inside the record, nothing in `events`.
             let mut record = serde_json::to_value(&delivery).unwrap();
@@ -926,26 +905,26 @@ mod tests {
         let read = store.delivery(&acme, &delivery.id).unwrap().unwrap();
         assert_eq!(read.payload.value(), &event.payload());
         assert_eq!(read.message_id, delivery.message_id);
-        assert_eq!(
-            store.queued_deliveries(DeliveryQueue::Fresh),
-            1,
-            "still queued"
-        );
-        let claimed = store
+        assert_eq!(queued(&store, DeliveryQueue::Fresh), 1, "still queued");
+        let claimed = api(&store)
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .await
             .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].delivery.payload.value(), &event.payload());
     }
 
     /// Record a claimed delivery's attempt as a success, as the worker does.
-    async fn record_success(store: &Store, claimed: Claimed) {
+    async fn record_success(store: &SledStore, claimed: Claimed) {
         let update = store
-            .update_claimed(claimed, |d| {
-                d.state = DeliveryState::Succeeded;
-                d.next_attempt_at = None;
-                true
-            })
+            .update_claimed(
+                claimed,
+                Box::new(move |d| {
+                    d.state = DeliveryState::Succeeded;
+                    d.next_attempt_at = None;
+                    true
+                }),
+            )
             .await
             .unwrap();
         assert_eq!(update.map(|r| r.state), Some(DeliveryState::Succeeded));
@@ -953,7 +932,7 @@ mod tests {
 
     /// Rewrite a stored delivery as the first layout wrote it: its body inside the record,
     /// nothing in `events` (as an earlier version does if it runs after the upgrade).
-    fn rewrite_as_first_layout(store: &Store, delivery: &Delivery) {
+    fn rewrite_as_first_layout(store: &SledStore, delivery: &Delivery) {
         let mut record = serde_json::to_value(delivery).unwrap();
         record["payload"] = delivery.payload.value().clone();
         store
@@ -965,13 +944,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_first_layout_record_written_after_the_upgrade_keeps_its_body_when_recorded() {
-        let (store, _dir, now, acme, [one, two]) = two_due();
+        let (store, _dir, now, acme, [one, two]) = two_due().await;
         rewrite_as_first_layout(&store, &one);
         rewrite_as_first_layout(&store, &two);
 
         // Recorded by the worker: the claim moves the body out before the attempt.
-        let claimed = store
+        let claimed = api(&store)
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .await
             .unwrap();
         assert_eq!(claimed.len(), 2);
         let first = claimed
@@ -986,11 +966,16 @@ mod tests {
         // Changed through the API (a manual retry, say) straight from the old record.
         rewrite_as_first_layout(&store, &two);
         let update = store
-            .update_delivery(&acme, &two.id, |d| {
-                d.state = DeliveryState::Failed;
-                d.next_attempt_at = None;
-                true
-            })
+            .update_delivery(
+                &acme,
+                &two.id,
+                Box::new(move |d| {
+                    d.state = DeliveryState::Failed;
+                    d.next_attempt_at = None;
+                    true
+                }),
+            )
+            .await
             .unwrap();
         let DeliveryUpdate::Updated(updated) = update else {
             panic!("expected an update");
@@ -1003,7 +988,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_json_record_of_the_previous_version_is_claimed_read_and_rewritten_in_binary() {
-        let (store, _dir, now, acme, [one, _]) = two_due();
+        let (store, _dir, now, acme, [one, _]) = two_due().await;
         // Written as the previous version did: JSON, its body in `events`.
         store
             .deliveries
@@ -1023,19 +1008,20 @@ mod tests {
         assert_eq!(read.state, DeliveryState::Succeeded);
         assert_eq!(read.message_id, one.message_id);
         assert_eq!(read.payload.json(), one.payload.json());
-        assert_eq!(store.queued_deliveries(DeliveryQueue::Fresh), 1);
+        assert_eq!(queued(&store, DeliveryQueue::Fresh), 1);
     }
 
-    #[test]
-    fn an_unreadable_record_neither_stops_the_store_opening_nor_holds_up_the_queue() {
+    #[tokio::test]
+    async fn an_unreadable_record_neither_stops_the_store_opening_nor_holds_up_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         let now = chrono::Utc::now();
         let acme = Tenant::parse("acme").unwrap();
         let (bad, good) = (due_delivery(&acme, now), due_delivery(&acme, now));
         {
-            let store = Store::open(dir.path(), 8 * 1024 * 1024).unwrap();
-            store
-                .insert_deliveries(&[bad.clone(), good.clone()])
+            let store = SledStore::open(dir.path(), 8 * 1024 * 1024).unwrap();
+            api(&store)
+                .insert_deliveries(vec![bad.clone(), good.clone()])
+                .await
                 .unwrap();
             store
                 .deliveries
@@ -1045,8 +1031,9 @@ mod tests {
             store.flush_now().unwrap();
         }
         let store = reopen(dir.path());
-        let claimed = store
+        let claimed = api(&store)
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .await
             .unwrap();
         let ids: Vec<_> = claimed.iter().map(|c| c.delivery.id.clone()).collect();
         assert_eq!(ids, vec![good.id.clone()]);
@@ -1056,14 +1043,15 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_delivery_put_back_waits_until_its_time() {
+    #[tokio::test]
+    async fn a_delivery_put_back_waits_until_its_time() {
         let (store, _dir) = temp_store();
         let now = chrono::Utc::now();
         let acme = Tenant::parse("acme").unwrap();
         let delivery = due_delivery(&acme, now);
-        store
-            .insert_deliveries(std::slice::from_ref(&delivery))
+        api(&store)
+            .insert_deliveries(vec![delivery.clone()])
+            .await
             .unwrap();
         let (mut claimed, _) = claim_ids(&store, now);
         let soon = now + chrono::Duration::milliseconds(50);

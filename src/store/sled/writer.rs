@@ -1,4 +1,5 @@
-//! The writer thread: group commit for every write that is answered only once it is durable.
+//! The writer thread: group commit for every write of the store; each is answered only once it
+//! is durable.
 //!
 //! sled 0.34 makes each transaction expensive on its own: it seals the log buffer before and
 //! after (two disk writes), and it takes sled's global lock exclusively, which a flush holds
@@ -24,6 +25,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 use tokio::sync::oneshot;
 
+use super::counts::{Deltas, QueueCounts};
 use super::{tx_result, Result, StoreError};
 
 pub(crate) type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
@@ -40,6 +42,38 @@ pub(crate) struct Tx<'a> {
     pub queue: &'a TransactionalTree,
     pub idempotency: &'a TransactionalTree,
     pub secrets: &'a TransactionalTree,
+    /// What this transaction did to the queues (`due`, `queue`), counted once it commits.
+    deltas: &'a RefCell<Deltas>,
+}
+
+impl Tx<'_> {
+    /// Queue a job (`due`), counted.
+    pub fn put_due(&self, key: &[u8]) -> TxResult<()> {
+        let old = self.due.insert(key, &[])?;
+        self.deltas.borrow_mut().inserted(key, old.is_some());
+        Ok(())
+    }
+
+    /// Take a job's entry out of `due`, counted.
+    pub fn remove_due(&self, key: &[u8]) -> TxResult<()> {
+        let old = self.due.remove(key)?;
+        self.deltas.borrow_mut().removed(key, old.is_some());
+        Ok(())
+    }
+
+    /// Queue a delivery (`queue`), counted.
+    pub fn put_queued(&self, key: &[u8]) -> TxResult<()> {
+        let old = self.queue.insert(key, &[])?;
+        self.deltas.borrow_mut().inserted(key, old.is_some());
+        Ok(())
+    }
+
+    /// Take a delivery's entry out of `queue`, counted.
+    pub fn remove_queued(&self, key: &[u8]) -> TxResult<()> {
+        let old = self.queue.remove(key)?;
+        self.deltas.borrow_mut().removed(key, old.is_some());
+        Ok(())
+    }
 }
 
 /// The trees, in the order [`Tx`] names them.
@@ -57,7 +91,8 @@ pub(crate) struct Trees {
 }
 
 impl Trees {
-    fn transaction<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T> {
+    /// Run `f` in one transaction over every tree; answers with what it did to the queues.
+    fn transaction<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<(T, Deltas)> {
         let all = (
             &self.jobs,
             &self.deliveries,
@@ -71,7 +106,8 @@ impl Trees {
         );
         tx_result(all.transaction(
             |(jobs, deliveries, events, subscriptions, index, due, queue, idem, secrets)| {
-                f(&Tx {
+                let deltas = RefCell::new(Deltas::default());
+                let value = f(&Tx {
                     jobs,
                     deliveries,
                     events,
@@ -81,7 +117,9 @@ impl Trees {
                     queue,
                     idempotency: idem,
                     secrets,
-                })
+                    deltas: &deltas,
+                })?;
+                Ok((value, deltas.into_inner()))
             },
         ))
     }
@@ -142,7 +180,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Start the writer thread. It stops when the last handle is dropped.
-    pub fn start(db: sled::Db, trees: Trees) -> Self {
+    pub fn start(db: sled::Db, trees: Trees, counts: QueueCounts) -> Self {
         let (requests, inbox) = mpsc::channel::<Request>();
         thread::Builder::new()
             .name("agenthook-writer".into())
@@ -159,7 +197,7 @@ impl Writer {
                     // Whoever is about to ask (a thread waiting for this core) joins this round.
                     thread::yield_now();
                     inbox.try_iter().for_each(&mut take);
-                    round(&db, &trees, flushes, writes);
+                    round(&db, &trees, &counts, flushes, writes);
                 }
             })
             .expect("spawn the storage writer thread");
@@ -197,6 +235,7 @@ impl Writer {
 fn round(
     db: &sled::Db,
     trees: &Trees,
+    counts: &QueueCounts,
     flushes: Vec<oneshot::Sender<Result<()>>>,
     writes: Vec<Box<dyn Pending>>,
 ) {
@@ -206,7 +245,10 @@ fn round(
             trees.transaction(|tx| writes.iter().try_for_each(|w| w.apply(tx)))
         }));
         failed = match together {
-            Ok(Ok(())) => writes.iter().map(|_| None).collect(),
+            Ok(Ok(((), deltas))) => {
+                counts.apply(deltas);
+                writes.iter().map(|_| None).collect()
+            }
             // One at a time, so only the write at fault fails.
             _ => writes
                 .iter()
@@ -218,6 +260,7 @@ fn round(
                         tracing::error!("a storage write panicked");
                         Err(StoreError::Corrupt("the write panicked".into()))
                     })
+                    .map(|((), deltas)| counts.apply(deltas))
                     .err()
                 })
                 .collect(),
@@ -234,19 +277,17 @@ fn round(
 }
 
 fn stopped() -> StoreError {
-    StoreError::Sled(sled::Error::Unsupported(
-        "the storage writer has stopped".into(),
-    ))
+    StoreError::Unavailable("the storage writer has stopped".into())
 }
 
 fn flush_failed(error: String) -> StoreError {
-    StoreError::Sled(sled::Error::Io(std::io::Error::other(error)))
+    StoreError::Unavailable(error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
+    use crate::store::sled::test_support::temp_store;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_rounds_and_each_gets_its_own_answer() {

@@ -1,8 +1,8 @@
 //! Records the delivery worker reads for every attempt (a subscription, a tenant's callback
 //! secrets), kept decoded in memory so an attempt does not read and decode them again.
 //!
-//! Only one process opens a store, and every write of these records goes through [`Store`]
-//! (`super::Store`), which calls [`ReadCache::forget`] once the write is done. A read that
+//! Only one process opens a store, and every write of these records goes through
+//! [`SledStore`](super::SledStore), which calls [`ReadCache::forget`] once the write is done. A read that
 //! missed fills the cache only if no write was made since it began ([`ReadCache::get_or_read`]):
 //! a value read just before a write can never be put back after that write's `forget`.
 
@@ -42,7 +42,7 @@ impl<V: Clone> ReadCache<V> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn get(&self, key: &str) -> Option<V> {
+    pub fn get(&self, key: &str) -> Option<V> {
         self.lock().entries.get(key).cloned()
     }
 

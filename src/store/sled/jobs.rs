@@ -4,59 +4,27 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sled::transaction::TransactionalTree;
-use sled::Transactional;
 
 use super::writer::{Tx, TxResult};
-use super::{decode, decode_tx, encode, keys, tx_result, Result, Store, StoreError};
+use super::{decode, decode_tx, encode, keys, Result, SledStore, StoreError};
 use crate::clock::Timestamp;
 use crate::domain::{Delivery, Job, JobId, JobStatus, Tenant};
+use crate::store::{
+    Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, KeyHold, WorkKind,
+};
 
-/// What the scheduler does next with a pending job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WorkKind {
-    /// Hand the job to upstream (it has no agent id yet).
-    Submit,
-    /// Ask upstream how the agent is doing.
-    Poll,
-}
-
-impl WorkKind {
-    fn tag(self) -> u8 {
-        match self {
-            WorkKind::Submit => b's',
-            WorkKind::Poll => b'p',
-        }
-    }
-
-    fn of(job: &Job) -> Option<WorkKind> {
-        match job.status {
-            JobStatus::Submitting => Some(WorkKind::Submit),
-            JobStatus::Processing => Some(WorkKind::Poll),
-            _ => None,
-        }
+fn work_tag(kind: WorkKind) -> u8 {
+    match kind {
+        WorkKind::Submit => b's',
+        WorkKind::Poll => b'p',
     }
 }
 
 fn due_key(job: &Job) -> Option<Vec<u8>> {
     let kind = WorkKind::of(job)?;
     let at = job.next_poll_at?;
-    Some(keys::timed(kind.tag(), at, job.id.as_str()))
-}
-
-/// An `Idempotency-Key` with the fingerprint of the request that carried it.
-#[derive(Clone, Debug)]
-pub struct IdempotencyKey {
-    pub key: String,
-    pub fingerprint: String,
-}
-
-/// The first answer given for an idempotency key, replayed as it was.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct IdempotentResponse {
-    pub status: u16,
-    pub body: Value,
+    Some(keys::timed(work_tag(kind), at, job.id.as_str()))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,18 +49,15 @@ impl InFlight {
     }
 }
 
-/// An idempotency key held for the request that is admitting a job; released when dropped,
-/// which the request does once the key's record is stored (or the request has failed).
-#[derive(Debug)]
-pub struct KeyHold {
-    slot: Option<(InFlight, Vec<u8>)>,
+/// What a [`KeyHold`] holds: a key of [`InFlight`], released when dropped.
+struct HeldKey {
+    held: InFlight,
+    key: Vec<u8>,
 }
 
-impl Drop for KeyHold {
+impl Drop for HeldKey {
     fn drop(&mut self) {
-        if let Some((held, key)) = self.slot.take() {
-            held.lock().remove(&key);
-        }
+        self.held.lock().remove(&self.key);
     }
 }
 
@@ -102,35 +67,7 @@ impl std::fmt::Debug for InFlight {
     }
 }
 
-/// The outcome of asking to create a job.
-#[derive(Debug)]
-pub enum Admission {
-    /// Go on and submit it; the key (if any) is held until the hold is dropped.
-    Created(KeyHold),
-    /// The key was used before with the same body: answer this.
-    Replay(IdempotentResponse),
-    /// The key's first request has not been answered yet.
-    InFlight { job_id: JobId, since: Timestamp },
-    /// The key was used before with another body.
-    Mismatch,
-}
-
-#[derive(Clone, Debug)]
-pub struct JobPage {
-    pub jobs: Vec<Job>,
-    /// The cursor for the next page, when there is one.
-    pub next: Option<JobId>,
-}
-
-/// How a `DELETE` ended.
-#[derive(Clone, Debug)]
-pub enum Cancellation {
-    Cancelled(Job),
-    AlreadyFinished(Job),
-    NotFound,
-}
-
-impl Store {
+impl SledStore {
     /// Start admitting a new job: settle its idempotency key without writing anything. A live
     /// key (younger than `key_ttl`) short-circuits; otherwise the key is held in memory until
     /// the returned [`KeyHold`] is dropped, and a second request with it meanwhile is told
@@ -145,7 +82,7 @@ impl Store {
         key_ttl: std::time::Duration,
     ) -> Result<Admission> {
         let Some(request) = idempotency else {
-            return Ok(Admission::Created(KeyHold { slot: None }));
+            return Ok(Admission::Created(KeyHold::none()));
         };
         let key = keys::idempotency(job.tenant.as_str(), &request.key);
         let mut held = self.in_flight.lock();
@@ -172,9 +109,10 @@ impl Store {
         }
         held.insert(key.clone(), (job.id.clone(), job.created_at));
         drop(held);
-        Ok(Admission::Created(KeyHold {
-            slot: Some((self.in_flight.clone(), key)),
-        }))
+        Ok(Admission::Created(KeyHold::new(HeldKey {
+            held: self.in_flight.clone(),
+            key,
+        })))
     }
 
     /// Store a pending job durably, with the idempotency record of its key marked in flight:
@@ -250,7 +188,7 @@ impl Store {
                 if let Some(stored) = stored_job(tx.jobs, &id)? {
                     tx.jobs.remove(id.as_str())?;
                     if let Some(key) = due_key(&stored) {
-                        tx.due.remove(key)?;
+                        tx.remove_due(&key)?;
                     }
                     if let Some(agent) = &stored.agent_id {
                         tx.index.remove(keys::agent(agent))?;
@@ -283,74 +221,67 @@ impl Store {
 
     /// Save a pending job's progress, moving its queue entry. Returns `false`, writing nothing,
     /// when the stored job has meanwhile ended (cancelled, say): the caller's news is stale.
-    pub fn save_job(&self, job: &Job) -> Result<bool> {
-        let job_bytes = encode(job);
-        let result = (&self.jobs, &self.index, &self.due).transaction(|(jobs, index, due)| {
-            let Some(stored) = pending_stored(jobs, &job.id)? else {
-                return Ok(false);
-            };
-            write_indexes(index, due, Some(&stored), job)?;
-            jobs.insert(job.id.as_str(), job_bytes.as_slice())?;
-            Ok(true)
-        });
-        tx_result(result)
+    pub async fn save_job(&self, job: &Job) -> Result<bool> {
+        let job = job.clone();
+        let bytes = encode(&job);
+        self.writer
+            .write(move |tx| {
+                let Some(stored) = pending_stored(tx.jobs, &job.id)? else {
+                    return Ok(false);
+                };
+                put_job(tx, Some(&stored), &job, &bytes)?;
+                Ok(true)
+            })
+            .await
     }
 
     /// The outbox: a job's terminal state and the deliveries it causes, in one transaction.
     /// Returns `false`, writing nothing, when the job had already ended.
-    pub fn complete_job(&self, job: &Job, deliveries: &[Delivery]) -> Result<bool> {
+    pub async fn complete_job(&self, job: &Job, deliveries: Vec<Delivery>) -> Result<bool> {
         debug_assert!(job.status.is_terminal());
-        let job_bytes = encode(job);
+        let job = job.clone();
+        let bytes = encode(&job);
         let encoded: Vec<Vec<u8>> = deliveries
             .iter()
             .map(super::record::encode_delivery)
             .collect();
-        let result = (
-            &self.jobs,
-            &self.index,
-            &self.due,
-            &self.deliveries,
-            &self.events,
-            &self.queue,
-        )
-            .transaction(|(jobs, index, due, delivery_tree, events, queue)| {
-                let Some(stored) = pending_stored(jobs, &job.id)? else {
+        self.writer
+            .write(move |tx| {
+                let Some(stored) = pending_stored(tx.jobs, &job.id)? else {
                     return Ok(false);
                 };
-                write_indexes(index, due, Some(&stored), job)?;
-                jobs.insert(job.id.as_str(), job_bytes.as_slice())?;
-                let trees = super::deliveries::DeliveryTrees {
-                    deliveries: delivery_tree,
-                    events,
-                    index,
-                    queue,
-                };
-                super::deliveries::insert_deliveries_tx(&trees, deliveries, &encoded)?;
+                put_job(tx, Some(&stored), &job, &bytes)?;
+                super::deliveries::insert_deliveries_tx(tx, &deliveries, &encoded)?;
                 Ok(true)
-            });
-        tx_result(result)
+            })
+            .await
     }
 
     /// Cancel a tenant's job: no more polls, no events.
-    pub fn cancel_job(&self, tenant: &Tenant, id: &JobId, now: Timestamp) -> Result<Cancellation> {
-        let result = (&self.jobs, &self.index, &self.due).transaction(|(jobs, index, due)| {
-            let Some(raw) = jobs.get(id.as_str())? else {
-                return Ok(Cancellation::NotFound);
-            };
-            let stored: Job = decode_tx(&raw)?;
-            if &stored.tenant != tenant {
-                return Ok(Cancellation::NotFound);
-            }
-            if stored.status.is_terminal() {
-                return Ok(Cancellation::AlreadyFinished(stored));
-            }
-            let mut job = stored.clone();
-            job.finish(JobStatus::Cancelled, None, now);
-            write_indexes(index, due, Some(&stored), &job)?;
-            jobs.insert(id.as_str(), encode(&job))?;
-            Ok(Cancellation::Cancelled(job))
-        });
-        tx_result(result)
+    pub async fn cancel_job(
+        &self,
+        tenant: &Tenant,
+        id: &JobId,
+        now: Timestamp,
+    ) -> Result<Cancellation> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.writer
+            .write(move |tx| {
+                let Some(stored) = stored_job(tx.jobs, &id)? else {
+                    return Ok(Cancellation::NotFound);
+                };
+                if stored.tenant != tenant {
+                    return Ok(Cancellation::NotFound);
+                }
+                if stored.status.is_terminal() {
+                    return Ok(Cancellation::AlreadyFinished(stored));
+                }
+                let mut job = stored.clone();
+                job.finish(JobStatus::Cancelled, None, now);
+                put_job(tx, Some(&stored), &job, &encode(&job))?;
+                Ok(Cancellation::Cancelled(job))
+            })
+            .await
     }
 
     /// A job of this tenant; another tenant's job is as good as absent.
@@ -414,92 +345,122 @@ impl Store {
         Ok(JobPage { jobs, next })
     }
 
-    /// Claim up to `limit` jobs of `kind` due at `now`. Each claimed job's queue entry moves
-    /// to `lease_until`, so no one else takes it meanwhile, and it comes back by itself if the
-    /// claimer never reports.
-    pub fn claim_due_jobs(
+    /// The ids of up to `limit` jobs of `kind` due at `now`, with their queue entries.
+    pub fn due_jobs(
         &self,
         kind: WorkKind,
         now: Timestamp,
         limit: usize,
-        lease_until: Timestamp,
-    ) -> Result<Vec<Job>> {
-        let mut claimed = Vec::new();
-        for entry in super::due_entries(&self.due, kind.tag(), now) {
-            if claimed.len() >= limit {
-                break;
-            }
+    ) -> Result<Vec<(Vec<u8>, String)>> {
+        let mut found = Vec::new();
+        for entry in super::due_entries(&self.due, work_tag(kind), now).take(limit) {
             let (key, _) = entry?;
-            let Some((_, id)) = keys::parse_timed(&key) else {
-                continue;
-            };
-            let id = id.to_owned();
-            let result = (&self.jobs, &self.due).transaction(|(jobs, due)| {
-                if due.get(&key)?.is_none() {
-                    return Ok(None);
-                }
-                let Some(raw) = jobs.get(id.as_str())? else {
-                    due.remove(&key)?;
-                    return Ok(None);
-                };
-                let mut job: Job = decode_tx(&raw)?;
-                due.remove(&key)?;
-                if due_key(&job).as_deref() != Some(&key[..]) {
-                    // A stray entry (its job moved on): drop it, the job has its own.
-                    return Ok(None);
-                }
-                job.next_poll_at = Some(lease_until);
-                if let Some(new_key) = due_key(&job) {
-                    due.insert(new_key, &[])?;
-                }
-                jobs.insert(id.as_str(), encode(&job))?;
-                Ok(Some(job))
-            });
-            if let Some(job) = tx_result(result)? {
-                claimed.push(job);
+            if let Some((_, id)) = keys::parse_timed(&key) {
+                let id = id.to_owned();
+                found.push((key.to_vec(), id));
             }
         }
-        Ok(claimed)
+        Ok(found)
+    }
+
+    /// Claim the jobs whose queue entries [`SledStore::due_jobs`] found, in one write. Each
+    /// claimed job's queue entry moves to `lease_until`, so no one else takes it meanwhile,
+    /// and it comes back by itself if the claimer never reports.
+    pub async fn claim_jobs(
+        &self,
+        entries: Vec<(Vec<u8>, String)>,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Job>> {
+        self.writer
+            .write(move |tx| {
+                let mut claimed = Vec::with_capacity(entries.len());
+                for (key, id) in &entries {
+                    if tx.due.get(key)?.is_none() {
+                        continue;
+                    }
+                    let Some(stored) = stored_job(tx.jobs, &JobId::from_stored(id.clone()))? else {
+                        tx.remove_due(key)?;
+                        continue;
+                    };
+                    if due_key(&stored).as_deref() != Some(&key[..]) {
+                        // A stray entry (its job moved on): drop it, the job has its own.
+                        tx.remove_due(key)?;
+                        continue;
+                    }
+                    let mut job = stored.clone();
+                    job.next_poll_at = Some(lease_until);
+                    put_job(tx, Some(&stored), &job, &encode(&job))?;
+                    claimed.push(job);
+                }
+                Ok(claimed)
+            })
+            .await
     }
 
     /// When the earliest job of `kind` is due, if any is pending.
     pub fn next_due_at(&self, kind: WorkKind) -> Result<Option<Timestamp>> {
-        let Some((key, _)) = self.due.scan_prefix([kind.tag()]).next().transpose()? else {
+        let Some((key, _)) = self.due.scan_prefix([work_tag(kind)]).next().transpose()? else {
             return Ok(None);
         };
         Ok(keys::parse_timed(&key)
             .and_then(|(ms, _)| chrono::DateTime::from_timestamp_millis(ms as i64)))
     }
 
-    /// How many jobs of `kind` are queued, and how many of those are due at `now`.
-    pub fn count_queued(&self, kind: WorkKind, now: Timestamp) -> Result<(usize, usize)> {
-        let end = keys::timed_upper(kind.tag(), now);
-        let mut total = 0;
+    /// How many jobs of `kind` are due at `now`, counting at most `cap`.
+    pub fn count_due(&self, kind: WorkKind, now: Timestamp, cap: usize) -> Result<usize> {
         let mut due = 0;
-        for entry in self.due.scan_prefix([kind.tag()]) {
-            let (key, _) = entry?;
-            total += 1;
-            if key.as_ref() < end.as_slice() {
-                due += 1;
-            }
+        for entry in super::due_entries(&self.due, work_tag(kind), now).take(cap) {
+            entry?;
+            due += 1;
         }
-        Ok((total, due))
+        Ok(due)
     }
 
-    /// Drop idempotency records older than `ttl`.
-    pub fn purge_idempotency(&self, now: Timestamp, ttl: std::time::Duration) -> Result<usize> {
-        let mut purged = 0;
+    /// The keys of up to `limit` idempotency records older than `ttl` at `now`.
+    pub fn expired_idempotency(
+        &self,
+        now: Timestamp,
+        ttl: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut expired = Vec::new();
         for entry in self.idempotency.iter() {
+            if expired.len() >= limit {
+                break;
+            }
             let (key, raw) = entry?;
             let record: IdempotencyRecord = decode(&raw)?;
             if crate::clock::after(record.created_at, ttl) <= now {
-                self.idempotency
-                    .compare_and_swap(&key, Some(raw), None::<&[u8]>)?
-                    .ok();
-                purged += 1;
+                expired.push(key.to_vec());
             }
         }
-        Ok(purged)
+        Ok(expired)
+    }
+
+    /// Remove the idempotency records `keys` that are still older than `ttl` at `now`, in one
+    /// write; returns how many went.
+    pub async fn remove_idempotency(
+        &self,
+        keys: Vec<Vec<u8>>,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<usize> {
+        self.writer
+            .write(move |tx| {
+                let mut removed = 0;
+                for key in &keys {
+                    let Some(raw) = tx.idempotency.get(key)? else {
+                        continue;
+                    };
+                    let record: IdempotencyRecord = decode_tx(&raw)?;
+                    if crate::clock::after(record.created_at, ttl) <= now {
+                        tx.idempotency.remove(key.as_slice())?;
+                        removed += 1;
+                    }
+                }
+                Ok(removed)
+            })
+            .await
     }
 }
 
@@ -530,7 +491,21 @@ fn put_job(tx: &Tx<'_>, old: Option<&Job>, job: &Job, bytes: &[u8]) -> TxResult<
             &[],
         )?;
     }
-    write_indexes(tx.index, tx.due, old, job)?;
+    let old_due = old.and_then(due_key);
+    let new_due = due_key(job);
+    if old_due != new_due {
+        if let Some(key) = old_due {
+            tx.remove_due(&key)?;
+        }
+        if let Some(key) = &new_due {
+            tx.put_due(key)?;
+        }
+    }
+    if let Some(agent) = &job.agent_id {
+        if old.and_then(|o| o.agent_id.as_ref()) != Some(agent) {
+            tx.index.insert(keys::agent(agent), job.id.as_str())?;
+        }
+    }
     tx.jobs.insert(job.id.as_str(), bytes)?;
     Ok(())
 }
@@ -543,29 +518,4 @@ fn stored_job(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {
 
 fn pending_stored(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {
     Ok(stored_job(jobs, id)?.filter(Job::is_pending))
-}
-
-/// Move the job's queue entry and agent index from what `old` had to what `job` has.
-fn write_indexes(
-    index: &TransactionalTree,
-    due: &TransactionalTree,
-    old: Option<&Job>,
-    job: &Job,
-) -> TxResult<()> {
-    let old_due = old.and_then(due_key);
-    let new_due = due_key(job);
-    if old_due != new_due {
-        if let Some(key) = old_due {
-            due.remove(key)?;
-        }
-        if let Some(key) = &new_due {
-            due.insert(key.as_slice(), &[])?;
-        }
-    }
-    if let Some(agent) = &job.agent_id {
-        if old.and_then(|o| o.agent_id.as_ref()) != Some(agent) {
-            index.insert(keys::agent(agent), job.id.as_str())?;
-        }
-    }
-    Ok(())
 }

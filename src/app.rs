@@ -12,6 +12,7 @@ use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::delivery::worker::DeliveryWorker;
 use crate::lifecycle::Lifecycle;
+use crate::maintenance::Maintenance;
 use crate::poller::Poller;
 use crate::signals::Signals;
 use crate::store::Store;
@@ -93,6 +94,10 @@ impl Services {
         Poller::new(self.lifecycle.clone(), self.signals.clone())
     }
 
+    pub fn maintenance(&self) -> Maintenance {
+        Maintenance::new(self.store.clone(), self.clock.clone(), self.signals.clone())
+    }
+
     pub fn delivery_worker(&self) -> Result<DeliveryWorker, StartError> {
         DeliveryWorker::new(
             self.store.clone(),
@@ -147,12 +152,13 @@ impl Application {
                 .delivery_worker()?
                 .run(settings.server.shutdown_grace),
         );
+        let maintenance = tokio::spawn(services.maintenance().run());
         Ok(Application {
             addr,
             server,
             store: services.store,
             signals: services.signals,
-            workers: vec![poller, deliveries],
+            workers: vec![poller, deliveries, maintenance],
             settings,
         })
     }

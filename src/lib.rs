@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod demo;
 pub mod domain;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod poller;
 pub mod signals;
 pub mod sim;

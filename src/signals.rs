@@ -10,6 +10,8 @@ pub struct Signals {
     pub poller_wake: Notify,
     /// New deliveries queued.
     pub delivery_wake: Notify,
+    /// Only shutdown: housekeeping sleeps between sweeps.
+    pub maintenance_wake: Notify,
     shutting_down: AtomicBool,
     poller_running: AtomicBool,
     delivery_running: AtomicBool,
@@ -20,6 +22,7 @@ impl Signals {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.poller_wake.notify_waiters();
         self.delivery_wake.notify_waiters();
+        self.maintenance_wake.notify_waiters();
     }
 
     pub fn is_shutting_down(&self) -> bool {

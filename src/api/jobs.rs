@@ -14,10 +14,7 @@ use crate::clock::after;
 use crate::delivery::policy;
 use crate::domain::{Job, JobId, JobStatus, JobView, Tenant};
 use crate::lifecycle::Submission;
-use crate::store::{Admission, Cancellation, IdempotencyKey, IdempotentResponse};
-
-/// Idempotency keys and their answers are kept this long.
-pub const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+use crate::store::{Admission, Cancellation, IdempotencyKey, IdempotentResponse, IDEMPOTENCY_TTL};
 const METADATA_LIMIT: usize = 16 * 1024;
 
 /// Upstream generate fields whose type we know; everything else is forwarded untouched.

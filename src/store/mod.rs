@@ -31,6 +31,9 @@ use crate::domain::{
     SubscriptionId, Tenant,
 };
 
+/// How long an `Idempotency-Key` is remembered: a repeat within it replays the first answer.
+pub const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The store the service holds: one backend, shared.
 pub type Store = Arc<dyn Storage>;
 

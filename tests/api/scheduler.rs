@@ -422,3 +422,51 @@ async fn forcing_an_outcome_in_the_simulator_is_seen_on_the_next_poll() {
     assert_eq!(done.status, JobStatus::Failed);
     assert_eq!(done.error.unwrap().message, "boom");
 }
+
+#[tokio::test]
+async fn idempotency_keys_are_purged_by_housekeeping_once_their_day_is_over() {
+    use agenthook::store::{Admission, IdempotencyKey, IdempotentResponse, IDEMPOTENCY_TTL};
+    let h = harness(slow_sim(), |_| {});
+    let store = &h.services.store;
+    let key = IdempotencyKey {
+        key: "order-42".into(),
+        fingerprint: "body".into(),
+    };
+    let job = Job::new(tenant(), Map::new(), None, Map::new(), h.clock.now_ts());
+    let Admission::Created(hold) = store
+        .begin_job(&job, Some(&key), IDEMPOTENCY_TTL)
+        .await
+        .unwrap()
+    else {
+        panic!("a new key admits its request");
+    };
+    let response = IdempotentResponse {
+        status: 202,
+        body: json!({"id": job.id}),
+    };
+    store
+        .accept_job(job.clone(), false, Some((key.clone(), response)))
+        .await
+        .unwrap();
+    drop(hold);
+    let housekeeping = h.services.maintenance();
+
+    h.clock.advance(Duration::from_secs(23 * 3600));
+    assert_eq!(housekeeping.step().await.unwrap(), 0, "a live key stays");
+    let retry = Job::new(tenant(), Map::new(), None, Map::new(), h.clock.now_ts());
+    assert!(matches!(
+        store
+            .begin_job(&retry, Some(&key), IDEMPOTENCY_TTL)
+            .await
+            .unwrap(),
+        Admission::Replay(_)
+    ));
+
+    h.clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(housekeeping.step().await.unwrap(), 1, "an expired key goes");
+    assert_eq!(housekeeping.step().await.unwrap(), 0, "and only once");
+    assert!(
+        store.job_by_id(&job.id).await.unwrap().is_some(),
+        "the job stays"
+    );
+}

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod domain;
 pub mod lifecycle;
 pub mod poller;
+pub mod service;
 pub mod signals;
 pub mod sim;
 pub mod store;

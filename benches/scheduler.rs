@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 
 use agenthook::app::Services;
 use agenthook::clock::{Clock, ManualClock, SharedClock, Timestamp};
-use agenthook::config::{Secret, Settings};
+use agenthook::config::Settings;
 use agenthook::domain::{Job, Tenant};
 use agenthook::lifecycle::Lifecycle;
 use agenthook::poller::Poller;
 use agenthook::sim::{self, SimConfig, SimServer, SimState};
 use agenthook::store::{Store, WorkKind};
 use chrono::Utc;
+use common::fixtures::SettingsBuilder;
 use common::*;
 use serde_json::{json, Map};
 
@@ -202,12 +203,9 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 fn settings_for(dir: &Path, base_url: &str, secret: &str) -> Settings {
-    let mut s = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
-    s.storage.path = dir.to_path_buf();
-    s.upstream.base_url = base_url.parse().unwrap();
-    s.upstream.api_secret = Secret::new(secret);
-    s.upstream.timeout = Duration::from_secs(10);
-    s
+    SettingsBuilder::new(dir)
+        .upstream(base_url, secret, Duration::from_secs(10))
+        .build()
 }
 
 /// The simulator of part (a), generous and slow to finish agents.

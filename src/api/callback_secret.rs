@@ -1,6 +1,6 @@
 //! `/v1/callback-secret`: the secret that signs a tenant's job callbacks, and its rotation.
 
-use std::cell::Cell;
+use crate::service;
 
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 
@@ -9,7 +9,6 @@ use super::subscriptions::{
 };
 use super::{ApiError, AppState, ErrorBody};
 use crate::clock::after;
-use crate::delivery::signature::SigningSecret;
 use crate::domain::Tenant;
 
 /// The secret that signs job callbacks
@@ -27,10 +26,7 @@ use crate::domain::Tenant;
 )]
 #[get("/callback-secret")]
 pub async fn get(tenant: Tenant, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let secrets = state
-        .store
-        .callback_secrets(&tenant, SigningSecret::generate)?;
-    state.store.durable().await?;
+    let secrets = service::subscriptions::callback_secrets(&state.store, &tenant).await?;
     Ok(HttpResponse::Ok().json(SecretView::of(&secrets, state.clock.now())))
 }
 
@@ -62,29 +58,8 @@ pub async fn rotate(
     let secret = parse_rotation(body)?;
     let now = state.clock.now();
     let until = after(now, state.settings.delivery.secret_overlap);
-    // A tenant without a secret yet simply gets this one: there is nothing to overlap with.
-    let created = Cell::new(false);
-    let same = Cell::new(false);
-    let secrets = state.store.update_callback_secrets(
-        &tenant,
-        || {
-            created.set(true);
-            secret.clone()
-        },
-        |s| {
-            let fresh = created.replace(false);
-            same.set(!fresh && s.current == secret);
-            if !fresh && !same.get() {
-                s.rotate(secret.clone(), until);
-            }
-        },
-    )?;
-    if same.get() {
-        return Err(
-            ApiError::bad_request("the new secret must differ from the current one")
-                .with_details("secret"),
-        );
-    }
-    state.store.durable().await?;
+    let secrets =
+        service::subscriptions::rotate_callback_secret(&state.store, &tenant, secret, until)
+            .await?;
     Ok(HttpResponse::Ok().json(SecretView::of(&secrets, now)))
 }

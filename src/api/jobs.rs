@@ -14,8 +14,9 @@ use super::request::{self, field_error};
 use super::{ApiError, AppState, ErrorBody};
 use crate::delivery::policy;
 use crate::domain::{Job, JobId, JobStatus, JobView, Tenant};
+use crate::service;
 use crate::service::admission::{admit, Answer, JobSpec, Mode};
-use crate::store::{Cancellation, IdempotencyKey, IdempotentResponse};
+use crate::store::{IdempotencyKey, IdempotentResponse};
 
 const METADATA_LIMIT: usize = 16 * 1024;
 
@@ -428,20 +429,8 @@ pub async fn cancel(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
-    match state.store.cancel_job(&tenant, &id, state.clock.now())? {
-        Cancellation::Cancelled(job) => {
-            state.store.durable().await?;
-            Ok(HttpResponse::Ok().json(JobView::from(&job)))
-        }
-        Cancellation::AlreadyFinished(job) if job.status == JobStatus::Cancelled => {
-            Ok(HttpResponse::Ok().json(JobView::from(&job)))
-        }
-        Cancellation::AlreadyFinished(job) => Err(ApiError::conflict(format!(
-            "job already ended as {}",
-            job.status.as_str()
-        ))),
-        Cancellation::NotFound => Err(ApiError::not_found("job")),
-    }
+    let job = service::jobs::cancel(&state.store, &tenant, &id, state.clock.now()).await?;
+    Ok(HttpResponse::Ok().json(JobView::from(&job)))
 }
 
 /// The deliveries of a job's events

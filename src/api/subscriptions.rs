@@ -18,11 +18,9 @@ use super::{ApiError, AppState, ErrorBody};
 use crate::clock::{after, Timestamp};
 use crate::delivery::policy;
 use crate::delivery::signature::{SigningSecret, SECRET_PREFIX};
-use crate::domain::{
-    Delivery, Destination, Event, EventType, Format, SecretSet, Subscription, SubscriptionId,
-    Tenant,
-};
+use crate::domain::{EventType, Format, SecretSet, Subscription, SubscriptionId, Tenant};
 use crate::service;
+use crate::service::subscriptions;
 pub use crate::service::subscriptions::DISABLED_BY_CLIENT;
 
 /// Subscription bodies are small; this is far more than any honest one needs.
@@ -553,20 +551,6 @@ fn find(state: &AppState, tenant: &Tenant, raw: &str) -> Result<Subscription, Ap
         .ok_or_else(|| ApiError::not_found("subscription"))
 }
 
-/// Change the tenant's subscription `raw` atomically, or 404.
-fn update(
-    state: &AppState,
-    tenant: &Tenant,
-    raw: &str,
-    change: impl Fn(&mut Subscription),
-) -> Result<Subscription, ApiError> {
-    let sub = find(state, tenant, raw)?;
-    state
-        .store
-        .update_subscription(&sub.id, change)?
-        .ok_or_else(|| ApiError::not_found("subscription"))
-}
-
 /// Subscribe to events
 #[utoipa::path(
     tag = "subscriptions",
@@ -592,8 +576,7 @@ pub async fn create(
     let new = NewSubscription::parse(body, state.settings.delivery.allow_private_networks)?;
     let now = state.clock.now();
     let sub = new.into_subscription(tenant, now);
-    state.store.save_subscription(&sub)?;
-    state.store.durable().await?;
+    subscriptions::create(&state.store, &sub).await?;
     Ok(HttpResponse::Created().json(SubscriptionView::of(&sub, now)))
 }
 
@@ -671,11 +654,9 @@ pub async fn patch(
     let body = body::json_object(&req, payload, body_limit(&state)).await?;
     let patch = SubscriptionPatch::parse(body, state.settings.delivery.allow_private_networks)?;
     let now = state.clock.now();
-    let sub = state
-        .store
-        .update_subscription(&existing.id, |s| patch.apply(s, now))?
+    let sub = subscriptions::update(&state.store, &tenant, &existing.id, |s| patch.apply(s, now))
+        .await?
         .ok_or_else(|| ApiError::not_found("subscription"))?;
-    state.store.durable().await?;
     Ok(HttpResponse::Ok().json(SubscriptionView::of(&sub, now)))
 }
 
@@ -699,10 +680,9 @@ pub async fn delete(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    if !state.store.delete_subscription(&tenant, &id)? {
+    if !subscriptions::delete(&state.store, &tenant, &id).await? {
         return Err(ApiError::not_found("subscription"));
     }
-    state.store.durable().await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -734,19 +714,9 @@ pub async fn rotate_secret(
     let existing = find(&state, &tenant, &path)?;
     let body = optional_object(&req, payload, body_limit(&state)).await?;
     let secret = parse_rotation(body)?;
-    if secret == existing.secrets.current {
-        return Err(field_error(
-            "secret",
-            "the new secret must differ from the current one",
-        ));
-    }
     let now = state.clock.now();
     let until = after(now, state.settings.delivery.secret_overlap);
-    let sub = update(&state, &tenant, &path, |s| {
-        s.secrets.rotate(secret.clone(), until);
-        s.updated_at = now;
-    })?;
-    state.store.durable().await?;
+    let sub = subscriptions::rotate_secret(&state.store, &existing, secret, until, now).await?;
     Ok(HttpResponse::Ok().json(SecretView::of(&sub.secrets, now)))
 }
 
@@ -772,22 +742,9 @@ pub async fn test(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let sub = find(&state, &tenant, &path)?;
-    // The worker sends nothing to a disabled subscription: accepting the event would only
-    // queue a delivery bound to fail unsent.
-    if !sub.enabled {
-        return Err(ApiError::conflict(
-            "the subscription is disabled; enable it (PATCH {\"enabled\": true}) before sending it a test event",
-        )
-        .with_details(sub.disabled_reason.clone().unwrap_or_default()));
-    }
-    let now = state.clock.now();
-    let event = Event::test(tenant, now);
-    let delivery = Delivery::new(&event, None, Destination::subscription(&sub), now);
-    state
-        .store
-        .insert_deliveries(std::slice::from_ref(&delivery))?;
-    state.store.durable().await?;
-    state.signals.delivery_wake.notify_one();
+    let delivery =
+        subscriptions::send_test_event(&state.store, &state.signals, &sub, state.clock.now())
+            .await?;
     Ok(HttpResponse::Accepted().json(DeliveryDetail::of(&delivery)))
 }
 

@@ -1,12 +1,139 @@
-//! Subscription health: a receiver that answers `410 Gone`, or fails every delivery for
+//! Subscriptions and signing secrets: their changes, each durable when it returns, test
+//! events, and their health: a receiver that answers `410 Gone`, or fails every delivery for
 //! longer than `delivery.disable_after`, gets its subscription disabled; any success clears
 //! the failing run.
 
+use std::cell::Cell;
 use std::time::Duration;
 
+use crate::api::ApiError;
 use crate::clock::{after, Timestamp};
-use crate::domain::Subscription;
+use crate::delivery::signature::SigningSecret;
+use crate::domain::{
+    Delivery, Destination, Event, SecretSet, Subscription, SubscriptionId, Tenant,
+};
+use crate::signals::Signals;
 use crate::store::{Store, StoreError};
+
+/// Store a new subscription.
+pub async fn create(store: &Store, sub: &Subscription) -> Result<(), StoreError> {
+    store.save_subscription(sub)?;
+    store.durable().await
+}
+
+/// The tenant's subscription `id`, changed by `change` atomically; `None` if there is none.
+pub async fn update(
+    store: &Store,
+    tenant: &Tenant,
+    id: &SubscriptionId,
+    change: impl Fn(&mut Subscription),
+) -> Result<Option<Subscription>, StoreError> {
+    if store.subscription(tenant, id)?.is_none() {
+        return Ok(None);
+    }
+    let Some(sub) = store.update_subscription(id, change)? else {
+        return Ok(None);
+    };
+    store.durable().await?;
+    Ok(Some(sub))
+}
+
+/// Delete the tenant's subscription `id`; false if there was none.
+pub async fn delete(
+    store: &Store,
+    tenant: &Tenant,
+    id: &SubscriptionId,
+) -> Result<bool, StoreError> {
+    if !store.delete_subscription(tenant, id)? {
+        return Ok(false);
+    }
+    store.durable().await?;
+    Ok(true)
+}
+
+/// The secrets that sign the tenant's job callbacks, generated and stored on first use.
+pub async fn callback_secrets(store: &Store, tenant: &Tenant) -> Result<SecretSet, StoreError> {
+    let secrets = store.callback_secrets(tenant, SigningSecret::generate)?;
+    store.durable().await?;
+    Ok(secrets)
+}
+
+fn unchanged_secret() -> ApiError {
+    ApiError::bad_request("the new secret must differ from the current one").with_details("secret")
+}
+
+/// Sign `sub`'s events with `secret` from now on, the old secret beside it until `until`.
+pub async fn rotate_secret(
+    store: &Store,
+    sub: &Subscription,
+    secret: String,
+    until: Timestamp,
+    now: Timestamp,
+) -> Result<Subscription, ApiError> {
+    if secret == sub.secrets.current {
+        return Err(unchanged_secret());
+    }
+    update(store, &sub.tenant, &sub.id, |s| {
+        s.secrets.rotate(secret.clone(), until);
+        s.updated_at = now;
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found("subscription"))
+}
+
+/// Sign the tenant's job callbacks with `secret` from now on, the old secret beside it until
+/// `until`. A tenant without a secret yet simply gets this one: there is nothing to overlap
+/// with.
+pub async fn rotate_callback_secret(
+    store: &Store,
+    tenant: &Tenant,
+    secret: String,
+    until: Timestamp,
+) -> Result<SecretSet, ApiError> {
+    let created = Cell::new(false);
+    let same = Cell::new(false);
+    let secrets = store.update_callback_secrets(
+        tenant,
+        || {
+            created.set(true);
+            secret.clone()
+        },
+        |s| {
+            let fresh = created.replace(false);
+            same.set(!fresh && s.current == secret);
+            if !fresh && !same.get() {
+                s.rotate(secret.clone(), until);
+            }
+        },
+    )?;
+    if same.get() {
+        return Err(unchanged_secret());
+    }
+    store.durable().await?;
+    Ok(secrets)
+}
+
+/// Queue a `webhook.test` event to `sub`, whatever its event types. Refused while `sub` is
+/// disabled: the worker sends nothing to it, so the delivery could only fail unsent.
+pub async fn send_test_event(
+    store: &Store,
+    signals: &Signals,
+    sub: &Subscription,
+    now: Timestamp,
+) -> Result<Delivery, ApiError> {
+    if !sub.enabled {
+        return Err(crate::service::resend::disabled(
+            sub,
+            "the subscription is disabled; enable it (PATCH {\"enabled\": true}) before sending it a test event",
+        ));
+    }
+    let event = Event::test(sub.tenant.clone(), now);
+    let delivery = Delivery::new(&event, None, Destination::subscription(sub), now);
+    store.insert_deliveries(std::slice::from_ref(&delivery))?;
+    store.durable().await?;
+    signals.delivery_wake.notify_one();
+    Ok(delivery)
+}
 
 /// Why a subscription is disabled after its receiver answered `410 Gone`.
 pub const GONE_REASON: &str = "the receiver answered 410 Gone";

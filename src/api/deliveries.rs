@@ -214,10 +214,7 @@ pub async fn retry(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{
-        Attempt, ErrorClass, Event, Format, SecretSet, Subscription, SubscriptionId,
-    };
-    use crate::service::resend::resend;
+    use crate::domain::{Attempt, ErrorClass, Event};
 
     fn failed_to(destination: Destination) -> Delivery {
         let now = chrono::Utc::now();
@@ -233,50 +230,6 @@ mod tests {
             response_body: Some("boom".into()),
         });
         d
-    }
-
-    #[test]
-    fn resend_keeps_the_webhook_id_and_the_attempts() {
-        let mut d = failed_to(Destination::Callback {
-            url: "https://example.com/cb".into(),
-        });
-        let before = d.clone();
-        let later = d.created_at + chrono::Duration::hours(1);
-        resend(&mut d, None, later);
-        assert_eq!(d.state, DeliveryState::Pending);
-        assert_eq!(d.next_attempt_at, Some(later));
-        assert_eq!(d.updated_at, later);
-        assert_eq!(d.message_id, before.message_id);
-        assert_eq!(d.attempts.len(), 1);
-        assert_eq!(d.destination, before.destination);
-    }
-
-    #[test]
-    fn resend_to_a_subscription_follows_its_current_url_and_format() {
-        let now = chrono::Utc::now();
-        let sub = Subscription {
-            id: SubscriptionId::generate(),
-            tenant: Tenant::parse("acme").unwrap(),
-            url: "https://example.org/moved".into(),
-            event_types: vec![],
-            format: Format::Discord,
-            description: None,
-            enabled: true,
-            disabled_reason: None,
-            secrets: SecretSet::new("whsec_x".into()),
-            failing_since: None,
-            created_at: now,
-            updated_at: now,
-        };
-        let mut d = failed_to(Destination::Subscription {
-            subscription_id: sub.id.clone(),
-            url: "https://example.com/old".into(),
-            format: Format::Standard,
-        });
-        resend(&mut d, Some(&sub), now);
-        assert_eq!(d.destination.url(), "https://example.org/moved");
-        assert_eq!(d.destination.format(), Format::Discord);
-        assert_eq!(d.destination.subscription_id(), Some(&sub.id));
     }
 
     #[test]

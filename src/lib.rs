@@ -1,8 +1,8 @@
 //! agenthook: a webhook relay for bitHuman's Agent Generation API.
 //!
-//! A request flows `api` → `store` (the job, durably) → `upstream` (submission); the `poller`
-//! drives each pending job to its end and writes the resulting deliveries in the same
-//! transaction; the `delivery` worker signs and sends them.
+//! A request flows `api` (parsed at the edge) → `service` → `store` (the job, durably) →
+//! `upstream` (submission); the `poller` drives each pending job to its end and writes the
+//! resulting deliveries in the same transaction; the `delivery` worker signs and sends them.
 
 pub mod api;
 pub mod app;

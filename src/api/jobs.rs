@@ -9,10 +9,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::body;
 use super::deliveries::{DeliveryList, DeliveryView};
+use super::request;
 use super::request::field::Checked;
-use super::request::{self, field_error};
 use super::{ApiError, AppState, ErrorBody};
-use crate::delivery::policy;
 use crate::domain::{Job, JobId, JobStatus, JobView, Tenant};
 use crate::service;
 use crate::service::admission::{admit, Answer, JobSpec, Mode};
@@ -130,19 +129,11 @@ impl GenerateRequest {
     /// Check a generate body and split agenthook's own fields from the upstream's, which are
     /// forwarded as they came.
     pub fn parse(mut body: Map<String, Value>, allow_private: bool) -> Result<JobSpec, ApiError> {
+        request::url_first(&body, "callback_url", usize::MAX, allow_private)?;
         let request: GenerateRequest = request::from_object(&body)?;
         let callback_url = request
             .callback_url
-            .map(|raw| {
-                policy::check_url(&raw, allow_private)
-                    .map(|url| url.to_string())
-                    .map_err(|e| {
-                        field_error(
-                            "callback_url",
-                            format!("callback_url is not acceptable: {e}"),
-                        )
-                    })
-            })
+            .map(|raw| request::check_url("callback_url", &raw, allow_private))
             .transpose()?;
         body.remove("callback_url");
         body.remove("metadata");
@@ -531,6 +522,29 @@ mod tests {
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
             assert_eq!(err.details, field);
         }
+    }
+
+    #[test]
+    fn own_fields_are_judged_before_the_upstream_ones() {
+        let err = GenerateRequest::parse(
+            json!({"callback_url": "", "prompt": []})
+                .as_object()
+                .unwrap()
+                .clone(),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.details, "callback_url");
+        assert_eq!(
+            err.message,
+            "callback_url is not acceptable: the URL must be absolute, e.g. https://example.com/webhooks"
+        );
+        let err = parse(json!({"aspect_ratio": 1, "metadata": 2})).unwrap_err();
+        assert_eq!(err.details, "metadata");
+        assert_eq!(err.message, "metadata must be a JSON object, not a number");
+        let err = parse(json!({"version": 1, "agent_id": true})).unwrap_err();
+        assert_eq!(err.details, "agent_id");
+        assert_eq!(err.message, "agent_id must be a string, not a boolean");
     }
 
     #[test]

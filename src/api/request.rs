@@ -142,6 +142,32 @@ pub fn from_object<T: DeserializeOwned>(body: &Map<String, Value>) -> Result<T, 
     })
 }
 
+/// The network policy's verdict on the URL `raw` given as `field`: the URL as stored, or
+/// `{field} is not acceptable: {why}`.
+pub fn check_url(field: &str, raw: &str, allow_private: bool) -> Result<String, ApiError> {
+    crate::delivery::policy::check_url(raw, allow_private)
+        .map(|url| url.to_string())
+        .map_err(|e| field_error(field, format!("{field} is not acceptable: {e}")))
+}
+
+/// Check the URL in `field` against the network policy before the body is read: the policy
+/// depends on the settings, which serde does not see, and the URL is the first field of the
+/// bodies that have one, so its refusal comes before any other field's. A value that is not
+/// a string, or longer than `max_len`, is left to the field's deserializer.
+pub fn url_first(
+    body: &Map<String, Value>,
+    field: &str,
+    max_len: usize,
+    allow_private: bool,
+) -> Result<(), ApiError> {
+    match body.get(field) {
+        Some(Value::String(raw)) if raw.len() <= max_len => {
+            check_url(field, raw, allow_private).map(drop)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Field deserializers for `#[serde(deserialize_with = ...)]`: each takes the field's JSON
 /// value as it came and refuses a wrong one with a message naming the field. Absent fields
 /// are left to `#[serde(default)]`.

@@ -16,7 +16,6 @@ use super::deliveries::DeliveryDetail;
 use super::request::{self, field_error, FieldError};
 use super::{ApiError, AppState, ErrorBody};
 use crate::clock::{after, Timestamp};
-use crate::delivery::policy;
 use crate::delivery::signature::{SigningSecret, SECRET_PREFIX};
 use crate::domain::{EventType, Format, SecretSet, Subscription, SubscriptionId, Tenant};
 use crate::service;
@@ -197,9 +196,7 @@ mod de {
 
 /// The network policy's verdict on a URL the body gave.
 fn check_url(raw: &str, allow_private: bool) -> Result<String, ApiError> {
-    let url = policy::check_url(raw, allow_private)
-        .map_err(|e| field_error("url", format!("url is not acceptable: {e}")))?;
-    Ok(url.to_string())
+    request::check_url("url", raw, allow_private)
 }
 
 const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -260,9 +257,14 @@ pub struct NewSubscriptionRequest {
 }
 
 impl NewSubscriptionRequest {
-    /// Read from a JSON object; a field it does not have is refused.
-    pub fn from_object(body: Map<String, Value>) -> Result<Self, ApiError> {
+    /// Read from a JSON object; a field it does not have is refused, then a URL the network
+    /// policy refuses, then any other field.
+    pub fn from_object(body: Map<String, Value>, allow_private: bool) -> Result<Self, ApiError> {
         request::only_known_fields::<Self>(&body, "a subscription")?;
+        if !body.contains_key("url") {
+            return Err(field_error("url", "url is required"));
+        }
+        request::url_first(&body, "url", URL_MAX_LEN, allow_private)?;
         request::from_object(&body)
     }
 
@@ -307,8 +309,9 @@ pub struct SubscriptionPatchRequest {
 }
 
 impl SubscriptionPatchRequest {
-    /// Read from a JSON object; a field it does not have is refused (the secret with a hint).
-    pub fn from_object(body: Map<String, Value>) -> Result<Self, ApiError> {
+    /// Read from a JSON object; a field it does not have is refused (the secret with a hint),
+    /// then a URL the network policy refuses, then any other field.
+    pub fn from_object(body: Map<String, Value>, allow_private: bool) -> Result<Self, ApiError> {
         if body.contains_key("secret") {
             return Err(field_error(
                 "secret",
@@ -316,6 +319,7 @@ impl SubscriptionPatchRequest {
             ));
         }
         request::only_known_fields::<Self>(&body, "PATCH of a subscription")?;
+        request::url_first(&body, "url", URL_MAX_LEN, allow_private)?;
         request::from_object(&body)
     }
 
@@ -364,7 +368,7 @@ pub struct NewSubscription {
 impl NewSubscription {
     /// Read and validate the body of `POST /v1/subscriptions`.
     pub fn parse(body: Map<String, Value>, allow_private: bool) -> Result<Self, ApiError> {
-        NewSubscriptionRequest::from_object(body)?.validate(allow_private)
+        NewSubscriptionRequest::from_object(body, allow_private)?.validate(allow_private)
     }
 
     pub fn into_subscription(self, tenant: Tenant, now: Timestamp) -> Subscription {
@@ -399,7 +403,7 @@ pub struct SubscriptionPatch {
 impl SubscriptionPatch {
     /// Read and validate the body of `PATCH /v1/subscriptions/{id}`.
     pub fn parse(body: Map<String, Value>, allow_private: bool) -> Result<Self, ApiError> {
-        SubscriptionPatchRequest::from_object(body)?.validate(allow_private)
+        SubscriptionPatchRequest::from_object(body, allow_private)?.validate(allow_private)
     }
 
     pub fn apply(&self, sub: &mut Subscription, now: Timestamp) {
@@ -939,6 +943,30 @@ mod tests {
         ] {
             assert_eq!(refused_field(create(body.clone())), field, "{body}");
         }
+    }
+
+    #[test]
+    fn the_url_is_judged_before_any_other_field_as_the_hand_written_parser_did() {
+        let err = create(json!({"event_types": []})).unwrap_err();
+        assert_eq!(
+            (err.details.as_str(), err.message.as_str()),
+            ("url", "url is required")
+        );
+        for body in [
+            json!({"url": "http://127.0.0.1/x", "format": 1, "event_types": 1}),
+            json!({"url": "http://127.0.0.1/x", "description": ["x"]}),
+        ] {
+            let err = NewSubscription::parse(object(body.clone()), false).unwrap_err();
+            assert_eq!(err.details, "url", "{body}");
+            assert!(err.message.starts_with("url is not acceptable: "), "{body}");
+            let err = SubscriptionPatch::parse(object(body.clone()), false).unwrap_err();
+            assert_eq!(err.details, "url", "{body}");
+        }
+        // Then the others in their order, whatever the body's order.
+        let err =
+            create(json!({"url": "https://example.com", "secret": 1, "format": 1})).unwrap_err();
+        assert_eq!(err.details, "format");
+        assert_eq!(err.message, "format must be a string, not a number");
     }
 
     #[test]

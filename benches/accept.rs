@@ -24,7 +24,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -32,8 +31,8 @@ use agenthook::app::Application;
 use agenthook::clock;
 use agenthook::config::Settings;
 use agenthook::domain::JobId;
-use agenthook::sim::{self, SimConfig, SimServer};
-use common::fixtures::SettingsBuilder;
+use agenthook::sim::{SimConfig, SimServer};
+use common::fixtures::{spawn_sim, SettingsBuilder};
 use common::*;
 
 const API_KEY: &str = "bench-tenant-key-0123456789";
@@ -136,9 +135,7 @@ fn main() {
         time_to_ready: Duration::from_secs(24 * 3600),
         ..SimConfig::default()
     };
-    let sim = server_rt.block_on(async {
-        sim::spawn(TcpListener::bind("127.0.0.1:0").unwrap(), sim_config).expect("simulator")
-    });
+    let sim = server_rt.block_on(async { spawn_sim(sim_config) });
     std::thread::sleep(Duration::from_millis(300));
     groups.claim_new("simulator (actix workers)");
 

@@ -1,6 +1,5 @@
 //! `spawn_app()` and friends: one running service per test, against its own simulator.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +7,12 @@ use std::time::Duration;
 use agenthook::app::{Application, Services, StopHandle};
 use agenthook::clock::{self, ManualClock, SharedClock};
 use agenthook::config::Settings;
-use agenthook::sim::{self, SimConfig, SimServer, SimState};
+use agenthook::sim::{SimConfig, SimServer};
 use serde_json::Value;
 
-pub use crate::fixtures::{free_port, wait_ready, Process, SettingsBuilder};
+pub use crate::fixtures::{
+    free_port, spawn_sim, spawn_sim_with_clock, wait_ready, Process, SettingsBuilder,
+};
 
 pub const KEY_A: &str = "tenant-a-key-0123456789";
 pub const KEY_B: &str = "tenant-b-key-0123456789";
@@ -46,16 +47,6 @@ pub fn fast_sim_config() -> SimConfig {
         read_per_minute: 100_000,
         ..SimConfig::default()
     }
-}
-
-pub fn spawn_sim(config: SimConfig) -> SimServer {
-    sim::spawn(TcpListener::bind("127.0.0.1:0").unwrap(), config).expect("start simulator")
-}
-
-pub fn spawn_sim_with_clock(config: SimConfig, clock: SharedClock) -> SimServer {
-    let state = Arc::new(SimState::with_clock(config, clock));
-    sim::spawn_with_state(TcpListener::bind("127.0.0.1:0").unwrap(), state)
-        .expect("start simulator")
 }
 
 pub struct TestApp {

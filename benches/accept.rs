@@ -24,15 +24,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agenthook::app::Application;
 use agenthook::clock;
-use agenthook::config::{ApiKey, Secret, Settings};
+use agenthook::config::Settings;
 use agenthook::domain::JobId;
-use agenthook::sim::{self, SimConfig, SimServer};
+use agenthook::sim::{SimConfig, SimServer};
+use common::fixtures::{spawn_sim, SettingsBuilder};
 use common::*;
 
 const API_KEY: &str = "bench-tenant-key-0123456789";
@@ -135,9 +135,7 @@ fn main() {
         time_to_ready: Duration::from_secs(24 * 3600),
         ..SimConfig::default()
     };
-    let sim = server_rt.block_on(async {
-        sim::spawn(TcpListener::bind("127.0.0.1:0").unwrap(), sim_config).expect("simulator")
-    });
+    let sim = server_rt.block_on(async { spawn_sim(sim_config) });
     std::thread::sleep(Duration::from_millis(300));
     groups.claim_new("simulator (actix workers)");
 
@@ -465,23 +463,21 @@ fn run_phases(
 }
 
 fn bench_settings(dir: &Path, sim: &SimServer) -> Settings {
-    let mut s = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
-    s.server.bind = "127.0.0.1:0".parse().unwrap();
-    s.server.shutdown_grace = Duration::from_secs(5);
-    s.storage.path = dir.to_path_buf();
-    s.upstream.base_url = sim.base_url.parse().unwrap();
-    s.upstream.api_secret = Secret::new(sim.state.config().api_secret);
-    s.upstream.timeout = Duration::from_secs(10);
-    s.upstream.generate_per_minute = 10_000_000;
-    s.upstream.read_per_minute = 10_000_000;
-    s.poller.first_poll_after = Duration::from_secs(3600);
-    // The bench is one tenant at full speed: the per-key limit would measure itself.
-    s.auth.requests_per_minute = 0;
-    s.auth.keys = vec![ApiKey {
-        name: "bench".into(),
-        key: Secret::new(API_KEY),
-    }];
-    s
+    SettingsBuilder::new(dir)
+        .upstream(
+            &sim.base_url,
+            &sim.state.config().api_secret,
+            Duration::from_secs(10),
+        )
+        .upstream_budgets(10_000_000, 10_000_000)
+        .keys(&[("bench", API_KEY)])
+        .with(|s| {
+            s.server.shutdown_grace = Duration::from_secs(5);
+            s.poller.first_poll_after = Duration::from_secs(3600);
+            // The bench is one tenant at full speed: the per-key limit would measure itself.
+            s.auth.requests_per_minute = 0;
+        })
+        .build()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -34,6 +34,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Map};
 
@@ -46,6 +48,8 @@ use agenthook::domain::{
     SubscriptionId, Tenant,
 };
 use agenthook::store::Store;
+use common::fixtures::SettingsBuilder;
+use common::{env_usize, median, percentile, process_cpu};
 
 /// Deliveries are inserted in transactions of this many (a poller round's worth).
 const INSERT_BATCH: usize = 500;
@@ -73,22 +77,15 @@ impl Knobs {
     }
 }
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 impl Knobs {
     fn from_env() -> Knobs {
         Knobs {
-            n: knob("DBENCH_N", 20_000),
-            rounds: knob("DBENCH_ROUNDS", 3).max(1),
-            events: knob("DBENCH_EVENTS", 200),
-            latency_secs: knob("DBENCH_LATENCY_SECS", 10) as u64,
-            concurrency: knob("DBENCH_CONCURRENCY", 64).max(1),
-            receiver_workers: knob("DBENCH_RECEIVER_WORKERS", 1).max(1),
+            n: env_usize("DBENCH_N", 20_000),
+            rounds: env_usize("DBENCH_ROUNDS", 3).max(1),
+            events: env_usize("DBENCH_EVENTS", 200),
+            latency_secs: env_usize("DBENCH_LATENCY_SECS", 10) as u64,
+            concurrency: env_usize("DBENCH_CONCURRENCY", 64).max(1),
+            receiver_workers: env_usize("DBENCH_RECEIVER_WORKERS", 1).max(1),
             phases: std::env::var("DBENCH_PHASES")
                 .unwrap_or_else(|_| "baseline,e2e,fanout,latency,floor".into()),
         }
@@ -205,16 +202,16 @@ impl Receiver {
 // Fixtures.
 
 fn settings(dir: &std::path::Path, knobs: &Knobs) -> Settings {
-    let mut s = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
-    s.storage.path = dir.to_path_buf();
-    s.delivery.concurrency = knobs.concurrency;
-    s.delivery.per_destination_concurrency = knobs.concurrency;
-    s.delivery.allow_private_networks = true;
-    s.delivery.timeout = Duration::from_secs(5);
-    if let Ok(Ok(bytes)) = std::env::var("DBENCH_CACHE_BYTES").map(|v| v.parse()) {
-        s.storage.cache_bytes = bytes;
-    }
-    s
+    SettingsBuilder::new(dir)
+        .with(|s| {
+            s.delivery.concurrency = knobs.concurrency;
+            s.delivery.per_destination_concurrency = knobs.concurrency;
+            s.delivery.timeout = Duration::from_secs(5);
+            if let Ok(Ok(bytes)) = std::env::var("DBENCH_CACHE_BYTES").map(|v| v.parse()) {
+                s.storage.cache_bytes = bytes;
+            }
+        })
+        .build()
 }
 
 fn services(knobs: &Knobs) -> (Services, tempfile::TempDir) {
@@ -324,27 +321,6 @@ impl Throughput {
     fn cpu_us(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.count as f64
     }
-}
-
-/// User + system CPU time of this process so far (Linux `/proc/self/stat`; zero elsewhere).
-fn process_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    // Fields after the command name (which ends with the last ')'): utime is the 12th, stime
-    // the 13th, in clock ticks (100 per second on Linux).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 /// Drain `deliveries` (already inserted) with the real worker; timed from its start until the
@@ -566,14 +542,6 @@ impl Latency {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// One delivery inserted every 5 ms with the worker running; event → receipt at the receiver.
 async fn latency(knobs: &Knobs, receiver: &Receiver) -> Latency {
     let (services, _dir) = services(knobs);
@@ -693,11 +661,6 @@ fn storage_floor(n: usize, record_len: usize, group: usize) -> Throughput {
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied()
 }
 
 fn rate(value: Option<f64>) -> String {
@@ -875,7 +838,7 @@ fn main() {
             response_body: Some("ok".into()),
         });
         let record_len = agenthook::store::delivery_record_len(&recorded);
-        let group = knob("DBENCH_FLOOR_GROUP", FLOOR_GROUP).max(1);
+        let group = env_usize("DBENCH_FLOOR_GROUP", FLOOR_GROUP).max(1);
         let floor = storage_floor(knobs.n, record_len, group);
         let base_cpu = median(base_cpus);
         println!();

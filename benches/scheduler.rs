@@ -19,20 +19,20 @@
 mod common;
 
 use std::io::{BufRead, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agenthook::app::Services;
-use agenthook::clock::{Clock, ManualClock, SharedClock, Timestamp};
-use agenthook::config::{Secret, Settings};
+use agenthook::clock::{Clock, ManualClock, Timestamp};
+use agenthook::config::Settings;
 use agenthook::domain::{Job, Tenant};
 use agenthook::lifecycle::Lifecycle;
 use agenthook::poller::Poller;
-use agenthook::sim::{self, SimConfig, SimServer, SimState};
+use agenthook::sim::SimConfig;
 use agenthook::store::{Store, WorkKind};
 use chrono::Utc;
+use common::fixtures::{spawn_sim, spawn_sim_with_clock, SettingsBuilder};
 use common::*;
 use serde_json::{json, Map};
 
@@ -204,12 +204,9 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 fn settings_for(dir: &Path, base_url: &str, secret: &str) -> Settings {
-    let mut s = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
-    s.storage.path = dir.to_path_buf();
-    s.upstream.base_url = base_url.parse().unwrap();
-    s.upstream.api_secret = Secret::new(secret);
-    s.upstream.timeout = Duration::from_secs(10);
-    s
+    SettingsBuilder::new(dir)
+        .upstream(base_url, secret, Duration::from_secs(10))
+        .build()
 }
 
 /// The simulator of part (a), generous and slow to finish agents.
@@ -229,13 +226,7 @@ fn serve_sim() {
         .enable_all()
         .build()
         .expect("runtime");
-    let sim = rt.block_on(async {
-        sim::spawn(
-            TcpListener::bind("127.0.0.1:0").unwrap(),
-            roomy_sim_config(),
-        )
-        .expect("simulator")
-    });
+    let sim = rt.block_on(async { spawn_sim(roomy_sim_config()) });
     println!("{}", sim.base_url);
     let _ = std::io::stdout().flush();
     let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
@@ -272,11 +263,6 @@ impl Drop for SimChild {
         drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
-}
-
-fn spawn_sim(config: SimConfig, clock: SharedClock) -> SimServer {
-    let state = Arc::new(SimState::with_clock(config, clock));
-    sim::spawn_with_state(TcpListener::bind("127.0.0.1:0").unwrap(), state).expect("simulator")
 }
 
 /// Create agents in the simulator with the given ids, through agenthook's upstream client.
@@ -558,7 +544,7 @@ fn part_b(rt: &tokio::runtime::Runtime, per_minute: u32, minutes: usize) -> Budg
     eprintln!("(b) R = {per_minute}/min over {minutes} simulated minutes ...");
     let clock = ManualClock::starting_now();
     let sim = rt.block_on(async {
-        spawn_sim(
+        spawn_sim_with_clock(
             SimConfig {
                 read_per_minute: per_minute,
                 ..roomy_sim_config()

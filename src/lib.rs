@@ -1,8 +1,8 @@
 //! agenthook: a webhook relay for bitHuman's Agent Generation API.
 //!
-//! A request flows `api` → `store` (the job, durably) → `upstream` (submission); the `poller`
-//! drives each pending job to its end and writes the resulting deliveries in the same
-//! transaction; the `delivery` worker signs and sends them.
+//! A request flows `api` (parsed at the edge) → `service` → `store` (the job, durably) →
+//! `upstream` (submission); the `poller` drives each pending job to its end and writes the
+//! resulting deliveries in the same transaction; the `delivery` worker signs and sends them.
 
 pub mod api;
 pub mod app;
@@ -15,6 +15,7 @@ pub mod domain;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod poller;
+pub mod service;
 pub mod signals;
 pub mod sim;
 pub mod store;

@@ -6,6 +6,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+/// The settings builder and the process helpers the integration tests use too.
+#[path = "../../tests/fixtures/mod.rs"]
+pub mod fixtures;
+
 /// Resident memory of this process, from `/proc/self/status` (`VmRSS`), in bytes.
 pub fn rss_bytes() -> u64 {
     status_kib("VmRSS:") * 1024
@@ -186,6 +190,21 @@ impl Latency {
             mean_us: samples.iter().sum::<u64>() as f64 / samples.len() as f64,
         }
     }
+}
+
+/// The `p`th percentile (0-100) of `sorted` durations, nearest rank; zero when empty.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The median of `values` (the upper one of an even count); `None` when empty.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied()
 }
 
 pub fn ms(us: u64) -> String {

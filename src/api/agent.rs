@@ -7,9 +7,10 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::jobs::{admit, idempotency_key, GenerateRequest, JobSpec, Mode, IDEMPOTENCY_KEY_DOC};
+use super::jobs::{answer_to_http, idempotency_key, GenerateRequest, IDEMPOTENCY_KEY_DOC};
 use super::{body, ApiError, AppState, ErrorBody};
 use crate::domain::{Job, Tenant};
+use crate::service::admission::{admit, Mode};
 use crate::store::IdempotentResponse;
 
 /// Upstream's answer to a generate request.
@@ -99,16 +100,17 @@ pub async fn generate(
 ) -> Result<HttpResponse, ApiError> {
     let body = body::json_object(&req, payload, state.settings.server.max_body_bytes).await?;
     let key = idempotency_key(&req, &body)?;
-    let spec = JobSpec::parse(body, state.settings.delivery.allow_private_networks)?;
-    admit(
-        &state,
+    let spec = GenerateRequest::parse(body, state.settings.delivery.allow_private_networks)?;
+    let answer = admit(
+        state.into_inner(),
         tenant,
         spec,
         key,
         Mode::Synchronous,
         generate_answer,
     )
-    .await
+    .await?;
+    Ok(answer_to_http(&answer))
 }
 
 fn plausible_agent_id(id: &str) -> bool {

@@ -1,5 +1,7 @@
 //! `/v1/callback-secret`: the secret that signs a tenant's job callbacks, and its rotation.
 
+use crate::service;
+
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 
 use super::subscriptions::{
@@ -7,8 +9,7 @@ use super::subscriptions::{
 };
 use super::{ApiError, AppState, ErrorBody};
 use crate::clock::after;
-use crate::delivery::signature::SigningSecret;
-use crate::domain::{SecretSet, Tenant};
+use crate::domain::Tenant;
 
 /// The secret that signs job callbacks
 ///
@@ -25,10 +26,7 @@ use crate::domain::{SecretSet, Tenant};
 )]
 #[get("/callback-secret")]
 pub async fn get(tenant: Tenant, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let secrets = state
-        .store
-        .callback_secrets(&tenant, SigningSecret::generate)
-        .await?;
+    let secrets = service::subscriptions::callback_secrets(&state.store, &tenant).await?;
     Ok(HttpResponse::Ok().json(SecretView::of(&secrets, state.clock.now())))
 }
 
@@ -60,27 +58,8 @@ pub async fn rotate(
     let secret = parse_rotation(body)?;
     let now = state.clock.now();
     let until = after(now, state.settings.delivery.secret_overlap);
-    let secrets = state
-        .store
-        .update_callback_secrets(
-            &tenant,
-            Box::new(move |stored| match stored {
-                // A tenant without a secret yet simply gets this one: nothing to overlap with.
-                None => Some(SecretSet::new(secret.clone())),
-                Some(s) if s.current == secret => None,
-                Some(s) => {
-                    let mut rotated = s.clone();
-                    rotated.rotate(secret.clone(), until);
-                    Some(rotated)
-                }
-            }),
-        )
-        .await?;
-    let Some(secrets) = secrets else {
-        return Err(
-            ApiError::bad_request("the new secret must differ from the current one")
-                .with_details("secret"),
-        );
-    };
+    let secrets =
+        service::subscriptions::rotate_callback_secret(&state.store, &tenant, secret, until)
+            .await?;
     Ok(HttpResponse::Ok().json(SecretView::of(&secrets, now)))
 }

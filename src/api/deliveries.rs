@@ -8,12 +8,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::jobs::{page_limit, query_param};
 use super::{ApiError, AppState, ErrorBody};
-use crate::clock::Timestamp;
 use crate::domain::{
     Attempt, Delivery, DeliveryId, DeliveryState, Destination, EventId, EventType, JobId,
-    MessageId, Subscription, Tenant,
+    MessageId, Tenant,
 };
-use crate::store::DeliveryUpdate;
+use crate::service;
 
 /// A delivery as the API lists it: one event to one destination, and its attempts.
 #[derive(Debug, Serialize, ToSchema)]
@@ -83,19 +82,6 @@ pub struct DeliveryPage {
     pub data: Vec<DeliveryView>,
     /// Pass as `after` for the next page; null on the last one.
     pub next: Option<DeliveryId>,
-}
-
-/// Queue `d` to be sent again now, with the same `webhook-id` and its attempt log kept. A
-/// delivery to a subscription goes where the subscription points now (its URL or format may
-/// have been changed since, often as the fix for what made it fail).
-pub fn resend(d: &mut Delivery, sub: Option<&Subscription>, now: Timestamp) {
-    if let (Some(sub), Destination::Subscription { url, format, .. }) = (sub, &mut d.destination) {
-        url.clone_from(&sub.url);
-        *format = sub.format;
-    }
-    d.state = DeliveryState::Pending;
-    d.next_attempt_at = Some(now);
-    d.updated_at = now;
 }
 
 fn parse_id(raw: &str) -> Result<DeliveryId, ApiError> {
@@ -215,50 +201,22 @@ pub async fn retry(
     tenant: Tenant,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let delivery = find(&state, &tenant, &path).await?;
-    let sub = match delivery.destination.subscription_id() {
-        None => None,
-        Some(id) => {
-            let sub = state
-                .store
-                .subscription(&tenant, id)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::conflict("the subscription of this delivery has been deleted")
-                        .with_details(id.to_string())
-                })?;
-            if !sub.enabled {
-                return Err(ApiError::conflict(
-                    "the subscription of this delivery is disabled; enable it (PATCH {\"enabled\": true}) before retrying",
-                )
-                .with_details(sub.disabled_reason.clone().unwrap_or_default()));
-            }
-            Some(sub)
-        }
-    };
-    let now = state.clock.now();
-    let change = Box::new(move |d: &mut Delivery| {
-        resend(d, sub.as_ref(), now);
-        true
-    });
-    let updated = match state
-        .store
-        .update_delivery(&tenant, &delivery.id, change)
-        .await?
-    {
-        DeliveryUpdate::Updated(d) => d,
-        DeliveryUpdate::Unchanged(_) | DeliveryUpdate::NotFound => {
-            return Err(ApiError::not_found("delivery"))
-        }
-    };
-    state.signals.delivery_wake.notify_one();
+    let id = parse_id(&path)?;
+    let updated = service::resend::retry_delivery(
+        &state.store,
+        &state.signals,
+        &tenant,
+        &id,
+        state.clock.now(),
+    )
+    .await?;
     Ok(HttpResponse::Accepted().json(DeliveryDetail::of(&updated)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Attempt, ErrorClass, Event, Format, SecretSet, SubscriptionId};
+    use crate::domain::{Attempt, ErrorClass, Event};
 
     fn failed_to(destination: Destination) -> Delivery {
         let now = chrono::Utc::now();
@@ -274,50 +232,6 @@ mod tests {
             response_body: Some("boom".into()),
         });
         d
-    }
-
-    #[test]
-    fn resend_keeps_the_webhook_id_and_the_attempts() {
-        let mut d = failed_to(Destination::Callback {
-            url: "https://example.com/cb".into(),
-        });
-        let before = d.clone();
-        let later = d.created_at + chrono::Duration::hours(1);
-        resend(&mut d, None, later);
-        assert_eq!(d.state, DeliveryState::Pending);
-        assert_eq!(d.next_attempt_at, Some(later));
-        assert_eq!(d.updated_at, later);
-        assert_eq!(d.message_id, before.message_id);
-        assert_eq!(d.attempts.len(), 1);
-        assert_eq!(d.destination, before.destination);
-    }
-
-    #[test]
-    fn resend_to_a_subscription_follows_its_current_url_and_format() {
-        let now = chrono::Utc::now();
-        let sub = Subscription {
-            id: SubscriptionId::generate(),
-            tenant: Tenant::parse("acme").unwrap(),
-            url: "https://example.org/moved".into(),
-            event_types: vec![],
-            format: Format::Discord,
-            description: None,
-            enabled: true,
-            disabled_reason: None,
-            secrets: SecretSet::new("whsec_x".into()),
-            failing_since: None,
-            created_at: now,
-            updated_at: now,
-        };
-        let mut d = failed_to(Destination::Subscription {
-            subscription_id: sub.id.clone(),
-            url: "https://example.com/old".into(),
-            format: Format::Standard,
-        });
-        resend(&mut d, Some(&sub), now);
-        assert_eq!(d.destination.url(), "https://example.org/moved");
-        assert_eq!(d.destination.format(), Format::Discord);
-        assert_eq!(d.destination.subscription_id(), Some(&sub.id));
     }
 
     #[test]

@@ -7,135 +7,146 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::body::{self, kind_of};
+use super::body;
 use super::deliveries::{DeliveryList, DeliveryView};
+use super::request;
+use super::request::field::Checked;
 use super::{ApiError, AppState, ErrorBody};
-use crate::clock::after;
-use crate::delivery::policy;
 use crate::domain::{Job, JobId, JobStatus, JobView, Tenant};
-use crate::lifecycle::Submission;
-use crate::store::{Admission, Cancellation, IdempotencyKey, IdempotentResponse, IDEMPOTENCY_TTL};
+use crate::service;
+use crate::service::admission::{admit, Answer, JobSpec, Mode};
+use crate::store::{IdempotencyKey, IdempotentResponse};
+
 const METADATA_LIMIT: usize = 16 * 1024;
 
-/// Upstream generate fields whose type we know; everything else is forwarded untouched.
-const STRING_FIELDS: [&str; 9] = [
-    "prompt",
-    "image",
-    "video",
-    "audio",
-    "aspect_ratio",
-    "framing",
-    "agent_id",
-    "model",
-    "version",
-];
-const BOOL_FIELDS: [&str; 1] = ["transparency"];
+/// Field deserializers of a generate request; the upstream's fields are only type-checked.
+mod de {
+    use serde::de::Deserializer;
+
+    use super::*;
+    use crate::api::request::field;
+    use crate::api::request::FieldError;
+
+    macro_rules! checked_strings {
+        ($($name:ident),*) => {$(
+            pub fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
+                field::checked_string(stringify!($name), d)
+            }
+        )*};
+    }
+
+    checked_strings!(
+        agent_id,
+        aspect_ratio,
+        audio,
+        framing,
+        image,
+        model,
+        prompt,
+        version,
+        video
+    );
+
+    pub fn transparency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        field::boolean("transparency", field::value(d)?)
+    }
+
+    pub fn callback_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        field::string("callback_url", field::value(d)?)
+    }
+
+    pub fn metadata<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Map<String, Value>>, D::Error> {
+        let map = field::object("metadata", field::value(d)?)?;
+        if let Some(map) = &map {
+            let size = serde_json::to_vec(map)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > METADATA_LIMIT {
+                return Err(FieldError::new(
+                    "metadata",
+                    format!("metadata is {size} bytes; at most {METADATA_LIMIT} are allowed"),
+                )
+                .into_serde());
+            }
+        }
+        Ok(map)
+    }
+}
 
 /// A generate request: the upstream's fields, forwarded as they came (any other field is
 /// forwarded too), and agenthook's own `callback_url` and `metadata`, never forwarded.
-// Only describes the body for the OpenAPI document; `JobSpec::parse` reads it.
+// Fields are checked in this order: agenthook's own first, then the upstream's. The upstream's
+// are only checked (`Checked`): they are forwarded from the body as they came.
 #[allow(dead_code)]
-#[derive(ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct GenerateRequest {
-    /// The agent's system prompt.
-    prompt: Option<String>,
-    /// Image URL or base64 data.
-    image: Option<String>,
-    /// Video URL or base64 data.
-    video: Option<String>,
-    /// Audio URL or base64 data.
-    audio: Option<String>,
-    aspect_ratio: Option<String>,
-    framing: Option<String>,
-    agent_id: Option<String>,
-    model: Option<String>,
-    version: Option<String>,
-    transparency: Option<bool>,
     /// Where the signed completion event is POSTed: an absolute http/https URL that passes the
     /// network policy. Not forwarded.
+    #[serde(default, deserialize_with = "de::callback_url")]
     #[schema(format = "uri", example = "https://example.com/hooks/agenthook")]
-    callback_url: Option<String>,
+    pub callback_url: Option<String>,
     /// At most 16 KiB of JSON, echoed in every event of the job. Not forwarded.
-    metadata: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "de::metadata")]
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "de::agent_id")]
+    #[schema(value_type = Option<String>)]
+    pub agent_id: Checked,
+    #[serde(default, deserialize_with = "de::aspect_ratio")]
+    #[schema(value_type = Option<String>)]
+    pub aspect_ratio: Checked,
+    /// Audio URL or base64 data.
+    #[serde(default, deserialize_with = "de::audio")]
+    #[schema(value_type = Option<String>)]
+    pub audio: Checked,
+    #[serde(default, deserialize_with = "de::framing")]
+    #[schema(value_type = Option<String>)]
+    pub framing: Checked,
+    /// Image URL or base64 data.
+    #[serde(default, deserialize_with = "de::image")]
+    #[schema(value_type = Option<String>)]
+    pub image: Checked,
+    #[serde(default, deserialize_with = "de::model")]
+    #[schema(value_type = Option<String>)]
+    pub model: Checked,
+    /// The agent's system prompt.
+    #[serde(default, deserialize_with = "de::prompt")]
+    #[schema(value_type = Option<String>)]
+    pub prompt: Checked,
+    #[serde(default, deserialize_with = "de::transparency")]
+    pub transparency: Option<bool>,
+    #[serde(default, deserialize_with = "de::version")]
+    #[schema(value_type = Option<String>)]
+    pub version: Checked,
+    /// Video URL or base64 data.
+    #[serde(default, deserialize_with = "de::video")]
+    #[schema(value_type = Option<String>)]
+    pub video: Checked,
+}
+
+impl GenerateRequest {
+    /// Check a generate body and split agenthook's own fields from the upstream's, which are
+    /// forwarded as they came.
+    pub fn parse(mut body: Map<String, Value>, allow_private: bool) -> Result<JobSpec, ApiError> {
+        request::url_first(&body, "callback_url", usize::MAX, allow_private)?;
+        let request: GenerateRequest = request::from_object(&body)?;
+        let callback_url = request
+            .callback_url
+            .map(|raw| request::check_url("callback_url", &raw, allow_private))
+            .transpose()?;
+        body.remove("callback_url");
+        body.remove("metadata");
+        Ok(JobSpec {
+            upstream: body,
+            callback_url,
+            metadata: request.metadata.unwrap_or_default(),
+        })
+    }
 }
 
 /// The `Idempotency-Key` request header, as documented on the routes that take it.
 pub const IDEMPOTENCY_KEY_DOC: &str = "1-255 printable ASCII characters. The same key with the same body returns the first response and calls upstream once; with a different body, 422; while the first request is still in flight, 409. Kept 24 h.";
-
-/// A generate request, parsed at the edge: agenthook's own fields split from the upstream's.
-#[derive(Debug)]
-pub struct JobSpec {
-    pub upstream: Map<String, Value>,
-    pub callback_url: Option<String>,
-    pub metadata: Map<String, Value>,
-}
-
-impl JobSpec {
-    pub fn parse(mut body: Map<String, Value>, allow_private: bool) -> Result<JobSpec, ApiError> {
-        let callback_url = match body.remove("callback_url") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(raw)) => {
-                let url = policy::check_url(&raw, allow_private).map_err(|e| {
-                    ApiError::bad_request(format!("callback_url is not acceptable: {e}"))
-                        .with_details("callback_url")
-                })?;
-                Some(url.to_string())
-            }
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "callback_url must be a string, not {}",
-                    kind_of(&other)
-                ))
-                .with_details("callback_url"))
-            }
-        };
-        let metadata = match body.remove("metadata") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => {
-                let size = serde_json::to_vec(&map)
-                    .map(|v| v.len())
-                    .unwrap_or(usize::MAX);
-                if size > METADATA_LIMIT {
-                    return Err(ApiError::bad_request(format!(
-                        "metadata is {size} bytes; at most {METADATA_LIMIT} are allowed"
-                    ))
-                    .with_details("metadata"));
-                }
-                map
-            }
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "metadata must be a JSON object, not {}",
-                    kind_of(&other)
-                ))
-                .with_details("metadata"))
-            }
-        };
-        for (field, value) in &body {
-            let wrong = (STRING_FIELDS.contains(&field.as_str())
-                && !matches!(value, Value::String(_) | Value::Null))
-                || (BOOL_FIELDS.contains(&field.as_str())
-                    && !matches!(value, Value::Bool(_) | Value::Null));
-            if wrong {
-                let expected = if BOOL_FIELDS.contains(&field.as_str()) {
-                    "a boolean"
-                } else {
-                    "a string"
-                };
-                return Err(ApiError::bad_request(format!(
-                    "{field} must be {expected}, not {}",
-                    kind_of(value)
-                ))
-                .with_details(field.clone()));
-            }
-        }
-        Ok(JobSpec {
-            upstream: body,
-            callback_url,
-            metadata,
-        })
-    }
-}
 
 /// The `Idempotency-Key` header with the fingerprint of the body it came with.
 pub fn idempotency_key(
@@ -191,151 +202,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// How the caller wants an unreachable upstream handled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Answer `202 submitting` and keep trying in the background (`/v1/jobs`).
-    Deferrable,
-    /// Answer with the failure; keep nothing (the drop-in generate route).
-    Synchronous,
-}
-
-/// Render the answer for a job that upstream accepted (or that will be retried).
-pub type Render = fn(&Job) -> IdempotentResponse;
-
-/// How long a request may wait for upstream's answer before its job is stored as pending
-/// (durably), so that a crash while upstream takes its time cannot leave an agent that no
-/// job tracks. Upstream usually answers sooner: then the job is written once, accepted.
-pub const HOLD_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Settle the idempotency key, submit the job upstream, store the outcome with the answer
-/// its key replays, durably, and answer.
-pub async fn admit(
-    state: &web::Data<AppState>,
-    tenant: Tenant,
-    spec: JobSpec,
-    key: Option<IdempotencyKey>,
-    mode: Mode,
-    render: Render,
-) -> Result<HttpResponse, ApiError> {
-    let now = state.clock.now();
-    let mut job = Job::new(tenant, spec.upstream, spec.callback_url, spec.metadata, now);
-    // If the job has to be held: the poller takes it over then, should we die meanwhile.
-    job.next_poll_at = Some(after(now, state.settings.poller.lease));
-    let hold = match state
-        .store
-        .begin_job(&job, key.as_ref(), IDEMPOTENCY_TTL)
-        .await?
-    {
-        Admission::Created(hold) => hold,
-        Admission::Replay(response) => return Ok(replay(&response)),
-        Admission::Mismatch => {
-            return Err(ApiError::unprocessable(
-                "this Idempotency-Key was already used with a different request body",
-            ))
-        }
-        Admission::InFlight { job_id, since } => {
-            let abandoned = after(since, state.settings.poller.lease) <= now;
-            match state.store.job(&job.tenant, &job_id).await? {
-                Some(first) if abandoned => return Ok(replay(&render(&first))),
-                _ => {
-                    return Err(ApiError::conflict(
-                        "a request with this Idempotency-Key is still in progress",
-                    ))
-                }
-            }
-        }
-    };
-    // From here on the job is upstream's business too: finish even if the client goes away.
-    let state = state.clone();
-    let finished = actix_web::rt::spawn(async move {
-        let answer = submit_and_store(&state, job, key, mode, render).await;
-        drop(hold);
-        answer
-    });
-    match finished.await {
-        Ok(answer) => answer.map(|response| respond(&response)),
-        Err(e) => Err(ApiError::internal(&e)),
+/// The HTTP answer of an admission: a replay says so in `Idempotent-Replayed: true`.
+pub fn answer_to_http(answer: &Answer) -> HttpResponse {
+    match answer {
+        Answer::Fresh(response) => respond(response),
+        Answer::Replayed(response) => replay(response),
     }
-}
-
-async fn submit_and_store(
-    state: &AppState,
-    mut job: Job,
-    key: Option<IdempotencyKey>,
-    mode: Mode,
-    render: Render,
-) -> Result<IdempotentResponse, ApiError> {
-    let now = job.created_at;
-    let pending = job.clone();
-    let mut held = false;
-    let submission = {
-        let submit = state.lifecycle.submit(&mut job);
-        tokio::pin!(submit);
-        tokio::select! {
-            submission = &mut submit => submission,
-            _ = tokio::time::sleep(HOLD_AFTER) => {
-                state.store.hold_job(&pending, key.as_ref()).await?;
-                held = true;
-                submit.await
-            }
-        }
-    };
-    drop(pending);
-    let outcome = match &submission {
-        Submission::Accepted => "accepted",
-        Submission::Deferred(_) => "deferred",
-        Submission::Refused(_) => "refused",
-    };
-    metrics::counter!("agenthook_jobs_submitted_total", "outcome" => outcome).increment(1);
-    match submission {
-        Submission::Accepted => {}
-        Submission::Deferred(_) if mode == Mode::Deferrable => {}
-        Submission::Deferred(error) => {
-            state.store.refuse_job(&job, key.as_ref(), None).await?;
-            return Err(match error {
-                Some(error) => ApiError::upstream(&error),
-                None => {
-                    let wait = crate::clock::until(
-                        now,
-                        state
-                            .lifecycle
-                            .upstream
-                            .budgets()
-                            .generate
-                            .next_available_at(now),
-                    );
-                    let mut e = ApiError::rate_limited(wait.as_secs() + 1);
-                    e.message = "the upstream generate budget is used up; try again later".into();
-                    e
-                }
-            });
-        }
-        Submission::Refused(error) => {
-            let api_error = ApiError::upstream(&error);
-            let response = IdempotentResponse {
-                status: api_error.status.as_u16(),
-                body: serde_json::to_value(api_error.body()).expect("error body serialises"),
-            };
-            state
-                .store
-                .refuse_job(&job, key.as_ref(), Some(&response))
-                .await?;
-            return Err(api_error);
-        }
-    }
-    let response = render(&job);
-    let id = job.id.clone();
-    let saved = state
-        .store
-        .accept_job(job, held, key.map(|k| (k, response.clone())))
-        .await?;
-    if saved {
-        state.signals.poller_wake.notify_one();
-    } else {
-        tracing::info!(job_id = %id, "job was cancelled during submission");
-    }
-    Ok(response)
 }
 
 fn respond(response: &IdempotentResponse) -> HttpResponse {
@@ -392,8 +264,17 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body::json_object(&req, payload, state.settings.server.max_body_bytes).await?;
     let key = idempotency_key(&req, &body)?;
-    let spec = JobSpec::parse(body, state.settings.delivery.allow_private_networks)?;
-    admit(&state, tenant, spec, key, Mode::Deferrable, job_answer).await
+    let spec = GenerateRequest::parse(body, state.settings.delivery.allow_private_networks)?;
+    let answer = admit(
+        state.into_inner(),
+        tenant,
+        spec,
+        key,
+        Mode::Deferrable,
+        job_answer,
+    )
+    .await?;
+    Ok(answer_to_http(&answer))
 }
 
 pub fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
@@ -541,21 +422,8 @@ pub async fn cancel(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
-    match state
-        .store
-        .cancel_job(&tenant, &id, state.clock.now())
-        .await?
-    {
-        Cancellation::Cancelled(job) => Ok(HttpResponse::Ok().json(JobView::from(&job))),
-        Cancellation::AlreadyFinished(job) if job.status == JobStatus::Cancelled => {
-            Ok(HttpResponse::Ok().json(JobView::from(&job)))
-        }
-        Cancellation::AlreadyFinished(job) => Err(ApiError::conflict(format!(
-            "job already ended as {}",
-            job.status.as_str()
-        ))),
-        Cancellation::NotFound => Err(ApiError::not_found("job")),
-    }
+    let job = service::jobs::cancel(&state.store, &tenant, &id, state.clock.now()).await?;
+    Ok(HttpResponse::Ok().json(JobView::from(&job)))
 }
 
 /// The deliveries of a job's events
@@ -594,21 +462,38 @@ mod tests {
 
     #[test]
     fn the_documented_body_names_every_field_the_parser_knows() {
-        let mut known: Vec<String> = STRING_FIELDS
-            .iter()
-            .chain(&BOOL_FIELDS)
-            .chain(&["callback_url", "metadata"])
-            .map(|f| f.to_string())
-            .collect();
+        let mut known: Vec<String> = [
+            "prompt",
+            "image",
+            "video",
+            "audio",
+            "aspect_ratio",
+            "framing",
+            "agent_id",
+            "model",
+            "version",
+            "transparency",
+            "callback_url",
+            "metadata",
+        ]
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
         known.sort();
         assert_eq!(
             crate::api::openapi::property_names::<GenerateRequest>(),
             known
         );
+        let mut parsed: Vec<String> = request::fields_of::<GenerateRequest>()
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        parsed.sort();
+        assert_eq!(parsed, known);
     }
 
     fn parse(v: Value) -> Result<JobSpec, ApiError> {
-        JobSpec::parse(v.as_object().unwrap().clone(), true)
+        GenerateRequest::parse(v.as_object().unwrap().clone(), true)
     }
 
     #[test]
@@ -639,6 +524,29 @@ mod tests {
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
             assert_eq!(err.details, field);
         }
+    }
+
+    #[test]
+    fn own_fields_are_judged_before_the_upstream_ones() {
+        let err = GenerateRequest::parse(
+            json!({"callback_url": "", "prompt": []})
+                .as_object()
+                .unwrap()
+                .clone(),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.details, "callback_url");
+        assert_eq!(
+            err.message,
+            "callback_url is not acceptable: the URL must be absolute, e.g. https://example.com/webhooks"
+        );
+        let err = parse(json!({"aspect_ratio": 1, "metadata": 2})).unwrap_err();
+        assert_eq!(err.details, "metadata");
+        assert_eq!(err.message, "metadata must be a JSON object, not a number");
+        let err = parse(json!({"version": 1, "agent_id": true})).unwrap_err();
+        assert_eq!(err.details, "agent_id");
+        assert_eq!(err.message, "agent_id must be a string, not a boolean");
     }
 
     #[test]
@@ -698,7 +606,7 @@ mod tests {
         fn any_json_object_parses_or_is_a_400_never_a_panic(body in arbitrary_json()) {
             if let Value::Object(map) = body {
                 for allow_private in [false, true] {
-                    match JobSpec::parse(map.clone(), allow_private) {
+                    match GenerateRequest::parse(map.clone(), allow_private) {
                         Ok(spec) => {
                             proptest::prop_assert!(!spec.upstream.contains_key("callback_url"));
                             proptest::prop_assert!(!spec.upstream.contains_key("metadata"));

@@ -10,6 +10,7 @@ mod health;
 mod jobs;
 pub mod metrics;
 mod openapi;
+pub mod request;
 pub mod request_id;
 mod subscriptions;
 

@@ -2,5 +2,6 @@
 
 pub mod format;
 pub mod policy;
+pub mod retry;
 pub mod signature;
 pub mod worker;

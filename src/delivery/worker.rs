@@ -16,10 +16,12 @@ use futures_util::future::join_all;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::retry::RetryPolicy;
 use super::{format, policy, signature};
 use crate::clock::{after, SharedClock, Timestamp};
 use crate::config::DeliverySettings;
-use crate::domain::{Attempt, Delivery, DeliveryState, Destination, ErrorClass, Subscription};
+use crate::domain::{Attempt, Delivery, DeliveryState, Destination, ErrorClass};
+use crate::service::subscriptions::{Health, Outcome};
 use crate::signals::Signals;
 use crate::store::{Claimed, DeliveryQueue, Recorded, Store, StoreError};
 
@@ -37,8 +39,10 @@ struct Inner {
     store: Store,
     clock: SharedClock,
     settings: DeliverySettings,
-    /// `settings.retry_schedule`, shared with the record closures that need it.
-    retry_schedule: Arc<[Duration]>,
+    /// When a failed attempt is tried again (`settings.retry_schedule`, jitter, Retry-After).
+    retry: RetryPolicy,
+    /// When a failing subscription is disabled (`settings.disable_after`).
+    health: Health,
     signals: Arc<Signals>,
     client: reqwest::Client,
     fresh_slots: Arc<Semaphore>,
@@ -91,7 +95,8 @@ impl DeliveryWorker {
                 attempt_capacity,
                 store,
                 clock,
-                retry_schedule: settings.retry_schedule.clone().into(),
+                retry: RetryPolicy::of(&settings),
+                health: Health::new(settings.disable_after),
                 settings,
                 signals,
                 client,
@@ -270,12 +275,18 @@ impl DeliveryWorker {
         let attempt = sent.attempt(now);
         let status_code = attempt.status_code;
         let error = attempt.error;
-        let succeeded = error.is_none();
-        let gone = status_code == Some(410) && subscription.is_some();
-        let schedule = inner.retry_schedule.clone();
+        let outcome = match (error, status_code) {
+            (None, _) => Outcome::Succeeded,
+            (_, Some(410)) if subscription.is_some() => Outcome::Gone,
+            _ => Outcome::Failed,
+        };
+        let retry = inner.retry.clone();
         let retry_after = sent.retry_after;
         if let Some(sub) = &subscription {
-            self.note_outcome(sub, succeeded, gone, finished).await?;
+            inner
+                .health
+                .note(&inner.store, sub, outcome, finished)
+                .await?;
         }
         // Appended to the stored record, so a manual retry made meanwhile is not lost; on disk
         // (with the subscription's health, just written) before it counts.
@@ -284,20 +295,18 @@ impl DeliveryWorker {
                 d.destination = destination.clone();
                 d.attempts.push(attempt.clone());
                 d.updated_at = finished;
-                if succeeded {
-                    d.state = DeliveryState::Succeeded;
-                    d.next_attempt_at = None;
-                } else if gone {
-                    d.state = DeliveryState::Failed;
-                    d.next_attempt_at = None;
-                } else if let Some(delay) = schedule.get(d.attempts.len()) {
-                    d.state = DeliveryState::Pending;
-                    let wait = with_jitter(*delay).max(retry_after.unwrap_or_default());
-                    d.next_attempt_at = Some(after(finished, wait));
-                } else {
-                    d.state = DeliveryState::Failed;
-                    d.next_attempt_at = None;
-                }
+                // A 410 ends a subscription's delivery at once; other failures follow the
+                // retry schedule until it is used up.
+                let next = match outcome {
+                    Outcome::Succeeded | Outcome::Gone => None,
+                    Outcome::Failed => retry.next_wait(d.attempts.len(), retry_after),
+                };
+                d.next_attempt_at = next.map(|wait| after(finished, wait));
+                d.state = match (outcome, next) {
+                    (Outcome::Succeeded, _) => DeliveryState::Succeeded,
+                    (_, Some(_)) => DeliveryState::Pending,
+                    (_, None) => DeliveryState::Failed,
+                };
             })
             .await?;
         let Some(recorded) = recorded else {
@@ -357,52 +366,6 @@ impl DeliveryWorker {
             .await
     }
 
-    /// A subscription's health: any success clears its failing run; a 410 or a failing run
-    /// longer than `disable_after` disables it. Written only when one of those changes: a
-    /// receiver that keeps failing costs one write when its run begins, not one per attempt.
-    async fn note_outcome(
-        &self,
-        sub: &Subscription,
-        succeeded: bool,
-        gone: bool,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let disable_after = self.inner.settings.disable_after;
-        let needs_change = if succeeded {
-            sub.failing_since.is_some()
-        } else {
-            gone || sub
-                .failing_since
-                .is_none_or(|since| sub.enabled && after(since, disable_after) <= now)
-        };
-        if !needs_change {
-            return Ok(());
-        }
-        let change = Box::new(move |s: &mut Subscription| {
-            if succeeded {
-                s.failing_since = None;
-                return;
-            }
-            let since = *s.failing_since.get_or_insert(now);
-            if gone {
-                s.enabled = false;
-                s.disabled_reason = Some("the receiver answered 410 Gone".into());
-            } else if s.enabled && after(since, disable_after) <= now {
-                s.enabled = false;
-                s.disabled_reason = Some(format!(
-                    "every delivery failed for {}",
-                    humantime::format_duration(disable_after)
-                ));
-            }
-            s.updated_at = now;
-        });
-        self.inner
-            .store
-            .update_subscription(&sub.id, change)
-            .await?;
-        Ok(())
-    }
-
     async fn send(
         &self,
         destination: &Destination,
@@ -433,12 +396,14 @@ impl DeliveryWorker {
             Err(e) => return Sent::failed(policy::classify_error(&e), started),
         };
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, self.inner.clock.now()))
-            .filter(|_| status.as_u16() == 429 || status.as_u16() == 503);
+        let retry_after = RetryPolicy::retry_after(
+            status.as_u16(),
+            response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            self.inner.clock.now(),
+        );
         let mut kept = Vec::new();
         let mut body_error = None;
         while kept.len() < RESPONSE_BODY_LIMIT {
@@ -535,25 +500,6 @@ fn destination_key(url: &str) -> &str {
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| after_scheme + i);
     &url[..end]
-}
-
-/// How long from `now` a `Retry-After` value asks to wait: delay-seconds, or an HTTP-date
-/// (RFC 9110, section 10.2.3; a date already past means no wait).
-fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some(crate::clock::until(now, at.with_timezone(&chrono::Utc)))
-}
-
-/// Up to 20% later than scheduled, so retries to one receiver do not arrive in lockstep.
-fn with_jitter(delay: Duration) -> Duration {
-    if delay.is_zero() {
-        return delay;
-    }
-    delay.mul_f64(1.0 + rand::random::<f64>() * 0.2)
 }
 
 struct Sent {
@@ -674,30 +620,6 @@ mod tests {
             ("http://[::1]:9/a", "http://[::1]:9"),
         ] {
             assert_eq!(destination_key(url), key, "{url}");
-        }
-    }
-
-    #[test]
-    fn retry_after_takes_seconds_or_an_http_date() {
-        let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T16:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
-        assert_eq!(
-            parse_retry_after(" 120 ", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Sat, 28 Nov 2026 16:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Sat, 28 Nov 2026 15:00:00 GMT", now),
-            Some(Duration::ZERO),
-            "a date in the past asks for no wait"
-        );
-        for junk in ["", "soon", "-5", "1.5"] {
-            assert_eq!(parse_retry_after(junk, now), None, "{junk:?}");
         }
     }
 }

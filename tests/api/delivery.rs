@@ -4,9 +4,14 @@
 
 use std::time::{Duration, Instant};
 
+use agenthook::clock::Clock;
 use agenthook::config::Settings;
 use agenthook::delivery::signature::{self, SigningSecret};
-use agenthook::delivery::worker::RESPONSE_BODY_LIMIT;
+use agenthook::delivery::worker::{AttemptReport, DeliveryWorker, RESPONSE_BODY_LIMIT};
+use agenthook::domain::{
+    Delivery, DeliveryId, DeliveryState, Destination, Event, EventType, Format, SecretSet,
+    Subscription, SubscriptionId, Tenant,
+};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -623,6 +628,98 @@ async fn slack_and_discord_messages_carry_valid_signatures_too() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Stepped: the delivery worker driven by `step()` on a manual clock
+// ---------------------------------------------------------------------------------------------
+
+/// The service's parts on a manual clock (no HTTP server, no background loops), a receiver on
+/// 127.0.0.1, and a subscription of tenant A to it: attempts are made by `step()`, and time
+/// passes only when the test says so.
+struct Stepped {
+    h: Harness,
+    worker: DeliveryWorker,
+    rx: Receiver,
+    sub: Subscription,
+}
+
+fn tenant_a() -> Tenant {
+    Tenant::parse("tenant-a").unwrap()
+}
+
+async fn stepped(tweak: impl FnOnce(&mut Settings)) -> Stepped {
+    let h = harness(fast_sim_config(), tweak);
+    let worker = h.services.delivery_worker().unwrap();
+    let rx = Receiver::start().await;
+    let now = h.clock.now();
+    let sub = Subscription {
+        id: SubscriptionId::generate(),
+        tenant: tenant_a(),
+        url: rx.url("/hook"),
+        event_types: vec![EventType::AgentReady],
+        format: Format::Standard,
+        description: None,
+        enabled: true,
+        disabled_reason: None,
+        secrets: SecretSet::new(SigningSecret::generate()),
+        failing_since: None,
+        created_at: now,
+        updated_at: now,
+    };
+    h.services.store.save_subscription(&sub).await.unwrap();
+    Stepped { h, worker, rx, sub }
+}
+
+impl Stepped {
+    fn now(&self) -> agenthook::clock::Timestamp {
+        self.h.clock.now()
+    }
+
+    /// Queue a `webhook.test` event to the subscription, due now, as `POST .../test` does.
+    async fn send_test_event(&self) -> DeliveryId {
+        let now = self.now();
+        let event = Event::test(tenant_a(), now);
+        let delivery = Delivery::new(&event, None, Destination::subscription(&self.sub), now);
+        self.h
+            .services
+            .store
+            .insert_deliveries(vec![delivery.clone()])
+            .await
+            .unwrap();
+        delivery.id
+    }
+
+    async fn delivery(&self, id: &DeliveryId) -> Delivery {
+        self.h
+            .services
+            .store
+            .delivery(&tenant_a(), id)
+            .await
+            .unwrap()
+            .expect("the delivery is stored")
+    }
+
+    async fn subscription(&self) -> Subscription {
+        self.h
+            .services
+            .store
+            .subscription(&tenant_a(), &self.sub.id)
+            .await
+            .unwrap()
+            .expect("the subscription is stored")
+    }
+
+    /// Every attempt due now, made and recorded.
+    async fn step(&self) -> Vec<AttemptReport> {
+        self.worker.step().await.unwrap()
+    }
+
+    /// Move the clock on by `by`, then [`Stepped::step`].
+    async fn step_after(&self, by: Duration) -> Vec<AttemptReport> {
+        self.h.clock.advance(by);
+        self.step().await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Retries and dead letters
 // ---------------------------------------------------------------------------------------------
 
@@ -829,51 +926,65 @@ async fn a_410_gone_disables_the_subscription_and_it_receives_nothing_more() {
 
 #[tokio::test]
 async fn retry_after_on_429_delays_the_next_attempt_even_with_an_immediate_schedule() {
-    let app = spawn_app_with(fast_sim_config(), |s| {
+    let t = stepped(|s| {
         s.delivery.retry_schedule = vec![ms(0), ms(0), ms(0)];
     })
     .await;
-    let rx = Receiver::start().await;
-    rx.script(vec![Reply::status(429).header("retry-after", "2")]);
-    let sub = create_subscription(&app, KEY_A, json!({"url": rx.url("/hook")})).await;
-    let delivery = send_test_event(&app, KEY_A, &id_of(&sub)).await;
-    let got = rx.wait_for(2, WAIT).await;
-    let gap = got[1].at - got[0].at;
-    // Queue times are kept in milliseconds, so allow a few for rounding.
+    t.rx.script(vec![Reply::status(429).header("retry-after", "2")]);
+    let id = t.send_test_event().await;
+    let first = t.step().await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].status_code, Some(429));
+    let waiting = t.delivery(&id).await;
+    assert_eq!(waiting.state, DeliveryState::Pending);
+    let gap = waiting.next_attempt_at.unwrap() - waiting.attempts[0].at;
     assert!(
-        gap >= ms(1990),
-        "the retry came {gap:?} after a 429 with Retry-After: 2"
+        gap >= chrono::Duration::seconds(2),
+        "the retry is due {gap} after a 429 with Retry-After: 2"
     );
+    // Not a moment sooner, whatever the schedule says.
+    assert!(t.step_after(ms(1999)).await.is_empty());
+    assert_eq!(t.rx.requests().len(), 1);
+    assert_eq!(t.step_after(ms(1)).await.len(), 1);
+
+    let got = t.rx.requests();
+    assert_eq!(got.len(), 2);
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
-    let done = wait_for_delivery_state(&app, KEY_A, &id_of(&delivery), "succeeded").await;
-    let codes: Vec<Value> = attempts(&done)
-        .iter()
-        .map(|a| a["status_code"].clone())
-        .collect();
-    assert_eq!(codes, [json!(429), json!(200)]);
+    let done = t.delivery(&id).await;
+    assert_eq!(done.state, DeliveryState::Succeeded);
+    let codes: Vec<Option<u16>> = done.attempts.iter().map(|a| a.status_code).collect();
+    assert_eq!(codes, [Some(429), Some(200)]);
+    assert!(done.attempts[1].at - done.attempts[0].at >= chrono::Duration::seconds(2));
 }
 
 #[tokio::test]
 async fn retry_after_as_an_http_date_on_503_delays_the_next_attempt_too() {
-    let app = spawn_app_with(fast_sim_config(), |s| {
+    let t = stepped(|s| {
         s.delivery.retry_schedule = vec![ms(0), ms(0), ms(0)];
     })
     .await;
-    let rx = Receiver::start().await;
     // HTTP dates have whole seconds: the next whole second at least 2 s from now.
-    let not_before = chrono::DateTime::from_timestamp(now_unix() + 3, 0).unwrap();
+    let not_before = chrono::DateTime::from_timestamp(t.now().timestamp() + 3, 0).unwrap();
     let http_date = not_before.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
-    rx.script(vec![Reply::status(503).header("retry-after", &http_date)]);
-    let sub = create_subscription(&app, KEY_A, json!({"url": rx.url("/hook")})).await;
-    let delivery = send_test_event(&app, KEY_A, &id_of(&sub)).await;
-    let got = rx.wait_for(2, WAIT).await;
-    let early_by = (not_before - got[1].received_at).num_milliseconds();
+    t.rx.script(vec![Reply::status(503).header("retry-after", &http_date)]);
+    let id = t.send_test_event().await;
+    assert_eq!(t.step().await.len(), 1);
+    let due = t.delivery(&id).await.next_attempt_at.unwrap();
     assert!(
-        early_by <= 10,
-        "the retry came {early_by} ms before Retry-After: {http_date}"
+        due >= not_before,
+        "the retry is due at {due}, before Retry-After: {http_date}"
     );
-    let done = wait_for_delivery_state(&app, KEY_A, &id_of(&delivery), "succeeded").await;
-    assert_eq!(attempts(&done)[0]["status_code"], 503);
+    // Step in 100 ms ticks: nothing goes out before the date.
+    while t.now() + chrono::Duration::milliseconds(100) < not_before {
+        assert!(t.step_after(ms(100)).await.is_empty(), "at {}", t.now());
+    }
+    assert_eq!(t.rx.requests().len(), 1);
+    let remaining = (not_before - t.now()).to_std().unwrap_or_default();
+    assert_eq!(t.step_after(remaining).await.len(), 1);
+    let done = t.delivery(&id).await;
+    assert_eq!(done.state, DeliveryState::Succeeded);
+    assert_eq!(done.attempts[0].status_code, Some(503));
+    assert!(done.attempts[1].at >= not_before);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1157,73 +1268,82 @@ async fn a_slow_receiver_is_sent_each_attempt_exactly_once() {
     assert_eq!(seen, sent_ids, "each attempt sent exactly once");
 }
 
-/// A service set up by `tweak`, a subscription of tenant A to a receiver that answers 500 to
-/// everything, and a test event sent to it: the app, the receiver, the subscription and the
-/// delivery's id.
-async fn failing_subscription(
-    tweak: impl FnOnce(&mut Settings),
-) -> (TestApp, Receiver, Value, String) {
-    let app = spawn_app_with(fast_sim_config(), tweak).await;
-    let rx = Receiver::start().await;
-    rx.set_default(Reply::status(500));
-    let sub = create_subscription(&app, KEY_A, json!({"url": rx.url("/hook")})).await;
-    let delivery = id_of(&send_test_event(&app, KEY_A, &id_of(&sub)).await);
-    (app, rx, sub, delivery)
-}
-
 #[tokio::test]
 async fn a_subscription_failing_for_longer_than_disable_after_is_disabled() {
-    let (app, rx, sub, delivery) = failing_subscription(|s| {
+    let t = stepped(|s| {
         s.delivery.disable_after = Duration::from_secs(1);
         s.delivery.retry_schedule = vec![ms(0), ms(400), ms(400), ms(400), ms(400), ms(400)];
     })
     .await;
-    let sub_id = id_of(&sub);
-
-    let disabled = wait_for_json(
-        &app,
-        KEY_A,
-        &format!("/v1/subscriptions/{sub_id}"),
-        "the subscription to be disabled",
-        |s| s["enabled"] == false,
-    )
-    .await;
+    t.rx.set_default(Reply::status(500));
+    let delivery = t.send_test_event().await;
+    let started = t.now();
+    assert_eq!(t.step().await.len(), 1);
+    // 100 ms at a time until the subscription is disabled (the schedule would allow 6 s).
+    while t.subscription().await.enabled {
+        assert!(
+            t.now() - started < chrono::Duration::seconds(3),
+            "still enabled after {}",
+            t.now() - started
+        );
+        t.step_after(ms(100)).await;
+    }
+    let disabled = t.subscription().await;
     assert!(
-        disabled["disabled_reason"]
-            .as_str()
+        disabled
+            .disabled_reason
+            .as_deref()
             .is_some_and(|r| !r.is_empty()),
-        "{disabled:#}"
+        "{disabled:?}"
     );
-    // Its pending retries stop: the delivery ends as a dead letter without being sent again.
-    let dead = wait_for_delivery_state(&app, KEY_A, &delivery, "failed").await;
-    let tried = attempts(&dead).len();
-    assert!(
-        (2..6).contains(&tried),
-        "disabled after {tried} attempts: {dead:#}"
-    );
-    assert_eq!(rx.requests().len(), tried);
+    assert_eq!(disabled.failing_since, Some(started));
+    // Its pending retry stops: the delivery ends as a dead letter without being sent again.
+    let left = t.delivery(&delivery).await;
+    if left.state == DeliveryState::Pending {
+        t.step_after(Duration::from_secs(1)).await;
+    }
+    let dead = t.delivery(&delivery).await;
+    assert_eq!(dead.state, DeliveryState::Failed, "{dead:?}");
+    let tried = dead.attempts.len();
+    assert!((2..6).contains(&tried), "disabled after {tried} attempts");
+    assert_eq!(t.rx.requests().len(), tried);
+    // Disabled by the first attempt made once the run had lasted `disable_after`.
+    let limit = started + chrono::Duration::seconds(1);
+    let (last, before) = dead.attempts.split_last().unwrap();
+    assert!(last.at >= limit, "{dead:?}");
+    assert!(before.iter().all(|a| a.at < limit), "{dead:?}");
+    assert!(t.step_after(Duration::from_secs(10)).await.is_empty());
+    assert_eq!(t.rx.requests().len(), tried);
 }
 
 #[tokio::test]
 async fn a_failing_run_is_written_to_its_subscription_once_not_at_every_attempt() {
-    let (app, _rx, sub, delivery) = failing_subscription(|s| {
+    let t = stepped(|s| {
         s.delivery.retry_schedule = vec![ms(0), ms(100), ms(100), ms(100)];
     })
     .await;
-    let sub_id = id_of(&sub);
-    let dead = wait_for_delivery_state(&app, KEY_A, &delivery, "failed").await;
-    let tried = attempts(&dead);
-    assert_eq!(tried.len(), 4, "{dead:#}");
+    t.rx.set_default(Reply::status(500));
+    let delivery = t.send_test_event().await;
+    assert_eq!(t.step_after(ms(1)).await.len(), 1);
+    let mut stepped_for = Duration::ZERO;
+    while t.delivery(&delivery).await.state == DeliveryState::Pending {
+        assert!(stepped_for < Duration::from_secs(5), "never dead-lettered");
+        t.step_after(ms(10)).await;
+        stepped_for += ms(10);
+    }
+    let dead = t.delivery(&delivery).await;
+    assert_eq!(dead.state, DeliveryState::Failed);
+    let tried = &dead.attempts;
+    assert_eq!(tried.len(), 4, "{dead:?}");
 
-    let now = get_json(&app, KEY_A, &format!("/v1/subscriptions/{sub_id}")).await;
-    assert_eq!(now["enabled"], true, "five days have not passed: {now:#}");
-    let time =
-        |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().expect("a timestamp")).unwrap();
+    let now = t.subscription().await;
+    assert!(now.enabled, "five days have not passed: {now:?}");
     // Its failing run began with the first attempt, and nothing about it changed after that.
-    let updated = time(&now["updated_at"]);
+    assert_eq!(now.failing_since, Some(tried[0].at));
     assert!(
-        updated > time(&sub["updated_at"]) && updated < time(&tried[1]["at"]),
-        "updated at {updated}, attempts {tried:#?}"
+        now.updated_at > t.sub.updated_at && now.updated_at < tried[1].at,
+        "updated at {}, attempts {tried:#?}",
+        now.updated_at
     );
 }
 

@@ -1,48 +1,42 @@
 //! `spawn_app()` and friends: one running service per test, against its own simulator.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agenthook::app::{Application, Services, StopHandle};
 use agenthook::clock::{self, ManualClock, SharedClock};
-use agenthook::config::{ApiKey, Secret, Settings};
-use agenthook::sim::{self, SimConfig, SimServer, SimState};
+use agenthook::config::Settings;
+use agenthook::sim::{SimConfig, SimServer};
 use serde_json::Value;
+
+pub use crate::fixtures::{
+    free_port, spawn_sim, spawn_sim_with_clock, wait_ready, Process, SettingsBuilder,
+};
 
 pub const KEY_A: &str = "tenant-a-key-0123456789";
 pub const KEY_B: &str = "tenant-b-key-0123456789";
 
 /// Settings for tests: loopback everywhere, fast cadences, two tenants.
 pub fn test_settings(data_dir: &Path, sim: &SimServer) -> Settings {
-    let mut s = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
-    s.server.bind = "127.0.0.1:0".parse().unwrap();
-    s.server.shutdown_grace = Duration::from_secs(5);
-    s.storage.path = data_dir.to_path_buf();
-    s.storage.cache_bytes = 8 * 1024 * 1024;
-    s.upstream.base_url = sim.base_url.parse().unwrap();
-    s.upstream.api_secret = Secret::new(sim.state.config().api_secret);
-    s.upstream.timeout = Duration::from_secs(5);
-    s.upstream.generate_per_minute = 600;
-    s.upstream.read_per_minute = 6000;
-    s.poller.first_poll_after = Duration::from_millis(50);
-    s.poller.interval = Duration::from_millis(50);
-    s.poller.max_interval = Duration::from_millis(200);
-    s.poller.submit_retry_after = Duration::from_millis(100);
-    s.delivery.allow_private_networks = true;
-    s.delivery.timeout = Duration::from_secs(2);
-    s.auth.keys = vec![
-        ApiKey {
-            name: "tenant-a".into(),
-            key: Secret::new(KEY_A),
-        },
-        ApiKey {
-            name: "tenant-b".into(),
-            key: Secret::new(KEY_B),
-        },
-    ];
-    s
+    SettingsBuilder::new(data_dir)
+        .upstream(
+            &sim.base_url,
+            &sim.state.config().api_secret,
+            Duration::from_secs(5),
+        )
+        .upstream_budgets(600, 6000)
+        .keys(&[("tenant-a", KEY_A), ("tenant-b", KEY_B)])
+        .with(|s| {
+            s.server.shutdown_grace = Duration::from_secs(5);
+            s.storage.cache_bytes = 8 * 1024 * 1024;
+            s.poller.first_poll_after = Duration::from_millis(50);
+            s.poller.interval = Duration::from_millis(50);
+            s.poller.max_interval = Duration::from_millis(200);
+            s.poller.submit_retry_after = Duration::from_millis(100);
+            s.delivery.timeout = Duration::from_secs(2);
+        })
+        .build()
 }
 
 /// A simulator with generous limits that finishes agents quickly.
@@ -53,16 +47,6 @@ pub fn fast_sim_config() -> SimConfig {
         read_per_minute: 100_000,
         ..SimConfig::default()
     }
-}
-
-pub fn spawn_sim(config: SimConfig) -> SimServer {
-    sim::spawn(TcpListener::bind("127.0.0.1:0").unwrap(), config).expect("start simulator")
-}
-
-pub fn spawn_sim_with_clock(config: SimConfig, clock: SharedClock) -> SimServer {
-    let state = Arc::new(SimState::with_clock(config, clock));
-    sim::spawn_with_state(TcpListener::bind("127.0.0.1:0").unwrap(), state)
-        .expect("start simulator")
 }
 
 pub struct TestApp {

@@ -1,6 +1,8 @@
 //! Integration tests: the service on port 0, the bitHuman simulator and local receivers, all
 //! real HTTP on 127.0.0.1, sled on disk in a temporary directory.
 
+#[path = "../fixtures/mod.rs"]
+mod fixtures;
 mod helpers;
 mod receiver;
 

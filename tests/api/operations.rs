@@ -1,6 +1,5 @@
 //! What an operator relies on: metrics, logs without secrets, a graceful stop that loses nothing.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,14 +84,6 @@ async fn metrics_report_jobs_upstream_calls_queues_and_latencies() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_full_run_logs_json_with_request_ids_and_never_a_secret() {
     const UPSTREAM_SECRET: &str = "upstream-secret-Zx81QmTq0Lw";
@@ -100,26 +91,23 @@ async fn a_full_run_logs_json_with_request_ids_and_never_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let sim_port = free_port();
     let port = free_port();
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_agenthook"))
-        .args([
+    let sim_bind = format!("127.0.0.1:{sim_port}");
+    let mut sim = Process::start(
+        &[
             "sim",
             "--bind",
-            &format!("127.0.0.1:{sim_port}"),
+            &sim_bind,
             "--time-to-ready",
             "500ms",
-        ])
-        .args([
             "--api-secret",
             UPSTREAM_SECRET,
             "--generate-per-minute",
             "600",
             "--read-per-minute",
             "6000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+        |_| {},
+    );
     let config = dir.path().join("agenthook.toml");
     std::fs::write(
         &config,
@@ -151,30 +139,19 @@ key = "{API_KEY}"
     )
     .unwrap();
     let log_path = dir.path().join("service.log");
-    let mut service = Command::new(env!("CARGO_BIN_EXE_agenthook"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("BITHUMAN_API_SECRET", UPSTREAM_SECRET)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "service never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut service = Process::start_ready(
+        &["serve", "--config", config.to_str().unwrap()],
+        |c| {
+            c.env("BITHUMAN_API_SECRET", UPSTREAM_SECRET)
+                .env_remove("RUST_LOG")
+                .stderr(log_file);
+        },
+        &format!("{base}/readyz"),
+    )
+    .await;
+    let client = reqwest::Client::new();
     let (receiver, received) = plain_receiver(Duration::ZERO).await;
     let sub: Value = client
         .post(format!("{base}/v1/subscriptions"))
@@ -221,13 +198,12 @@ key = "{API_KEY}"
         assert!(Instant::now() < deadline, "webhooks never arrived");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Command::new("kill")
-        .args(["-TERM", &service.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(service.wait().unwrap().code(), Some(0));
-    let _ = sim.kill();
-    let _ = sim.wait();
+    service.terminate();
+    assert_eq!(
+        service.wait_exit(Duration::from_secs(20)).await.code(),
+        Some(0)
+    );
+    sim.kill();
 
     let logs = std::fs::read_to_string(&log_path).unwrap();
     for secret in [

@@ -20,8 +20,6 @@ pub struct Received {
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
     pub at: Instant,
-    /// The same moment on the wall clock.
-    pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Received {
@@ -125,7 +123,6 @@ async fn record(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         headers,
         body: body.to_vec(),
         at: Instant::now(),
-        received_at: chrono::Utc::now(),
     });
     let reply = state.next_reply();
     if !reply.delay.is_zero() {

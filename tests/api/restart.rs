@@ -2,56 +2,13 @@
 //! the service killed with SIGKILL mid-run and started again on the same data directory.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::helpers::{free_port, wait_ready, Process};
+
 const KEY: &str = "restart-test-key-0123456789";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_agenthook"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn wait_ready(client: &reqwest::Client, url: &str) {
-    let started = Instant::now();
-    loop {
-        if let Ok(res) = client.get(url).send().await {
-            if res.status().is_success() {
-                return;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{url} never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn write_config(path: &Path, port: u16, sim_port: u16, data: &Path) {
     let config = format!(
@@ -91,25 +48,29 @@ async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
     let config = dir.path().join("agenthook.toml");
     write_config(&config, port, sim_port, &dir.path().join("data"));
     let sim_addr = format!("127.0.0.1:{sim_port}");
-    let _sim = spawn(&[
-        "sim",
-        "--bind",
-        &sim_addr,
-        "--time-to-ready",
-        "3s",
-        "--generate-per-minute",
-        "6000",
-        "--read-per-minute",
-        "60000",
-    ]);
+    let _sim = Process::start(
+        &[
+            "sim",
+            "--bind",
+            &sim_addr,
+            "--time-to-ready",
+            "3s",
+            "--generate-per-minute",
+            "6000",
+            "--read-per-minute",
+            "60000",
+        ],
+        |_| {},
+    );
     let client = reqwest::Client::new();
     let sim = format!("http://{sim_addr}");
     let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&client, &format!("{sim}/_sim/health")).await;
+    wait_ready(&format!("{sim}/_sim/health")).await;
 
     let config_arg = config.to_str().unwrap();
-    let mut service = spawn(&["serve", "--config", config_arg]);
-    wait_ready(&client, &format!("{base}/readyz")).await;
+    let ready = format!("{base}/readyz");
+    let mut service =
+        Process::start_ready(&["serve", "--config", config_arg], |_| {}, &ready).await;
 
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -150,17 +111,15 @@ async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Crash, with jobs mid-poll and mid-submission.
-    service.0.kill().unwrap();
-    service.0.wait().unwrap();
+    service.kill();
     client
         .post(format!("{sim}/_sim/outage"))
         .json(&json!({"on": false}))
         .send()
         .await
         .unwrap();
-    let _service = spawn(&["serve", "--config", config_arg]);
     drop(service);
-    wait_ready(&client, &format!("{base}/readyz")).await;
+    let _service = Process::start_ready(&["serve", "--config", config_arg], |_| {}, &ready).await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &ids {

@@ -1,7 +1,7 @@
 //! The service as an operator runs it: health, readiness, the real binary, SIGTERM.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::helpers::*;
 
@@ -27,14 +27,6 @@ async fn healthz_and_readyz_answer() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(ready, "/readyz never turned 200");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
@@ -71,32 +63,16 @@ async fn a_bad_configuration_value_stops_start_up_naming_the_key() {
 async fn sigterm_stops_the_real_binary_with_exit_0() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agenthook"))
-        .args(["serve", "--simulator"])
-        .env("AGENTHOOK__SERVER__BIND", format!("127.0.0.1:{port}"))
-        .env("AGENTHOOK__STORAGE__PATH", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut service = Process::start_ready(
+        &["serve", "--simulator"],
+        |c| {
+            c.env("AGENTHOOK__SERVER__BIND", format!("127.0.0.1:{port}"))
+                .env("AGENTHOOK__STORAGE__PATH", dir.path());
+        },
+        &format!("http://127.0.0.1:{port}/readyz"),
+    )
+    .await;
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        if let Ok(res) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
-            if res.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "service never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let res = client
         .post(format!("http://127.0.0.1:{port}/v1/jobs"))
         .bearer_auth(agenthook::cli::DEV_KEY)
@@ -105,19 +81,8 @@ async fn sigterm_stops_the_real_binary_with_exit_0() {
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    service.terminate();
+    let exit = service.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(exit.code(), Some(0));
 }
 

@@ -2,7 +2,8 @@
 //!
 //! A request flows `api` → `store` (the job, durably) → `upstream` (submission); the `poller`
 //! drives each pending job to its end and writes the resulting deliveries in the same
-//! transaction; the `delivery` worker signs and sends them.
+//! transaction; the `delivery` worker signs and sends them. `ui` serves the dashboard, a
+//! client of the API embedded in the binary.
 
 pub mod api;
 pub mod app;
@@ -18,4 +19,5 @@ pub mod signals;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 pub mod upstream;

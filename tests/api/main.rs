@@ -1,9 +1,11 @@
 //! Integration tests: the service on port 0, the bitHuman simulator and local receivers, all
 //! real HTTP on 127.0.0.1, sled on disk in a temporary directory.
 
+mod browser;
 mod helpers;
 mod receiver;
 
+mod dashboard;
 mod delivery;
 mod drop_in;
 mod errors;

@@ -190,6 +190,18 @@ async fn the_dashboard_shows_a_tenants_jobs_deliveries_and_subscriptions_and_run
     assert_eq!(kept["cookie"], "", "never in a cookie");
     assert_eq!(kept["local"], 0, "nothing in local storage");
 
+    // A few jobs in other states, so the list looks like a day's work.
+    for prompt in [
+        "[fail] A guide the simulator refuses to finish",
+        "[slow] A patient storyteller for the planetarium",
+        "You are a friendly museum guide.",
+    ] {
+        assert_eq!(
+            app.create_job(KEY_A, json!({"prompt": prompt})).await.0,
+            202
+        );
+    }
+
     // A job created through the API appears and reaches `ready`.
     let (status, job) = app
         .create_job(
@@ -479,9 +491,10 @@ async fn the_dashboard_shows_a_tenants_jobs_deliveries_and_subscriptions_and_run
     browser.goto(&app.url("/ui/#/jobs")).await;
     browser
         .wait_until(
-            "the jobs",
+            "the jobs, with no message left from earlier actions",
             Duration::from_secs(10),
-            "return document.querySelectorAll('tr[data-job-id]').length === 1;",
+            "return document.querySelectorAll('tr[data-job-id]').length === 4 && \
+               document.getElementById('toasts').children.length === 0;",
             vec![],
         )
         .await;

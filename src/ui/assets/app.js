@@ -61,6 +61,8 @@ async function render() {
     return;
   }
   const [view, nav] = chosen;
+  const titles = { jobs: "Jobs", deliveries: "Deliveries", subscriptions: "Subscriptions" };
+  document.title = `${route.parts[1] ?? titles[nav]} · agenthook`;
   for (const link of document.querySelectorAll("[data-nav]")) {
     link.classList.toggle("active", link.dataset.nav === nav);
     if (link.dataset.nav === nav) link.setAttribute("aria-current", "page");

@@ -130,7 +130,7 @@ export function ago(iso) {
 export function since(at) {
   const seconds = Math.round((at.getTime() - Date.now()) / 1000);
   const abs = Math.abs(seconds);
-  if (abs < 5) return "just now";
+  if (abs < 5) return seconds > 0 ? "in a moment" : "just now";
   if (abs < 60) return relative.format(seconds, "second");
   if (abs < 3600) return relative.format(Math.round(seconds / 60), "minute");
   if (abs < 86400) return relative.format(Math.round(seconds / 3600), "hour");

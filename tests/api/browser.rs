@@ -40,9 +40,11 @@ impl Browser {
     pub async fn start(width: u32, height: u32) -> Option<Browser> {
         let chromium = std::env::var_os("CHROME_BIN")
             .map(PathBuf::from)
+            .filter(|p| p.is_file())
             .or_else(|| on_path(&["chromium", "chromium-browser", "google-chrome"]));
         let driver = std::env::var_os("CHROMEDRIVER")
             .map(PathBuf::from)
+            .filter(|p| p.is_file())
             .or_else(|| on_path(&["chromedriver"]));
         let (Some(chromium), Some(driver)) = (chromium, driver) else {
             let required = std::env::var_os(REQUIRED_ENV).is_some_and(|v| v == "required");

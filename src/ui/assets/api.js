@@ -29,6 +29,9 @@ export class ApiError extends Error {
 /** Raised when the key is refused: the page goes back to the sign-in form. */
 export const unauthorized = new EventTarget();
 
+/** "reachable" or "unreachable" after each request, for the indicator in the top bar. */
+export const connection = new EventTarget();
+
 /**
  * `method path` with the session's key; the parsed JSON answer. `key` overrides the session's
  * (the sign-in check uses it before storing anything).
@@ -49,8 +52,10 @@ export async function api(path, { method = "GET", body, key } = {}) {
       redirect: "error",
     });
   } catch (e) {
+    connection.dispatchEvent(new Event("unreachable"));
     throw new ApiError(0, { error: "the server could not be reached", details: String(e) });
   }
+  connection.dispatchEvent(new Event("reachable"));
   const text = await res.text();
   let data = null;
   if (text) {

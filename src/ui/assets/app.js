@@ -1,6 +1,6 @@
 // The dashboard's entry point: sign-in, the hash router, and the refresh loop of the open view.
 
-import { api, session, unauthorized } from "./api.js";
+import { api, connection, session, unauthorized } from "./api.js";
 import { h, replace, errorBox } from "./dom.js";
 import * as jobs from "./jobs.js";
 import * as job from "./job.js";
@@ -147,6 +147,17 @@ function start() {
   unauthorized.addEventListener("unauthorized", () => {
     session.signOut();
     showSignIn("The key is no longer accepted. Sign in again.");
+  });
+  const live = $("live");
+  connection.addEventListener("reachable", () => {
+    live.classList.remove("offline");
+    live.textContent = "live";
+    live.title = "The page refreshes itself while it is open";
+  });
+  connection.addEventListener("unreachable", () => {
+    live.classList.add("offline");
+    live.textContent = "offline";
+    live.title = "The server does not answer; the page keeps trying";
   });
   window.addEventListener("hashchange", () => {
     if (session.key()) render();

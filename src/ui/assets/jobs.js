@@ -146,7 +146,6 @@ export async function render(main, ctx) {
   if (!ctx.alive) return;
   draw();
   ctx.every(3000, refresh);
-  if (!q) search.focus({ preventScroll: true });
 }
 
 function row(job) {

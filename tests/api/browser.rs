@@ -207,16 +207,30 @@ impl Browser {
         }
     }
 
+    /// Click the first element matching `css`, waiting for it to appear. The page redraws
+    /// itself as data comes in: an element replaced between finding and clicking is found
+    /// again.
     pub async fn click(&self, css: &str) {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let clicked = match self
+                .client
+                .wait()
+                .at_most(Duration::from_secs(10))
+                .for_element(Locator::Css(css))
+                .await
+            {
+                Ok(element) => element.click().await,
+                Err(e) => panic!("no {css}: {e}"),
+            };
+            match clicked {
+                Ok(()) => return,
+                Err(e) if e.to_string().contains("stale") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {

@@ -408,11 +408,31 @@ async fn the_dashboard_shows_a_tenants_jobs_deliveries_and_subscriptions_and_run
             vec![],
         )
         .await;
+    // The test event is refused twice: a dead letter of this subscription, recovered below.
+    let unavailable = Reply::status(503).body(HOSTILE_BODY);
+    rx.script(vec![unavailable.clone(), unavailable]);
     browser.click("[data-testid=send-test]").await;
     let tested = rx
-        .wait_for_path("/subscriber", 1, Duration::from_secs(10))
+        .wait_for_path("/subscriber", 2, Duration::from_secs(10))
         .await;
     assert_eq!(tested[0].json()["type"], "webhook.test");
+    let dead = wait_for_api(&app, "/v1/deliveries?state=failed", |page| {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["event_type"] == "webhook.test")
+    })
+    .await;
+    let test_delivery = dead["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_type"] == "webhook.test")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     browser.click("[data-testid=reveal-secret]").await;
     browser
@@ -445,6 +465,46 @@ async fn the_dashboard_shows_a_tenants_jobs_deliveries_and_subscriptions_and_run
         .to_lowercase()
         .contains("previous secret"));
     browser.screenshot(&shots, "07-subscriptions").await;
+
+    // Edited in its dialog; its dead letter recovered (failed since a day ago: the test event).
+    browser.click("[data-testid=edit]").await;
+    browser
+        .type_into("[data-testid=sub-description]", "Museum CRM (staging)")
+        .await;
+    browser.click("[data-testid=dialog-confirm]").await;
+    wait_for_api(&app, &format!("/v1/subscriptions/{sub_id}"), |s| {
+        s["description"] == "Museum CRM (staging)"
+    })
+    .await;
+    browser
+        .wait_until(
+            "the edited description",
+            Duration::from_secs(10),
+            "return document.querySelector('article[data-subscription-id]').textContent.includes('Museum CRM (staging)');",
+            vec![],
+        )
+        .await;
+    browser.click("[data-testid=recover]").await;
+    browser.click("[data-testid=dialog-confirm]").await;
+    browser
+        .wait_until(
+            "the recovery's answer",
+            Duration::from_secs(10),
+            "return document.getElementById('toasts').textContent.includes('1 delivery queued again');",
+            vec![],
+        )
+        .await;
+    let resent = rx
+        .wait_for_path("/subscriber", 3, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        resent[2].header("webhook-id"),
+        resent[0].header("webhook-id")
+    );
+    wait_for_api(&app, &format!("/v1/deliveries/{test_delivery}"), |d| {
+        d["state"] == "succeeded"
+    })
+    .await;
 
     // Tenant B never shows: not in the lists, not by its id.
     // Each view is read once its own data is in (tenant A's job, or A's subscription).

@@ -263,7 +263,7 @@ export async function render(main, ctx) {
             "td",
             {},
             h("div", { class: "cell-title" }, d.event_type),
-            d.job_id ? h("a", { href: `#/jobs/${encodeURIComponent(d.job_id)}`, class: "mono cell-sub" }, d.job_id) : null,
+            d.job_id ? h("a", { href: `#/jobs/${encodeURIComponent(d.job_id)}`, class: "mono cell-sub ellipsis short", title: d.job_id }, d.job_id) : null,
           ),
           h("td", { class: "col-wide" }, h("div", { class: "cell-title" }, destinationLabel(d)), h("div", { class: "cell-sub mono ellipsis", title: d.destination?.url ?? "" }, d.destination?.url ?? "")),
           h("td", {}, lastResult(d), h("div", { class: "cell-sub" }, `${d.attempts.length} attempt${d.attempts.length === 1 ? "" : "s"}`)),

@@ -123,6 +123,9 @@ export async function render(main, ctx) {
           { class: "chips" },
           badge(s.enabled ? "enabled" : "disabled", s.enabled ? "enabled" : "disabled"),
           h("span", { class: "chip" }, s.format),
+          typeof s.rate_limit_per_second === "number"
+            ? h("span", { class: "chip chip-quiet", title: "Deliveries per second to it, at most" }, `≤ ${s.rate_limit_per_second}/s`)
+            : null,
           s.event_types.map((t) => h("span", { class: "chip chip-quiet" }, t)),
         ),
       ),

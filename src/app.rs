@@ -138,6 +138,7 @@ impl Application {
             api::routes(App::new())
                 .app_data(state.clone())
                 .configure(api::extractor_configs)
+                .configure(crate::ui::configure)
                 .default_service(web::to(api::no_route))
                 .wrap(api::error_handlers())
                 .wrap(from_fn(api::request_id::middleware))

@@ -137,7 +137,7 @@ async fn run_service(settings: &mut Settings) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tracing::info!(addr = %app.addr(), upstream = %settings.upstream.base_url, "agenthook listening");
+    tracing::info!(addr = %app.addr(), upstream = %settings.upstream.base_url, dashboard = %format!("http://{}/ui/", app.addr()), "agenthook listening");
     match app.run_until_signalled().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

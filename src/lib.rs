@@ -3,6 +3,7 @@
 //! A request flows `api` (parsed at the edge) → `service` → `store` (the job, durably) →
 //! `upstream` (submission); the `poller` drives each pending job to its end and writes the
 //! resulting deliveries in the same transaction; the `delivery` worker signs and sends them.
+//! `ui` serves the dashboard, a client of the API embedded in the binary.
 
 pub mod api;
 pub mod app;
@@ -20,4 +21,5 @@ pub mod signals;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 pub mod upstream;

@@ -322,6 +322,9 @@ pub struct ListQuery {
     /// The `next` of the previous page.
     #[param(value_type = Option<JobId>)]
     after: Option<String>,
+    /// Only the job of this upstream agent id: a page of at most one job, `next` null.
+    #[param(example = "A91XMB7113")]
+    agent_id: Option<String>,
 }
 
 /// One page of jobs, oldest first.
@@ -389,6 +392,17 @@ pub async fn list(
     )?;
     let limit = page_limit(query.limit)?;
     let after = query_param(query.after.as_deref(), JobId::parse, "after", "a job id")?;
+    if let Some(agent_id) = query.agent_id.as_deref() {
+        let job = state
+            .store
+            .job_by_agent(agent_id)
+            .await?
+            .filter(|job| job.tenant == tenant && status.is_none_or(|s| job.status == s));
+        return Ok(HttpResponse::Ok().json(JobPage {
+            data: job.iter().map(JobView::from).collect(),
+            next: None,
+        }));
+    }
     let page = state
         .store
         .list_jobs(&tenant, status, after.as_ref(), limit)

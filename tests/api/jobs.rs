@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::*;
 
@@ -133,6 +133,37 @@ async fn jobs_are_read_back_listed_and_paged() {
         .unwrap()
         .iter()
         .all(|j| j["status"] == "ready"));
+}
+
+#[tokio::test]
+async fn a_job_is_found_by_its_agent_id_by_its_own_tenant_only() {
+    let app = spawn_app().await;
+    let (_, mine) = app.create_job(KEY_A, json!({"prompt": "find me"})).await;
+    let (_, other) = app.create_job(KEY_A, json!({"prompt": "not me"})).await;
+    let agent_id = mine["agent_id"].as_str().expect("accepted upstream");
+    assert_ne!(other["agent_id"], agent_id);
+
+    let page = app
+        .get_json(&format!("/v1/jobs?agent_id={agent_id}"), KEY_A)
+        .await;
+    let found = page["data"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{page}");
+    assert_eq!(found[0]["id"], mine["id"]);
+    assert_eq!(page["next"], Value::Null);
+
+    let wrong_status = app
+        .get_json(
+            &format!("/v1/jobs?agent_id={agent_id}&status=failed"),
+            KEY_A,
+        )
+        .await;
+    assert_eq!(wrong_status["data"], json!([]));
+    let other_tenant = app
+        .get_json(&format!("/v1/jobs?agent_id={agent_id}"), KEY_B)
+        .await;
+    assert_eq!(other_tenant["data"], json!([]));
+    let unknown = app.get_json("/v1/jobs?agent_id=NOSUCHAGENT", KEY_A).await;
+    assert_eq!(unknown["data"], json!([]));
 }
 
 #[tokio::test]

@@ -31,8 +31,23 @@ const DESCRIPTION_MAX_CHARS: usize = 1024;
 const SECRET_KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
 const DEFAULT_EVENT_TYPES: [EventType; 2] = [EventType::AgentReady, EventType::AgentFailed];
 
-const CREATE_FIELDS: [&str; 5] = ["url", "event_types", "format", "description", "secret"];
-const PATCH_FIELDS: [&str; 5] = ["url", "event_types", "format", "description", "enabled"];
+// `rate_limit_per_second`: see `parse_rate_limit`.
+const CREATE_FIELDS: [&str; 6] = [
+    "url",
+    "event_types",
+    "format",
+    "description",
+    "secret",
+    "rate_limit_per_second",
+];
+const PATCH_FIELDS: [&str; 6] = [
+    "url",
+    "event_types",
+    "format",
+    "description",
+    "enabled",
+    "rate_limit_per_second",
+];
 const ROTATION_FIELDS: [&str; 1] = ["secret"];
 const RECOVER_FIELDS: [&str; 1] = ["since"];
 
@@ -123,6 +138,12 @@ fn parse_format(value: Value) -> Result<Format, ApiError> {
     }
 }
 
+/// Rate limit (deliveries per second), or `None` for null (no limit).
+fn parse_rate_limit(value: Value) -> Result<Option<u32>, ApiError> {
+    crate::domain::parse_rate_limit_per_second(&value)
+        .map_err(|message| field_error("rate_limit_per_second", message))
+}
+
 /// A description, or `None` for null (which clears it).
 fn parse_description(value: Value) -> Result<Option<String>, ApiError> {
     match value {
@@ -183,6 +204,10 @@ pub struct NewSubscriptionRequest {
     /// `whsec_` + base64 of 24 to 64 random bytes; generated when absent.
     #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
     secret: Option<String>,
+    /// Deliveries per second to it at most (1 to 1000), evenly spaced; absent or null: no
+    /// limit. Other destinations are never delayed by it.
+    #[schema(minimum = 1, maximum = 1000)]
+    rate_limit_per_second: Option<u32>,
 }
 
 /// The body of `PATCH /v1/subscriptions/{id}`: only the fields given change. The secret
@@ -203,6 +228,9 @@ pub struct SubscriptionPatchRequest {
     /// `true` re-enables a disabled subscription and clears the reason.
     #[schema(nullable = false)]
     enabled: Option<bool>,
+    /// 1 to 1000 deliveries per second; null removes the limit.
+    #[schema(minimum = 1, maximum = 1000)]
+    rate_limit_per_second: Option<u32>,
 }
 
 /// The optional body of a rotation: nothing for a generated secret, or a chosen one.
@@ -231,6 +259,7 @@ pub struct NewSubscription {
     pub format: Format,
     pub description: Option<String>,
     pub secret: Option<String>,
+    pub rate_limit_per_second: Option<u32>,
 }
 
 impl NewSubscription {
@@ -259,12 +288,17 @@ impl NewSubscription {
             None | Some(Value::Null) => None,
             Some(value) => Some(parse_secret(value)?),
         };
+        let rate_limit_per_second = match body.remove("rate_limit_per_second") {
+            None => None,
+            Some(value) => parse_rate_limit(value)?,
+        };
         Ok(NewSubscription {
             url,
             event_types,
             format,
             description,
             secret,
+            rate_limit_per_second,
         })
     }
 
@@ -280,6 +314,7 @@ impl NewSubscription {
             disabled_reason: None,
             secrets: SecretSet::new(self.secret.unwrap_or_else(SigningSecret::generate)),
             failing_since: None,
+            rate_limit_per_second: self.rate_limit_per_second,
             created_at: now,
             updated_at: now,
         }
@@ -295,6 +330,8 @@ pub struct SubscriptionPatch {
     /// `Some(None)` clears the description.
     pub description: Option<Option<String>>,
     pub enabled: Option<bool>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit_per_second: Option<Option<u32>>,
 }
 
 /// Why a subscription is disabled when its owner turns it off.
@@ -339,6 +376,10 @@ impl SubscriptionPatch {
                     other => Err(wrong_type("enabled", "a boolean", &other)),
                 })
                 .transpose()?,
+            rate_limit_per_second: body
+                .remove("rate_limit_per_second")
+                .map(parse_rate_limit)
+                .transpose()?,
         })
     }
 
@@ -354,6 +395,9 @@ impl SubscriptionPatch {
         }
         if let Some(description) = &self.description {
             sub.description = description.clone();
+        }
+        if let Some(limit) = self.rate_limit_per_second {
+            sub.rate_limit_per_second = limit;
         }
         match self.enabled {
             Some(true) => {
@@ -384,6 +428,8 @@ pub struct SubscriptionView {
     pub disabled_reason: Option<String>,
     /// The secret that signs its events (`whsec_...`).
     pub secret: String,
+    /// Deliveries per second to it at most; null: no limit.
+    pub rate_limit_per_second: Option<u32>,
     /// When the secret replaced by the last rotation stops signing; null outside an overlap.
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -441,6 +487,7 @@ impl SubscriptionView {
             enabled: sub.enabled,
             disabled_reason: sub.disabled_reason.clone(),
             secret: sub.secrets.current.clone(),
+            rate_limit_per_second: sub.rate_limit_per_second,
             previous_secret_expires_at: overlap_ends(&sub.secrets, now),
             created_at: sub.created_at,
             updated_at: sub.updated_at,
@@ -511,7 +558,7 @@ fn update(
 #[utoipa::path(
     tag = "subscriptions",
     operation_id = "create_subscription",
-    request_body = NewSubscriptionRequest,
+    request_body = super::zapier::CreateSubscriptionBody,
     responses(
         (status = 201, description = "Created, enabled, with its secret", body = SubscriptionView),
         (status = 400, description = "Malformed body or a field refused (named in `details`)", body = ErrorBody),
@@ -529,7 +576,13 @@ pub async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body::json_object(&req, payload, body_limit(&state)).await?;
-    let new = NewSubscription::parse(body, state.settings.delivery.allow_private_networks)?;
+    let allow_private = state.settings.delivery.allow_private_networks;
+    // Zapier's REST Hook subscribe body, `{"target_url", "event"}` (see zapier.rs).
+    let new = if super::zapier::is_subscribe_body(&body) {
+        super::zapier::parse_subscribe(body, allow_private)?
+    } else {
+        NewSubscription::parse(body, allow_private)?
+    };
     let now = state.clock.now();
     let sub = new.into_subscription(tenant, now);
     state.store.save_subscription(&sub)?;

@@ -16,6 +16,8 @@ use futures_util::future::join_all;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::pacing::{self, Pacer};
+use super::retry::{self, RetryPolicy, Verdict};
 use super::{format, policy, signature};
 use crate::clock::{after, SharedClock, Timestamp};
 use crate::config::DeliverySettings;
@@ -27,6 +29,8 @@ use crate::store::{Claimed, DeliveryQueue, Recorded, Store, StoreError};
 pub const RESPONSE_BODY_LIMIT: usize = 16 * 1024;
 /// When a destination is at its limit, look again this soon.
 const BUSY_DESTINATION_DELAY: Duration = Duration::from_millis(50);
+/// Claims of one queue in one dispatch, at most, when paced deliveries leave room unused.
+const MAX_CLAIM_ROUNDS: usize = 16;
 
 #[derive(Clone)]
 pub struct DeliveryWorker {
@@ -37,8 +41,11 @@ struct Inner {
     store: Store,
     clock: SharedClock,
     settings: DeliverySettings,
-    /// `settings.retry_schedule`, shared with the record closures that need it.
-    retry_schedule: Arc<[Duration]>,
+    /// When retries go (`settings.retry_schedule`), shared with the record closures.
+    retry: RetryPolicy,
+    /// Slack's one message per second per URL, subscriptions' rate limits, and pauses asked
+    /// for with a 429.
+    pacer: Pacer,
     signals: Arc<Signals>,
     client: reqwest::Client,
     fresh_slots: Arc<Semaphore>,
@@ -91,7 +98,8 @@ impl DeliveryWorker {
                 attempt_capacity,
                 store,
                 clock,
-                retry_schedule: settings.retry_schedule.clone().into(),
+                retry: RetryPolicy::new(&settings.retry_schedule),
+                pacer: Pacer::default(),
                 settings,
                 signals,
                 client,
@@ -125,39 +133,79 @@ impl DeliveryWorker {
             (DeliveryQueue::Fresh, &inner.fresh_slots),
             (DeliveryQueue::Retry, &inner.retry_slots),
         ] {
-            let free = self.room(slots);
-            if free == 0 {
-                continue;
-            }
-            let now = inner.clock.now();
-            for claimed in inner.store.claim_due_deliveries(queue, now, free)? {
-                // Room was counted above (only this loop takes these permits); a destination
-                // at its limit is looked at again a little later.
-                let permits = inner
-                    .attempts
-                    .clone()
-                    .try_acquire_owned()
-                    .ok()
-                    .zip(slots.clone().try_acquire_owned().ok());
-                let Some((attempt, slot)) = permits else {
-                    claimed.put_back(now);
-                    continue;
-                };
-                let Some(destination_slot) = self.destination_slot(&claimed.delivery) else {
-                    claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
-                    continue;
-                };
-                let request_slots = (slot, destination_slot);
-                let worker = self.clone();
-                started.push(tokio::spawn(async move {
-                    let report = worker.attempt(claimed, request_slots).await;
-                    drop(attempt);
-                    worker.inner.signals.delivery_wake.notify_one();
-                    report
-                }));
+            // Deliveries that must wait for their lane (see `pacing`) take no slot: claim
+            // again, so a paced backlog never stands in front of other destinations.
+            for _ in 0..MAX_CLAIM_ROUNDS {
+                let free = self.room(slots);
+                if free == 0 {
+                    break;
+                }
+                let now = inner.clock.now();
+                let batch = inner.store.claim_due_deliveries(queue, now, free)?;
+                let claimed_all_room = batch.len() >= free;
+                let mut paced = 0;
+                for claimed in batch {
+                    // Room was counted above (only this loop takes these permits); a
+                    // destination at its limit is looked at again a little later.
+                    let permits = inner
+                        .attempts
+                        .clone()
+                        .try_acquire_owned()
+                        .ok()
+                        .zip(slots.clone().try_acquire_owned().ok());
+                    let Some((attempt, slot)) = permits else {
+                        claimed.put_back(now);
+                        continue;
+                    };
+                    let Some(destination_slot) = self.destination_slot(&claimed.delivery) else {
+                        claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
+                        continue;
+                    };
+                    if let Err(not_before) = self.pace(&claimed.delivery, now)? {
+                        claimed.put_back(not_before);
+                        paced += 1;
+                        continue;
+                    }
+                    let request_slots = (slot, destination_slot);
+                    let worker = self.clone();
+                    started.push(tokio::spawn(async move {
+                        let report = worker.attempt(claimed, request_slots).await;
+                        drop(attempt);
+                        worker.inner.signals.delivery_wake.notify_one();
+                        report
+                    }));
+                }
+                if paced == 0 || !claimed_all_room {
+                    break;
+                }
             }
         }
         Ok(started)
+    }
+
+    /// Whether the delivery may go at `now` in its lanes (its subscription's Slack or Discord
+    /// URL, its rate limit); else when. A delivery to a subscription that is gone or disabled
+    /// is not paced: its attempt only records that.
+    fn pace(
+        &self,
+        delivery: &Delivery,
+        now: Timestamp,
+    ) -> Result<Result<(), Timestamp>, StoreError> {
+        let Destination::Subscription {
+            subscription_id, ..
+        } = &delivery.destination
+        else {
+            return Ok(Ok(()));
+        };
+        let lanes = match self
+            .inner
+            .store
+            .subscription(&delivery.tenant, subscription_id)?
+        {
+            Some(sub) if sub.enabled => pacing::lanes_of(&sub),
+            _ => return Ok(Ok(())),
+        };
+        Ok(self.inner.pacer.admit(delivery.id.as_str(), &lanes, now))
     }
 
     /// How many attempts of the queue with these `slots` may begin now.
@@ -266,13 +314,36 @@ impl DeliveryWorker {
         let attempt = sent.attempt(now);
         let status_code = attempt.status_code;
         let error = attempt.error;
-        let succeeded = error.is_none();
-        let gone = status_code == Some(410) && subscription.is_some();
-        let schedule = inner.retry_schedule.clone();
-        let retry_after = sent.retry_after;
+        let receiver = match &subscription {
+            Some(sub) => retry::Receiver::Subscription(sub.format),
+            None => retry::Receiver::Callback,
+        };
+        let verdict = retry::judge(
+            receiver,
+            &retry::Answer {
+                status: status_code,
+                error,
+                retry_after: sent.retry_after.as_deref(),
+                body: sent.body.as_deref().unwrap_or(""),
+            },
+            finished,
+        );
         if let Some(sub) = &subscription {
-            self.note_outcome(sub, succeeded, gone, finished)?;
+            if let Verdict::Retry {
+                not_before: Some(pause),
+            } = &verdict
+            {
+                // The receiver asked for a pause: every delivery of its lanes waits.
+                inner
+                    .pacer
+                    .pause(&pacing::lanes_of(sub), after(finished, *pause));
+            }
+            self.note_outcome(sub, &verdict, finished)?;
         }
+        if let Verdict::DeadLetter { reason } | Verdict::Disable { reason } = &verdict {
+            tracing::warn!(delivery_id = %delivery.id, status = status_code, %reason, "delivery refused for good");
+        }
+        let policy = inner.retry.clone();
         // Appended to the stored record, so a manual retry made meanwhile is not lost; on disk
         // (with the subscription's health, just written) before it counts.
         let recorded = self
@@ -280,19 +351,26 @@ impl DeliveryWorker {
                 d.destination = destination.clone();
                 d.attempts.push(attempt.clone());
                 d.updated_at = finished;
-                if succeeded {
-                    d.state = DeliveryState::Succeeded;
-                    d.next_attempt_at = None;
-                } else if gone {
-                    d.state = DeliveryState::Failed;
-                    d.next_attempt_at = None;
-                } else if let Some(delay) = schedule.get(d.attempts.len()) {
-                    d.state = DeliveryState::Pending;
-                    let wait = with_jitter(*delay).max(retry_after.unwrap_or_default());
-                    d.next_attempt_at = Some(after(finished, wait));
-                } else {
-                    d.state = DeliveryState::Failed;
-                    d.next_attempt_at = None;
+                let next_wait = match &verdict {
+                    Verdict::Delivered => {
+                        d.state = DeliveryState::Succeeded;
+                        d.next_attempt_at = None;
+                        return;
+                    }
+                    Verdict::DeadLetter { .. } | Verdict::Disable { .. } => None,
+                    Verdict::Retry { not_before } => {
+                        policy.next_wait(d.attempts.len(), *not_before)
+                    }
+                };
+                match next_wait {
+                    Some(wait) => {
+                        d.state = DeliveryState::Pending;
+                        d.next_attempt_at = Some(after(finished, wait));
+                    }
+                    None => {
+                        d.state = DeliveryState::Failed;
+                        d.next_attempt_at = None;
+                    }
                 }
             })
             .await?;
@@ -350,23 +428,30 @@ impl DeliveryWorker {
             .await
     }
 
-    /// A subscription's health: any success clears its failing run; a 410 or a failing run
-    /// longer than `disable_after` disables it. Written only when one of those changes: a
-    /// receiver that keeps failing costs one write when its run begins, not one per attempt.
+    /// A subscription's health: any success clears its failing run; an answer that means the
+    /// destination is gone ([`Verdict::Disable`]: a 410, Slack's `channel_not_found`, ...) or
+    /// a failing run longer than `disable_after` disables it. Written only when one of those
+    /// changes: a receiver that keeps failing costs one write when its run begins, not one per
+    /// attempt.
     fn note_outcome(
         &self,
         sub: &Subscription,
-        succeeded: bool,
-        gone: bool,
+        verdict: &Verdict,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        let succeeded = *verdict == Verdict::Delivered;
+        let gone = match verdict {
+            Verdict::Disable { reason } => Some(reason.as_str()),
+            _ => None,
+        };
         let disable_after = self.inner.settings.disable_after;
         let needs_change = if succeeded {
             sub.failing_since.is_some()
         } else {
-            gone || sub
-                .failing_since
-                .is_none_or(|since| sub.enabled && after(since, disable_after) <= now)
+            gone.is_some()
+                || sub
+                    .failing_since
+                    .is_none_or(|since| sub.enabled && after(since, disable_after) <= now)
         };
         if !needs_change {
             return Ok(());
@@ -377,9 +462,12 @@ impl DeliveryWorker {
                 return;
             }
             let since = *s.failing_since.get_or_insert(now);
-            if gone {
-                s.enabled = false;
-                s.disabled_reason = Some("the receiver answered 410 Gone".into());
+            if let Some(reason) = gone {
+                // Kept as it is when the subscription is disabled already (by its owner, say).
+                if s.enabled {
+                    s.enabled = false;
+                    s.disabled_reason = Some(reason.to_owned());
+                }
             } else if s.enabled && after(since, disable_after) <= now {
                 s.enabled = false;
                 s.disabled_reason = Some(format!(
@@ -426,8 +514,7 @@ impl DeliveryWorker {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, self.inner.clock.now()))
-            .filter(|_| status.as_u16() == 429 || status.as_u16() == 503);
+            .map(str::to_owned);
         let mut kept = Vec::new();
         let mut body_error = None;
         while kept.len() < RESPONSE_BODY_LIMIT {
@@ -526,31 +613,13 @@ fn destination_key(url: &str) -> &str {
     &url[..end]
 }
 
-/// How long from `now` a `Retry-After` value asks to wait: delay-seconds, or an HTTP-date
-/// (RFC 9110, section 10.2.3; a date already past means no wait).
-fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some(crate::clock::until(now, at.with_timezone(&chrono::Utc)))
-}
-
-/// Up to 20% later than scheduled, so retries to one receiver do not arrive in lockstep.
-fn with_jitter(delay: Duration) -> Duration {
-    if delay.is_zero() {
-        return delay;
-    }
-    delay.mul_f64(1.0 + rand::random::<f64>() * 0.2)
-}
-
 struct Sent {
     status_code: Option<u16>,
     error: Option<ErrorClass>,
     duration: Duration,
     body: Option<String>,
-    retry_after: Option<Duration>,
+    /// The `Retry-After` header as sent; [`retry::judge`] reads it.
+    retry_after: Option<String>,
 }
 
 impl Sent {
@@ -663,30 +732,6 @@ mod tests {
             ("http://[::1]:9/a", "http://[::1]:9"),
         ] {
             assert_eq!(destination_key(url), key, "{url}");
-        }
-    }
-
-    #[test]
-    fn retry_after_takes_seconds_or_an_http_date() {
-        let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T16:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
-        assert_eq!(
-            parse_retry_after(" 120 ", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Sat, 28 Nov 2026 16:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Sat, 28 Nov 2026 15:00:00 GMT", now),
-            Some(Duration::ZERO),
-            "a date in the past asks for no wait"
-        );
-        for junk in ["", "soon", "-5", "1.5"] {
-            assert_eq!(parse_retry_after(junk, now), None, "{junk:?}");
         }
     }
 }

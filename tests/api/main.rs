@@ -7,6 +7,7 @@ mod receiver;
 mod delivery;
 mod drop_in;
 mod errors;
+mod integrations;
 mod jobs;
 mod openapi;
 mod operations;

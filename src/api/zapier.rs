@@ -145,6 +145,31 @@ mod tests {
     }
 
     #[test]
+    fn the_document_offers_both_create_bodies() {
+        let doc = serde_json::to_value(crate::api::openapi_document()).unwrap();
+        let body = &doc["paths"]["/v1/subscriptions"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"];
+        let schema = match body.get("$ref").and_then(Value::as_str) {
+            Some(reference) => {
+                let name = reference.rsplit('/').next().unwrap();
+                doc["components"]["schemas"][name].clone()
+            }
+            None => body.clone(),
+        };
+        let text = schema.to_string();
+        assert!(schema.get("oneOf").is_some(), "{schema:#}");
+        assert!(text.contains("NewSubscriptionRequest"), "{schema:#}");
+        assert!(text.contains("ZapierSubscribeRequest"), "{schema:#}");
+        let sample = &doc["paths"]["/v1/events/sample"]["get"];
+        assert!(sample.is_object(), "the sample route is documented");
+        let created = &doc["components"]["schemas"]["SubscriptionView"]["properties"];
+        assert!(
+            created.get("rate_limit_per_second").is_some(),
+            "{created:#}"
+        );
+    }
+
+    #[test]
     fn a_zapier_body_is_told_apart_by_its_target_url() {
         let zapier = json!({"target_url": "https://hooks.zapier.com/x", "event": "agent.ready"});
         assert!(is_subscribe_body(zapier.as_object().unwrap()));

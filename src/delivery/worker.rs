@@ -161,7 +161,7 @@ impl DeliveryWorker {
                         claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
                         continue;
                     };
-                    if let Err(not_before) = self.pace(&claimed.delivery, now)? {
+                    if let Err(not_before) = self.pace(&claimed.delivery, now) {
                         claimed.put_back(not_before);
                         paced += 1;
                         continue;
@@ -185,27 +185,24 @@ impl DeliveryWorker {
 
     /// Whether the delivery may go at `now` in its lanes (its subscription's Slack or Discord
     /// URL, its rate limit); else when. A delivery to a subscription that is gone or disabled
-    /// is not paced: its attempt only records that.
-    fn pace(
-        &self,
-        delivery: &Delivery,
-        now: Timestamp,
-    ) -> Result<Result<(), Timestamp>, StoreError> {
+    /// is not paced: its attempt only records that. Nor is one whose subscription cannot be
+    /// read: its attempt meets the same storage error and handles it.
+    fn pace(&self, delivery: &Delivery, now: Timestamp) -> Result<(), Timestamp> {
         let Destination::Subscription {
             subscription_id, ..
         } = &delivery.destination
         else {
-            return Ok(Ok(()));
+            return Ok(());
         };
         let lanes = match self
             .inner
             .store
-            .subscription(&delivery.tenant, subscription_id)?
+            .subscription(&delivery.tenant, subscription_id)
         {
-            Some(sub) if sub.enabled => pacing::lanes_of(&sub),
-            _ => return Ok(Ok(())),
+            Ok(Some(sub)) if sub.enabled => pacing::lanes_of(&sub),
+            _ => return Ok(()),
         };
-        Ok(self.inner.pacer.admit(delivery.id.as_str(), &lanes, now))
+        self.inner.pacer.admit(delivery.id.as_str(), &lanes, now)
     }
 
     /// How many attempts of the queue with these `slots` may begin now.

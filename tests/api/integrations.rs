@@ -708,9 +708,17 @@ async fn a_410_from_a_zapier_target_disables_the_subscription_and_deletes_nothin
     );
     // Still there, with its delivery as a dead letter of one attempt.
     assert_eq!(disabled["id"], sub["id"]);
-    let (_, dead) = get_json(&app, "/v1/deliveries?state=failed").await;
+    // (The subscription is written first, then the attempt.)
+    let dead = wait_for_json(&app, "/v1/deliveries?state=failed", |page| {
+        page["data"].as_array().is_some_and(|d| !d.is_empty())
+    })
+    .await;
     let dead = dead["data"].as_array().unwrap().clone();
     assert_eq!(dead.len(), 1, "{dead:#?}");
+    let (_, detail) = get_json(&app, &format!("/v1/deliveries/{}", id_of(&dead[0]))).await;
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "a 410 is not retried: {detail:#}");
+    assert_eq!(attempts[0]["status_code"], 410);
     assert_eq!(rx.requests_to("/zap").len(), 1);
 }
 

@@ -175,6 +175,9 @@ impl DeliveryWorker {
                         report
                     }));
                 }
+                if paced > 0 {
+                    metrics::counter!("agenthook_delivery_paced_total").increment(paced);
+                }
                 if paced == 0 || !claimed_all_room {
                     break;
                 }

@@ -42,8 +42,13 @@ impl Rig {
     /// Three attempts per delivery, all due at once, so only the receivers' answers and the
     /// pacing decide when the next one goes.
     fn new() -> Rig {
+        Rig::with(|_| {})
+    }
+
+    fn with(tweak: impl FnOnce(&mut agenthook::config::Settings)) -> Rig {
         let h = harness(fast_sim_config(), |s| {
             s.delivery.retry_schedule = vec![ms(0), ms(0), ms(0)];
+            tweak(s);
         });
         let worker = h.services.delivery_worker().expect("worker");
         Rig { h, worker }
@@ -72,7 +77,12 @@ impl Rig {
 
     /// Queue a `webhook.test` event to `sub`, as `POST /v1/subscriptions/{id}/test` does.
     fn queue(&self, sub: &Subscription) -> DeliveryId {
-        let now = self.h.clock.now();
+        self.queue_due(sub, Duration::ZERO)
+    }
+
+    /// [`Rig::queue`], made and due `ago` before now (ahead of those queued now).
+    fn queue_due(&self, sub: &Subscription, ago: Duration) -> DeliveryId {
+        let now = self.h.clock.now() - chrono::Duration::from_std(ago).unwrap();
         let event = Event::test(tenant(), now);
         let delivery = Delivery::new(&event, None, Destination::subscription(sub), now);
         self.h
@@ -162,6 +172,31 @@ async fn slack_gets_one_message_per_second_per_url_queued_not_dropped_and_others
         assert_eq!(rig.delivery(id).state, DeliveryState::Succeeded);
         assert_eq!(rig.delivery(id).attempts.len(), 1);
     }
+}
+
+#[tokio::test]
+async fn a_slack_backlog_larger_than_the_worker_s_room_does_not_stand_in_front_of_others() {
+    // Two request slots for first attempts, and ten Slack messages queued ahead of a message
+    // to another destination: the waiting Slack messages take no slot, so it goes at once.
+    let rig = Rig::with(|s| s.delivery.concurrency = 2);
+    let rx = Receiver::start().await;
+    let slack = rig.subscribe(&rx.url("/slack"), Format::Slack, None);
+    let standard = rig.subscribe(&rx.url("/standard"), Format::Standard, None);
+    let backlog: Vec<DeliveryId> = (0..10).map(|_| rig.queue_due(&slack, ms(1000))).collect();
+    let other = rig.queue(&standard);
+    let first = rig.step().await;
+    assert_eq!(count_for(&first, &backlog), 1, "{first:?}");
+    assert_eq!(
+        count_for(&first, std::slice::from_ref(&other)),
+        1,
+        "{first:?}"
+    );
+    // The backlog then leaves at Slack's pace, every message in turn.
+    for _ in 0..9 {
+        assert_eq!(count_for(&rig.after(ms(1000)).await, &backlog), 1);
+    }
+    assert!(rig.after(ms(5000)).await.is_empty());
+    assert_eq!(rx.requests_to("/slack").len(), 10);
 }
 
 #[tokio::test]

@@ -488,6 +488,7 @@ async fn fan_out(knobs: &Knobs, receiver: &Receiver) -> Throughput {
             disabled_reason: None,
             secrets: SecretSet::new(signature::SigningSecret::generate()),
             failing_since: None,
+            rate_limit_per_second: None,
             created_at: now,
             updated_at: now,
         })

@@ -6,6 +6,7 @@ pub mod body;
 mod callback_secret;
 mod deliveries;
 mod error;
+mod events;
 mod health;
 mod jobs;
 pub mod metrics;
@@ -13,6 +14,7 @@ mod openapi;
 pub mod request;
 pub mod request_id;
 mod subscriptions;
+mod zapier;
 
 use std::sync::Arc;
 
@@ -72,7 +74,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(callback_secret::rotate)
                 .service(deliveries::list)
                 .service(deliveries::get)
-                .service(deliveries::retry),
+                .service(deliveries::retry)
+                .service(events::sample),
         );
 }
 

@@ -37,6 +37,7 @@ use super::{ApiError, ErrorBody};
         (name = "subscriptions", description = "Standing destinations of a tenant's events"),
         (name = "callback secret", description = "The secret that signs a tenant's job callbacks"),
         (name = "deliveries", description = "Every event sent to every destination, with its attempts"),
+        (name = "events", description = "Events in the shape receivers get them (samples for Zapier)"),
         (name = "operations", description = "Probes and this document; no API key"),
     ),
 )]

@@ -153,6 +153,19 @@ mod de {
         description(d).map(Some)
     }
 
+    /// Deliveries per second (1 to 1000), or `None` for null (no limit).
+    pub fn rate_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        crate::domain::parse_rate_limit_per_second(&field::value(d)?)
+            .map_err(|message| FieldError::new("rate_limit_per_second", message).into_serde())
+    }
+
+    /// Present (`Some`): set to the limit, or removed by null.
+    pub fn rate_limit_patch<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<u32>>, D::Error> {
+        rate_limit(d).map(Some)
+    }
+
     pub fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         match field::value(d)? {
             Value::Null => Ok(None),
@@ -254,6 +267,11 @@ pub struct NewSubscriptionRequest {
     #[serde(default, deserialize_with = "de::secret")]
     #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
     pub secret: Option<String>,
+    /// Deliveries per second to it at most (1 to 1000), evenly spaced; absent or null: no
+    /// limit. Other destinations are never delayed by it.
+    #[serde(default, deserialize_with = "de::rate_limit")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub rate_limit_per_second: Option<u32>,
 }
 
 impl NewSubscriptionRequest {
@@ -281,6 +299,7 @@ impl NewSubscriptionRequest {
             format: self.format.unwrap_or_default(),
             description: self.description,
             secret: self.secret,
+            rate_limit_per_second: self.rate_limit_per_second,
         })
     }
 }
@@ -306,6 +325,10 @@ pub struct SubscriptionPatchRequest {
     #[serde(default, deserialize_with = "de::enabled")]
     #[schema(nullable = false)]
     pub enabled: Option<bool>,
+    /// 1 to 1000 deliveries per second; null removes the limit.
+    #[serde(default, deserialize_with = "de::rate_limit_patch")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub rate_limit_per_second: Option<Option<u32>>,
 }
 
 impl SubscriptionPatchRequest {
@@ -334,6 +357,7 @@ impl SubscriptionPatchRequest {
             format: self.format,
             description: self.description,
             enabled: self.enabled,
+            rate_limit_per_second: self.rate_limit_per_second,
         })
     }
 }
@@ -363,6 +387,7 @@ pub struct NewSubscription {
     pub format: Format,
     pub description: Option<String>,
     pub secret: Option<String>,
+    pub rate_limit_per_second: Option<u32>,
 }
 
 impl NewSubscription {
@@ -383,6 +408,7 @@ impl NewSubscription {
             disabled_reason: None,
             secrets: SecretSet::new(self.secret.unwrap_or_else(SigningSecret::generate)),
             failing_since: None,
+            rate_limit_per_second: self.rate_limit_per_second,
             created_at: now,
             updated_at: now,
         }
@@ -398,6 +424,8 @@ pub struct SubscriptionPatch {
     /// `Some(None)` clears the description.
     pub description: Option<Option<String>>,
     pub enabled: Option<bool>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit_per_second: Option<Option<u32>>,
 }
 
 impl SubscriptionPatch {
@@ -418,6 +446,9 @@ impl SubscriptionPatch {
         }
         if let Some(description) = &self.description {
             sub.description = description.clone();
+        }
+        if let Some(limit) = self.rate_limit_per_second {
+            sub.rate_limit_per_second = limit;
         }
         match self.enabled {
             Some(true) => {
@@ -448,6 +479,8 @@ pub struct SubscriptionView {
     pub disabled_reason: Option<String>,
     /// The secret that signs its events (`whsec_...`).
     pub secret: String,
+    /// Deliveries per second to it at most; null: no limit.
+    pub rate_limit_per_second: Option<u32>,
     /// When the secret replaced by the last rotation stops signing; null outside an overlap.
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -505,6 +538,7 @@ impl SubscriptionView {
             enabled: sub.enabled,
             disabled_reason: sub.disabled_reason.clone(),
             secret: sub.secrets.current.clone(),
+            rate_limit_per_second: sub.rate_limit_per_second,
             previous_secret_expires_at: overlap_ends(&sub.secrets, now),
             created_at: sub.created_at,
             updated_at: sub.updated_at,
@@ -560,7 +594,7 @@ async fn find(state: &AppState, tenant: &Tenant, raw: &str) -> Result<Subscripti
 #[utoipa::path(
     tag = "subscriptions",
     operation_id = "create_subscription",
-    request_body = NewSubscriptionRequest,
+    request_body = super::zapier::CreateSubscriptionBody,
     responses(
         (status = 201, description = "Created, enabled, with its secret", body = SubscriptionView),
         (status = 400, description = "Malformed body or a field refused (named in `details`)", body = ErrorBody),
@@ -578,7 +612,13 @@ pub async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body::json_object(&req, payload, body_limit(&state)).await?;
-    let new = NewSubscription::parse(body, state.settings.delivery.allow_private_networks)?;
+    let allow_private = state.settings.delivery.allow_private_networks;
+    // Zapier's REST Hook subscribe body, `{"target_url", "event"}` (see zapier.rs).
+    let new = if super::zapier::is_subscribe_body(&body) {
+        super::zapier::parse_subscribe(body, allow_private)?
+    } else {
+        NewSubscription::parse(body, allow_private)?
+    };
     let now = state.clock.now();
     let sub = new.into_subscription(tenant, now);
     subscriptions::create(&state.store, &sub).await?;
@@ -814,13 +854,21 @@ mod tests {
             expected.sort();
             assert_eq!(property_names::<T>(), expected, "documented");
         }
-        check::<NewSubscriptionRequest>(&["url", "event_types", "format", "description", "secret"]);
+        check::<NewSubscriptionRequest>(&[
+            "url",
+            "event_types",
+            "format",
+            "description",
+            "secret",
+            "rate_limit_per_second",
+        ]);
         check::<SubscriptionPatchRequest>(&[
             "url",
             "event_types",
             "format",
             "description",
             "enabled",
+            "rate_limit_per_second",
         ]);
         check::<RotateSecretRequest>(&["secret"]);
         check::<RecoverRequest>(&["since"]);

@@ -16,7 +16,8 @@ use futures_util::future::join_all;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::retry::RetryPolicy;
+use super::pacing::{self, Pacer};
+use super::retry::{self, RetryPolicy, Verdict};
 use super::{format, policy, signature};
 use crate::clock::{after, SharedClock, Timestamp};
 use crate::config::DeliverySettings;
@@ -29,6 +30,8 @@ use crate::store::{Claimed, DeliveryQueue, Recorded, Store, StoreError};
 pub const RESPONSE_BODY_LIMIT: usize = 16 * 1024;
 /// When a destination is at its limit, look again this soon.
 const BUSY_DESTINATION_DELAY: Duration = Duration::from_millis(50);
+/// Claims of one queue in one dispatch, at most, when paced deliveries leave room unused.
+const MAX_CLAIM_ROUNDS: usize = 16;
 
 #[derive(Clone)]
 pub struct DeliveryWorker {
@@ -39,8 +42,11 @@ struct Inner {
     store: Store,
     clock: SharedClock,
     settings: DeliverySettings,
-    /// When a failed attempt is tried again (`settings.retry_schedule`, jitter, Retry-After).
+    /// When retries go (`settings.retry_schedule`), shared with the record closures.
     retry: RetryPolicy,
+    /// Slack's one message per second per URL, subscriptions' rate limits, and pauses asked
+    /// for with a 429.
+    pacer: Pacer,
     /// When a failing subscription is disabled (`settings.disable_after`).
     health: Health,
     signals: Arc<Signals>,
@@ -95,7 +101,8 @@ impl DeliveryWorker {
                 attempt_capacity,
                 store,
                 clock,
-                retry: RetryPolicy::of(&settings),
+                retry: RetryPolicy::new(&settings.retry_schedule),
+                pacer: Pacer::default(),
                 health: Health::new(settings.disable_after),
                 settings,
                 signals,
@@ -130,39 +137,80 @@ impl DeliveryWorker {
             (DeliveryQueue::Fresh, &inner.fresh_slots),
             (DeliveryQueue::Retry, &inner.retry_slots),
         ] {
-            let free = self.room(slots);
-            if free == 0 {
-                continue;
-            }
-            let now = inner.clock.now();
-            for claimed in inner.store.claim_due_deliveries(queue, now, free).await? {
-                // Room was counted above (only this loop takes these permits); a destination
-                // at its limit is looked at again a little later.
-                let permits = inner
-                    .attempts
-                    .clone()
-                    .try_acquire_owned()
-                    .ok()
-                    .zip(slots.clone().try_acquire_owned().ok());
-                let Some((attempt, slot)) = permits else {
-                    claimed.put_back(now);
-                    continue;
-                };
-                let Some(destination_slot) = self.destination_slot(&claimed.delivery) else {
-                    claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
-                    continue;
-                };
-                let request_slots = (slot, destination_slot);
-                let worker = self.clone();
-                started.push(tokio::spawn(async move {
-                    let report = worker.attempt(claimed, request_slots).await;
-                    drop(attempt);
-                    worker.inner.signals.delivery_wake.notify_one();
-                    report
-                }));
+            // Deliveries that must wait for their lane (see `pacing`) take no slot: claim
+            // again, so a paced backlog never stands in front of other destinations.
+            for _ in 0..MAX_CLAIM_ROUNDS {
+                let free = self.room(slots);
+                if free == 0 {
+                    break;
+                }
+                let now = inner.clock.now();
+                let batch = inner.store.claim_due_deliveries(queue, now, free).await?;
+                let claimed_all_room = batch.len() >= free;
+                let mut paced = 0;
+                for claimed in batch {
+                    // Room was counted above (only this loop takes these permits); a
+                    // destination at its limit is looked at again a little later.
+                    let permits = inner
+                        .attempts
+                        .clone()
+                        .try_acquire_owned()
+                        .ok()
+                        .zip(slots.clone().try_acquire_owned().ok());
+                    let Some((attempt, slot)) = permits else {
+                        claimed.put_back(now);
+                        continue;
+                    };
+                    let Some(destination_slot) = self.destination_slot(&claimed.delivery) else {
+                        claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
+                        continue;
+                    };
+                    if let Err(not_before) = self.pace(&claimed.delivery, now).await {
+                        claimed.put_back(not_before);
+                        paced += 1;
+                        continue;
+                    }
+                    let request_slots = (slot, destination_slot);
+                    let worker = self.clone();
+                    started.push(tokio::spawn(async move {
+                        let report = worker.attempt(claimed, request_slots).await;
+                        drop(attempt);
+                        worker.inner.signals.delivery_wake.notify_one();
+                        report
+                    }));
+                }
+                if paced > 0 {
+                    metrics::counter!("agenthook_delivery_paced_total").increment(paced);
+                }
+                if paced == 0 || !claimed_all_room {
+                    break;
+                }
             }
         }
         Ok(started)
+    }
+
+    /// Whether the delivery may go at `now` in its lanes (its subscription's Slack or Discord
+    /// URL, its rate limit); else when. A delivery to a subscription that is gone or disabled
+    /// is not paced: its attempt only records that. Nor is one whose subscription cannot be
+    /// read: its attempt meets the same storage error and handles it.
+    async fn pace(&self, delivery: &Delivery, now: Timestamp) -> Result<(), Timestamp> {
+        let Destination::Subscription {
+            subscription_id, ..
+        } = &delivery.destination
+        else {
+            return Ok(());
+        };
+        let lanes = match self
+            .inner
+            .store
+            .subscription(&delivery.tenant, subscription_id)
+            .await
+        {
+            Ok(Some(sub)) if sub.enabled => pacing::lanes_of(&sub),
+            _ => return Ok(()),
+        };
+        self.inner.pacer.admit(delivery.id.as_str(), &lanes, now)
     }
 
     /// How many attempts of the queue with these `slots` may begin now.
@@ -275,19 +323,44 @@ impl DeliveryWorker {
         let attempt = sent.attempt(now);
         let status_code = attempt.status_code;
         let error = attempt.error;
-        let outcome = match (error, status_code) {
-            (None, _) => Outcome::Succeeded,
-            (_, Some(410)) if subscription.is_some() => Outcome::Gone,
-            _ => Outcome::Failed,
+        let receiver = match &subscription {
+            Some(sub) => retry::Receiver::Subscription(sub.format),
+            None => retry::Receiver::Callback,
         };
-        let retry = inner.retry.clone();
-        let retry_after = sent.retry_after;
+        let verdict = retry::judge(
+            receiver,
+            &retry::Answer {
+                status: status_code,
+                error,
+                retry_after: sent.retry_after.as_deref(),
+                body: sent.body.as_deref().unwrap_or(""),
+            },
+            finished,
+        );
         if let Some(sub) = &subscription {
+            if let Verdict::Retry {
+                not_before: Some(pause),
+            } = &verdict
+            {
+                // The receiver asked for a pause: every delivery of its lanes waits.
+                inner
+                    .pacer
+                    .pause(&pacing::lanes_of(sub), after(finished, *pause));
+            }
+            let outcome = match &verdict {
+                Verdict::Delivered => Outcome::Succeeded,
+                Verdict::Disable { reason } => Outcome::Gone(reason.clone()),
+                _ => Outcome::Failed,
+            };
             inner
                 .health
                 .note(&inner.store, sub, outcome, finished)
                 .await?;
         }
+        if let Verdict::DeadLetter { reason } | Verdict::Disable { reason } = &verdict {
+            tracing::warn!(delivery_id = %delivery.id, status = status_code, %reason, "delivery refused for good");
+        }
+        let policy = inner.retry.clone();
         // Appended to the stored record, so a manual retry made meanwhile is not lost; on disk
         // (with the subscription's health, just written) before it counts.
         let recorded = self
@@ -295,18 +368,27 @@ impl DeliveryWorker {
                 d.destination = destination.clone();
                 d.attempts.push(attempt.clone());
                 d.updated_at = finished;
-                // A 410 ends a subscription's delivery at once; other failures follow the
-                // retry schedule until it is used up.
-                let next = match outcome {
-                    Outcome::Succeeded | Outcome::Gone => None,
-                    Outcome::Failed => retry.next_wait(d.attempts.len(), retry_after),
+                let next_wait = match &verdict {
+                    Verdict::Delivered => {
+                        d.state = DeliveryState::Succeeded;
+                        d.next_attempt_at = None;
+                        return;
+                    }
+                    Verdict::DeadLetter { .. } | Verdict::Disable { .. } => None,
+                    Verdict::Retry { not_before } => {
+                        policy.next_wait(d.attempts.len(), *not_before)
+                    }
                 };
-                d.next_attempt_at = next.map(|wait| after(finished, wait));
-                d.state = match (outcome, next) {
-                    (Outcome::Succeeded, _) => DeliveryState::Succeeded,
-                    (_, Some(_)) => DeliveryState::Pending,
-                    (_, None) => DeliveryState::Failed,
-                };
+                match next_wait {
+                    Some(wait) => {
+                        d.state = DeliveryState::Pending;
+                        d.next_attempt_at = Some(after(finished, wait));
+                    }
+                    None => {
+                        d.state = DeliveryState::Failed;
+                        d.next_attempt_at = None;
+                    }
+                }
             })
             .await?;
         let Some(recorded) = recorded else {
@@ -396,14 +478,11 @@ impl DeliveryWorker {
             Err(e) => return Sent::failed(policy::classify_error(&e), started),
         };
         let status = response.status();
-        let retry_after = RetryPolicy::retry_after(
-            status.as_u16(),
-            response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()),
-            self.inner.clock.now(),
-        );
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let mut kept = Vec::new();
         let mut body_error = None;
         while kept.len() < RESPONSE_BODY_LIMIT {
@@ -507,7 +586,8 @@ struct Sent {
     error: Option<ErrorClass>,
     duration: Duration,
     body: Option<String>,
-    retry_after: Option<Duration>,
+    /// The `Retry-After` header as sent; [`retry::judge`] reads it.
+    retry_after: Option<String>,
 }
 
 impl Sent {

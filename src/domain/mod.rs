@@ -4,6 +4,7 @@ mod delivery;
 mod event;
 mod ids;
 mod job;
+mod sample;
 mod subscription;
 mod tenant;
 
@@ -11,5 +12,9 @@ pub use delivery::{Attempt, Delivery, DeliveryState, Destination, ErrorClass, Pa
 pub use event::{Event, EventType};
 pub use ids::{DeliveryId, EventId, JobId, MessageId, SubscriptionId};
 pub use job::{Job, JobError, JobStatus, JobView};
-pub use subscription::{Format, PreviousSecret, SecretSet, Subscription};
+pub use sample::sample_event;
+pub use subscription::{
+    parse_rate_limit_per_second, Format, PreviousSecret, SecretSet, Subscription,
+    RATE_LIMIT_PER_SECOND_MAX,
+};
 pub use tenant::Tenant;

@@ -70,6 +70,9 @@ pub struct Subscription {
     pub secrets: SecretSet,
     /// Start of the current run of failed deliveries; cleared by any success.
     pub failing_since: Option<Timestamp>,
+    /// Deliveries per second to it at most; `None`: no limit of its own (issue 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_second: Option<u32>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -77,5 +80,75 @@ pub struct Subscription {
 impl Subscription {
     pub fn wants(&self, event_type: EventType) -> bool {
         self.enabled && self.event_types.contains(&event_type)
+    }
+}
+
+/// Bounds of a subscription's `rate_limit_per_second`.
+pub const RATE_LIMIT_PER_SECOND_MAX: u32 = 1000;
+
+/// A subscription's `rate_limit_per_second` as given in JSON: `null` for no limit, else a
+/// whole number from 1 to [`RATE_LIMIT_PER_SECOND_MAX`]. The error is a sentence for the client.
+pub fn parse_rate_limit_per_second(value: &serde_json::Value) -> Result<Option<u32>, String> {
+    let refuse = || {
+        format!(
+            "rate_limit_per_second must be a whole number of deliveries per second from 1 to \
+             {RATE_LIMIT_PER_SECOND_MAX}, or null for no limit"
+        )
+    };
+    match value {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Number(n) => match n.as_u64() {
+            Some(r) if (1..=u64::from(RATE_LIMIT_PER_SECOND_MAX)).contains(&r) => {
+                Ok(Some(r as u32))
+            }
+            _ => Err(refuse()),
+        },
+        _ => Err(refuse()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_rate_limit_is_null_or_a_whole_number_from_1_to_the_max() {
+        assert_eq!(parse_rate_limit_per_second(&json!(null)), Ok(None));
+        assert_eq!(parse_rate_limit_per_second(&json!(1)), Ok(Some(1)));
+        assert_eq!(
+            parse_rate_limit_per_second(&json!(RATE_LIMIT_PER_SECOND_MAX)),
+            Ok(Some(RATE_LIMIT_PER_SECOND_MAX))
+        );
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(1.5),
+            json!(RATE_LIMIT_PER_SECOND_MAX + 1),
+            json!("5"),
+            json!(true),
+            json!([5]),
+            json!(1e30),
+        ] {
+            let message = parse_rate_limit_per_second(&bad).expect_err("refused");
+            assert!(
+                message.contains("rate_limit_per_second"),
+                "{bad}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_subscription_stored_before_rate_limits_reads_as_unlimited() {
+        let stored = json!({
+            "id": "sub_01JDX5R5B6Y0V4W3Q2P1N0M9KZ", "tenant": "acme",
+            "url": "https://example.com/hook", "event_types": ["agent.ready"],
+            "format": "standard", "description": null, "enabled": true,
+            "disabled_reason": null, "secrets": {"current": "whsec_x"},
+            "failing_since": null,
+            "created_at": "2026-11-28T16:00:00Z", "updated_at": "2026-11-28T16:00:00Z"
+        });
+        let sub: Subscription = serde_json::from_value(stored).expect("reads");
+        assert_eq!(sub.rate_limit_per_second, None);
     }
 }

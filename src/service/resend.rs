@@ -161,6 +161,7 @@ mod tests {
             disabled_reason: None,
             secrets: SecretSet::new("whsec_x".into()),
             failing_since: None,
+            rate_limit_per_second: None,
             created_at: now,
             updated_at: now,
         };

@@ -127,12 +127,13 @@ pub const GONE_REASON: &str = "the receiver answered 410 Gone";
 pub const DISABLED_BY_CLIENT: &str = "disabled through the API";
 
 /// What one attempt tells about a subscription's receiver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// A 2xx.
     Succeeded,
-    /// `410 Gone`: the receiver asks never to be sent anything again.
-    Gone,
+    /// The destination is gone (`410 Gone`, Slack's `channel_not_found`, ...), for this
+    /// reason: it is never sent anything again.
+    Gone(String),
     /// Anything else.
     Failed,
 }
@@ -150,10 +151,10 @@ impl Health {
 
     /// Whether `outcome` changes `sub` at all: a receiver that keeps failing costs one write
     /// when its run begins (and one when it is disabled), not one per attempt.
-    pub fn changes(&self, sub: &Subscription, outcome: Outcome, now: Timestamp) -> bool {
+    pub fn changes(&self, sub: &Subscription, outcome: &Outcome, now: Timestamp) -> bool {
         match outcome {
             Outcome::Succeeded => sub.failing_since.is_some(),
-            Outcome::Gone => true,
+            Outcome::Gone(_) => true,
             Outcome::Failed => sub
                 .failing_since
                 .is_none_or(|since| sub.enabled && after(since, self.disable_after) <= now),
@@ -161,15 +162,18 @@ impl Health {
     }
 
     /// Apply `outcome` to the stored `sub`.
-    pub fn apply(&self, sub: &mut Subscription, outcome: Outcome, now: Timestamp) {
-        if outcome == Outcome::Succeeded {
+    pub fn apply(&self, sub: &mut Subscription, outcome: &Outcome, now: Timestamp) {
+        if *outcome == Outcome::Succeeded {
             sub.failing_since = None;
             return;
         }
         let since = *sub.failing_since.get_or_insert(now);
-        if outcome == Outcome::Gone {
-            sub.enabled = false;
-            sub.disabled_reason = Some(GONE_REASON.into());
+        if let Outcome::Gone(reason) = outcome {
+            // Kept as it is when the subscription is disabled already (by its owner, say).
+            if sub.enabled {
+                sub.enabled = false;
+                sub.disabled_reason = Some(reason.clone());
+            }
         } else if sub.enabled && after(since, self.disable_after) <= now {
             sub.enabled = false;
             sub.disabled_reason = Some(format!(
@@ -189,12 +193,12 @@ impl Health {
         outcome: Outcome,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        if !self.changes(sub, outcome, now) {
+        if !self.changes(sub, &outcome, now) {
             return Ok(());
         }
         let health = *self;
         store
-            .update_subscription(&sub.id, Box::new(move |s| health.apply(s, outcome, now)))
+            .update_subscription(&sub.id, Box::new(move |s| health.apply(s, &outcome, now)))
             .await?;
         Ok(())
     }
@@ -217,6 +221,7 @@ mod tests {
             disabled_reason: None,
             secrets: SecretSet::new("whsec_x".into()),
             failing_since: None,
+            rate_limit_per_second: None,
             created_at: now,
             updated_at: now,
         }
@@ -227,27 +232,27 @@ mod tests {
         let health = Health::new(Duration::from_secs(60));
         let start = chrono::Utc::now();
         let mut sub = subscription(start);
-        assert!(health.changes(&sub, Outcome::Failed, start));
-        health.apply(&mut sub, Outcome::Failed, start);
+        assert!(health.changes(&sub, &Outcome::Failed, start));
+        health.apply(&mut sub, &Outcome::Failed, start);
         assert_eq!(sub.failing_since, Some(start));
         assert!(sub.enabled);
 
         let later = start + chrono::Duration::seconds(30);
         assert!(
-            !health.changes(&sub, Outcome::Failed, later),
+            !health.changes(&sub, &Outcome::Failed, later),
             "one write per run"
         );
 
         let past = start + chrono::Duration::seconds(60);
-        assert!(health.changes(&sub, Outcome::Failed, past));
-        health.apply(&mut sub, Outcome::Failed, past);
+        assert!(health.changes(&sub, &Outcome::Failed, past));
+        health.apply(&mut sub, &Outcome::Failed, past);
         assert!(!sub.enabled);
         assert_eq!(
             sub.disabled_reason.as_deref(),
             Some("every delivery failed for 1m")
         );
         assert_eq!(sub.failing_since, Some(start), "the run keeps its start");
-        assert!(!health.changes(&sub, Outcome::Failed, past));
+        assert!(!health.changes(&sub, &Outcome::Failed, past));
     }
 
     #[test]
@@ -255,15 +260,15 @@ mod tests {
         let health = Health::new(Duration::from_secs(3600));
         let now = chrono::Utc::now();
         let mut sub = subscription(now);
-        assert!(!health.changes(&sub, Outcome::Succeeded, now));
-        health.apply(&mut sub, Outcome::Failed, now);
-        assert!(health.changes(&sub, Outcome::Succeeded, now));
-        health.apply(&mut sub, Outcome::Succeeded, now);
+        assert!(!health.changes(&sub, &Outcome::Succeeded, now));
+        health.apply(&mut sub, &Outcome::Failed, now);
+        assert!(health.changes(&sub, &Outcome::Succeeded, now));
+        health.apply(&mut sub, &Outcome::Succeeded, now);
         assert_eq!(sub.failing_since, None);
         assert!(sub.enabled);
 
-        assert!(health.changes(&sub, Outcome::Gone, now));
-        health.apply(&mut sub, Outcome::Gone, now);
+        assert!(health.changes(&sub, &Outcome::Gone(GONE_REASON.into()), now));
+        health.apply(&mut sub, &Outcome::Gone(GONE_REASON.into()), now);
         assert!(!sub.enabled);
         assert_eq!(sub.disabled_reason.as_deref(), Some(GONE_REASON));
     }

@@ -661,6 +661,7 @@ async fn stepped(tweak: impl FnOnce(&mut Settings)) -> Stepped {
         disabled_reason: None,
         secrets: SecretSet::new(SigningSecret::generate()),
         failing_since: None,
+        rate_limit_per_second: None,
         created_at: now,
         updated_at: now,
     };

@@ -11,6 +11,7 @@ mod dashboard;
 mod delivery;
 mod drop_in;
 mod errors;
+mod integrations;
 mod jobs;
 mod openapi;
 mod operations;

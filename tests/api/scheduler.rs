@@ -310,6 +310,7 @@ async fn the_terminal_transition_and_its_deliveries_are_written_together() {
         disabled_reason: None,
         secrets: SecretSet::new(agenthook::delivery::signature::SigningSecret::generate()),
         failing_since: None,
+        rate_limit_per_second: None,
         created_at: now,
         updated_at: now,
     };

@@ -69,6 +69,7 @@ fn subscription(owner: &Tenant, url: &str) -> Subscription {
         disabled_reason: None,
         secrets: SecretSet::new("whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0dGVzdA==".into()),
         failing_since: None,
+        rate_limit_per_second: None,
         created_at: at,
         updated_at: at,
     }

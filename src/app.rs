@@ -15,6 +15,7 @@ use crate::lifecycle::Lifecycle;
 use crate::maintenance::Maintenance;
 use crate::poller::Poller;
 use crate::signals::Signals;
+use crate::store::health::Health;
 use crate::store::Store;
 use crate::upstream::{Budgets, UpstreamClient};
 
@@ -34,6 +35,8 @@ pub enum StartError {
     Config(String),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("storage works again but must be reopened: exiting for the supervisor to restart the service")]
+    StorageNeedsRestart,
 }
 
 /// The parts a running service is made of, ready to serve.
@@ -41,6 +44,7 @@ pub struct Application {
     addr: SocketAddr,
     server: actix_web::dev::Server,
     store: Store,
+    health: Arc<Health>,
     signals: Arc<Signals>,
     workers: Vec<JoinHandle<()>>,
     settings: Arc<Settings>,
@@ -50,6 +54,8 @@ pub struct Application {
 #[derive(Clone)]
 pub struct Services {
     pub store: Store,
+    /// Whether storage works (fed by every store result); see [`crate::store::health`].
+    pub health: Arc<Health>,
     pub lifecycle: Lifecycle,
     pub signals: Arc<Signals>,
     pub clock: SharedClock,
@@ -58,11 +64,12 @@ pub struct Services {
 
 impl Services {
     pub fn build(settings: Settings, clock: SharedClock) -> Result<Services, StartError> {
-        let store =
-            crate::store::open(&settings.storage).map_err(|source| StartError::Storage {
+        let (store, health) = crate::store::open_watched(&settings.storage).map_err(|source| {
+            StartError::Storage {
                 path: settings.storage.path.display().to_string(),
                 source,
-            })?;
+            }
+        })?;
         let budgets = Arc::new(Budgets::new(
             settings.upstream.generate_per_minute,
             settings.upstream.read_per_minute,
@@ -83,6 +90,7 @@ impl Services {
         };
         Ok(Services {
             store,
+            health,
             lifecycle,
             signals: Arc::new(Signals::default()),
             clock,
@@ -96,6 +104,7 @@ impl Services {
 
     pub fn maintenance(&self) -> Maintenance {
         Maintenance::new(self.store.clone(), self.clock.clone(), self.signals.clone())
+            .retention(self.settings.storage.retention)
     }
 
     pub fn delivery_worker(&self) -> Result<DeliveryWorker, StartError> {
@@ -154,12 +163,37 @@ impl Application {
                 .run(settings.server.shutdown_grace),
         );
         let maintenance = tokio::spawn(services.maintenance().run());
+        let watcher = {
+            let signals = services.signals.clone();
+            tokio::spawn(
+                services
+                    .health
+                    .clone()
+                    .watch(services.store.clone(), async move {
+                        signals.shutdown_started().await
+                    }),
+            )
+        };
+        // A backend that recovers only when reopened: drain and exit non-zero.
+        {
+            let (health, signals, handle) = (
+                services.health.clone(),
+                services.signals.clone(),
+                server.handle(),
+            );
+            tokio::spawn(async move {
+                health.wait_for_restart().await;
+                signals.begin_shutdown();
+                handle.stop(true).await;
+            });
+        }
         Ok(Application {
             addr,
             server,
+            health: services.health,
             store: services.store,
             signals: services.signals,
-            workers: vec![poller, deliveries, maintenance],
+            workers: vec![poller, deliveries, maintenance, watcher],
             settings,
         })
     }
@@ -200,6 +234,10 @@ impl Application {
             .close()
             .await
             .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
+        if self.health.restart_needed() {
+            tracing::error!("stopped: storage must be reopened; exiting non-zero for the supervisor to restart the service");
+            return Err(StartError::StorageNeedsRestart);
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -68,6 +68,14 @@ pub fn after(t: Timestamp, d: std::time::Duration) -> Timestamp {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// `t - d`, saturating instead of panicking on absurd durations.
+pub fn before(t: Timestamp, d: std::time::Duration) -> Timestamp {
+    ChronoDuration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// Milliseconds since the Unix epoch, clamped at zero; the sort key of time indexes.
 pub fn millis(t: Timestamp) -> u64 {
     t.timestamp_millis().max(0) as u64

@@ -49,11 +49,17 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
 }
 
+/// `storage.retention` as `config/default.toml` sets it.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub path: PathBuf,
     pub cache_bytes: u64,
+    /// Finished jobs older than this leave storage with their events, deliveries and attempts.
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]

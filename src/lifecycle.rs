@@ -234,3 +234,55 @@ fn retry_after(error: &UpstreamError) -> Duration {
         _ => Duration::ZERO,
     }
 }
+
+/// The first wait between tries of a write that must land, doubled up to [`LAND_MAX_WAIT`].
+const LAND_FIRST_WAIT: Duration = Duration::from_millis(250);
+const LAND_MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// Try `write` until it lands: for a write that records what upstream has already done (an
+/// agent it created), which must not be forgotten. Only storage failures are tried again, with
+/// a growing pause; at shutdown one last try is made, and if it fails too the agent is logged
+/// at error level for an operator to reconcile, and the error returned.
+pub async fn land<T, F, Fut>(
+    signals: &crate::signals::Signals,
+    job: &Job,
+    write: F,
+) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut wait = LAND_FIRST_WAIT;
+    let mut warned = false;
+    loop {
+        let error = match write().await {
+            Ok(value) => {
+                if warned {
+                    tracing::info!(job_id = %job.id, agent_id = job.agent_id.as_deref().unwrap_or(""), "job stored after storage recovered");
+                }
+                return Ok(value);
+            }
+            Err(error @ StoreError::Unavailable(_)) => error,
+            Err(error) => return Err(error),
+        };
+        if signals.is_shutting_down() {
+            tracing::error!(
+                job_id = %job.id,
+                agent_id = job.agent_id.as_deref().unwrap_or(""),
+                tenant = %job.tenant,
+                %error,
+                "giving up storing a job that upstream accepted: this agent is tracked by no job"
+            );
+            return Err(error);
+        }
+        if !warned {
+            tracing::warn!(job_id = %job.id, agent_id = job.agent_id.as_deref().unwrap_or(""), %error, "upstream accepted the job but storage failed; trying again until it is stored");
+            warned = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = signals.shutdown_started() => {}
+        }
+        wait = (wait * 2).min(LAND_MAX_WAIT);
+    }
+}

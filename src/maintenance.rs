@@ -1,25 +1,44 @@
 //! Housekeeping in the background: what has outlived its use leaves storage in small batches,
 //! so neither the API nor the workers ever wait for a long sweep.
 //!
-//! Today that is the idempotency records, kept [`IDEMPOTENCY_TTL`] (after that a key admits a
-//! new request anyway).
+//! - idempotency records, kept [`IDEMPOTENCY_TTL`] (after that a key admits a new request
+//!   anyway);
+//! - finished jobs older than `storage.retention`, with their events, deliveries and attempts
+//!   (dead letters included); pending work stays whatever its age;
+//! - and the stored totals for `/metrics` (records per kind, bytes on disk), counted here
+//!   rather than at every scrape.
+//!
+//! Each batch is one write, which the writer commits in one round with whatever the API and
+//! the workers wrote meanwhile; between batches the sweep yields, so it never holds them up.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::SharedClock;
+use crate::clock::{before, SharedClock};
+use crate::domain::JobId;
 use crate::signals::Signals;
 use crate::store::{Store, StoreError, IDEMPOTENCY_TTL};
 
-/// Records removed per write.
+/// Idempotency records removed per write.
 const BATCH: usize = 256;
-/// How often a sweep runs.
+/// Finished jobs removed per write (each with its deliveries, events and index entries).
+const JOB_BATCH: usize = 64;
+/// How often a sweep runs (more often when the retention is shorter than a few minutes).
 const EVERY: Duration = Duration::from_secs(60);
 
 pub struct Maintenance {
     store: Store,
     clock: SharedClock,
     signals: Arc<Signals>,
+    retention: Duration,
+}
+
+/// What one sweep removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub idempotency_keys: usize,
+    pub jobs: usize,
+    pub deliveries: usize,
 }
 
 impl Maintenance {
@@ -28,12 +47,31 @@ impl Maintenance {
             store,
             clock,
             signals,
+            retention: crate::config::DEFAULT_RETENTION,
         }
     }
 
-    /// One sweep: remove every expired idempotency record, a batch per write. Returns how many
-    /// went.
-    pub async fn step(&self) -> Result<usize, StoreError> {
+    /// Keep finished jobs this long (`storage.retention`).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// One sweep: expired idempotency records, then finished jobs past retention, a batch per
+    /// write; then the stored totals.
+    pub async fn step(&self) -> Result<Sweep, StoreError> {
+        let mut sweep = Sweep {
+            idempotency_keys: self.purge_idempotency().await?,
+            ..Sweep::default()
+        };
+        let (jobs, deliveries) = self.purge_finished().await?;
+        sweep.jobs = jobs;
+        sweep.deliveries = deliveries;
+        self.publish_totals().await;
+        Ok(sweep)
+    }
+
+    async fn purge_idempotency(&self) -> Result<usize, StoreError> {
         let mut purged = 0;
         loop {
             let now = self.clock.now();
@@ -54,6 +92,55 @@ impl Maintenance {
         Ok(purged)
     }
 
+    /// Finished jobs that ended more than the retention ago, with everything they caused.
+    async fn purge_finished(&self) -> Result<(usize, usize), StoreError> {
+        let cutoff = before(self.clock.now(), self.retention);
+        let (mut jobs, mut deliveries) = (0, 0);
+        let mut after: Option<JobId> = None;
+        loop {
+            let report = self
+                .store
+                .purge_finished_before(cutoff, after.as_ref(), JOB_BATCH)
+                .await?;
+            jobs += report.jobs;
+            deliveries += report.deliveries;
+            after = report.next;
+            if after.is_none() || self.signals.is_shutting_down() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if jobs > 0 {
+            metrics::counter!("agenthook_retention_jobs_purged_total").increment(jobs as u64);
+            metrics::counter!("agenthook_retention_deliveries_purged_total")
+                .increment(deliveries as u64);
+            tracing::debug!(jobs, deliveries, "finished jobs past retention removed");
+        }
+        Ok((jobs, deliveries))
+    }
+
+    /// Set the stored totals' gauges (left as they were if storage cannot count now).
+    async fn publish_totals(&self) {
+        match self.store.stored_totals().await {
+            Ok(totals) => {
+                for (kind, count) in [
+                    ("jobs", totals.jobs),
+                    ("deliveries", totals.deliveries),
+                    ("events", totals.events),
+                ] {
+                    metrics::gauge!("agenthook_stored_records", "kind" => kind).set(count as f64);
+                }
+                metrics::gauge!("agenthook_storage_size_bytes").set(totals.bytes as f64);
+            }
+            Err(error) => tracing::debug!(%error, "stored totals could not be counted"),
+        }
+    }
+
+    /// How long between sweeps: [`EVERY`], or a quarter of a short retention.
+    fn every(&self) -> Duration {
+        EVERY.min(self.retention / 4).max(Duration::from_secs(1))
+    }
+
     /// Sweep every [`EVERY`] until shutdown.
     pub async fn run(self) {
         while !self.signals.is_shutting_down() {
@@ -67,7 +154,7 @@ impl Maintenance {
                 break;
             }
             tokio::select! {
-                _ = tokio::time::sleep(EVERY) => {}
+                _ = tokio::time::sleep(self.every()) => {}
                 _ = wake => {}
             }
         }

@@ -33,6 +33,9 @@ pub struct Poller {
     signals: Arc<Signals>,
 }
 
+/// The pause between rounds while storage is failing.
+const FAULT_PAUSE: Duration = Duration::from_secs(1);
+
 /// The longest the loop sleeps without looking again.
 const MAX_IDLE: Duration = Duration::from_secs(5);
 
@@ -44,6 +47,10 @@ impl Poller {
     /// One round: claim what is due and affordable, handle it, write the results.
     pub async fn step(&self) -> Result<StepReport, StoreError> {
         let lc = &self.lifecycle;
+        if lc.store.current_fault().is_some() {
+            // Nothing upstream does now could be stored: no generate call, no poll.
+            return Ok(StepReport::default());
+        }
         let now = lc.clock.now();
         let lease_until = after(now, lc.settings.lease);
         let budgets = lc.upstream.budgets();
@@ -114,7 +121,8 @@ impl Poller {
         match lc.submit(&mut job).await {
             Submission::Accepted => {
                 tracing::info!(job_id = %job.id, agent_id = job.agent_id.as_deref().unwrap_or(""), "submitted upstream");
-                lc.store.save_job(&job).await?;
+                // The agent exists now: its id must be stored, or a later try would make another.
+                crate::lifecycle::land(&self.signals, &job, || lc.store.save_job(&job)).await?;
                 Ok(JobOutcome::touched())
             }
             Submission::Deferred(error) => {
@@ -197,7 +205,10 @@ impl Poller {
     pub async fn run(self) {
         self.signals.set_poller_running(true);
         while !self.signals.is_shutting_down() {
-            let pause = match self.step().await {
+            let step = self.step().await;
+            let pause = match step {
+                // Storage is failing (its tracker logs that once): look again in a while.
+                _ if self.lifecycle.store.current_fault().is_some() => FAULT_PAUSE,
                 Ok(report) if report.submitted + report.polled > 0 => Duration::ZERO,
                 Ok(_) => self.idle_for().await.unwrap_or(MAX_IDLE),
                 Err(error) => {

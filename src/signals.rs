@@ -12,6 +12,8 @@ pub struct Signals {
     pub delivery_wake: Notify,
     /// Only shutdown: housekeeping sleeps between sweeps.
     pub maintenance_wake: Notify,
+    /// Whoever waits in [`Signals::shutdown_started`].
+    shutdown_wake: Notify,
     shutting_down: AtomicBool,
     poller_running: AtomicBool,
     delivery_running: AtomicBool,
@@ -23,6 +25,17 @@ impl Signals {
         self.poller_wake.notify_waiters();
         self.delivery_wake.notify_waiters();
         self.maintenance_wake.notify_waiters();
+        self.shutdown_wake.notify_waiters();
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutdown_started(&self) {
+        let wake = self.shutdown_wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        if !self.is_shutting_down() {
+            wake.await;
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -196,8 +196,18 @@ impl ResponseError for ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// Storage that cannot answer is the service being unavailable (a full disk, a lost
+    /// database): `503` with what is wrong, retryable. Nothing was written (every write is
+    /// whole or absent); the health tracker logs the failure once, not per request.
     fn from(e: StoreError) -> Self {
-        ApiError::internal(&e)
+        match e {
+            StoreError::Unavailable(_) => {
+                let mut error = ApiError::unavailable(e.to_string());
+                error.retry_after = Some(5);
+                error
+            }
+            StoreError::Corrupt(_) => ApiError::internal(&e),
+        }
     }
 }
 

@@ -38,6 +38,11 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     if state.signals.is_shutting_down() {
         return Err(ApiError::unavailable("shutting down"));
     }
+    if let Some(fault) = state.store.current_fault() {
+        return Err(ApiError::unavailable(format!(
+            "storage unavailable: {fault}"
+        )));
+    }
     if !state.store.is_healthy().await {
         return Err(ApiError::unavailable("storage is not available"));
     }

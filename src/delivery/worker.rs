@@ -133,6 +133,10 @@ impl DeliveryWorker {
     async fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
         let inner = &self.inner;
         let mut started = Vec::new();
+        if inner.store.current_fault().is_some() {
+            // An attempt whose record cannot be written would only be sent again: wait.
+            return Ok(started);
+        }
         for (queue, slots) in [
             (DeliveryQueue::Fresh, &inner.fresh_slots),
             (DeliveryQueue::Retry, &inner.retry_slots),
@@ -515,7 +519,10 @@ impl DeliveryWorker {
         let signals = self.inner.signals.clone();
         signals.set_delivery_running(true);
         while !signals.is_shutting_down() {
-            let pause = match self.dispatch().await {
+            let dispatched = self.dispatch().await;
+            let pause = match dispatched {
+                // Storage is failing (its tracker logs that once): look again in a while.
+                _ if self.inner.store.current_fault().is_some() => Duration::from_secs(1),
                 Ok(_) => self.idle_for().await,
                 Err(error) => {
                     tracing::error!(%error, "delivery dispatch failed");

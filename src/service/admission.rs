@@ -9,7 +9,9 @@ use crate::api::{ApiError, AppState};
 use crate::clock::after;
 use crate::domain::{Job, Tenant};
 use crate::lifecycle::Submission;
-use crate::store::{Admission, IdempotencyKey, IdempotentResponse, IDEMPOTENCY_TTL};
+use crate::store::{
+    Admission, IdempotencyKey, IdempotentResponse, KeyHold, StoreError, IDEMPOTENCY_TTL,
+};
 
 /// A generate request, validated: agenthook's own fields split from the upstream's.
 #[derive(Debug)]
@@ -46,6 +48,15 @@ pub type Render = fn(&Job) -> IdempotentResponse;
 /// job tracks. Upstream usually answers sooner: then the job is written once, accepted.
 pub const HOLD_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How long a request waits for its job to be stored once upstream has accepted it and a
+/// first write failed, before answering 503 (the write goes on in the background).
+pub const LAND_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `503 UNAVAILABLE` for failing storage, saying what fails.
+pub fn storage_unavailable(fault: &str) -> ApiError {
+    ApiError::from(StoreError::Unavailable(fault.to_owned()))
+}
+
 /// Settle the idempotency key, submit the job upstream, store the outcome with the answer
 /// its key replays, durably, and answer.
 pub async fn admit(
@@ -56,6 +67,10 @@ pub async fn admit(
     mode: Mode,
     render: Render,
 ) -> Result<Answer, ApiError> {
+    if let Some(fault) = state.store.current_fault() {
+        // Refused before upstream hears of it: a job that cannot be stored must not exist there.
+        return Err(storage_unavailable(&fault));
+    }
     let now = state.clock.now();
     let mut job = Job::new(tenant, spec.upstream, spec.callback_url, spec.metadata, now);
     // If the job has to be held: the poller takes it over then, should we die meanwhile.
@@ -86,9 +101,7 @@ pub async fn admit(
     };
     // From here on the job is upstream's business too: finish even if the client goes away.
     let finished = actix_web::rt::spawn(async move {
-        let answer = submit_and_store(&state, job, key, mode, render).await;
-        drop(hold);
-        answer
+        submit_and_store(&state, job, key, mode, render, hold).await
     });
     match finished.await {
         Ok(answer) => answer.map(Answer::Fresh),
@@ -97,11 +110,12 @@ pub async fn admit(
 }
 
 async fn submit_and_store(
-    state: &AppState,
+    state: &Arc<AppState>,
     mut job: Job,
     key: Option<IdempotencyKey>,
     mode: Mode,
     render: Render,
+    hold: KeyHold,
 ) -> Result<IdempotentResponse, ApiError> {
     let now = job.created_at;
     let pending = job.clone();
@@ -112,8 +126,9 @@ async fn submit_and_store(
         tokio::select! {
             submission = &mut submit => submission,
             _ = tokio::time::sleep(HOLD_AFTER) => {
-                state.store.hold_job(&pending, key.as_ref()).await?;
-                held = true;
+                // If storage fails here, upstream is still asked (the request is out): what it
+                // answers is stored below, tried until it lands.
+                held = state.store.hold_job(&pending, key.as_ref()).await.is_ok();
                 submit.await
             }
         }
@@ -163,10 +178,46 @@ async fn submit_and_store(
     }
     let response = render(&job);
     let id = job.id.clone();
-    let saved = state
+    let idempotency = key.map(|k| (k, response.clone()));
+    let saved = match state
         .store
-        .accept_job(job, held, key.map(|k| (k, response.clone())))
-        .await?;
+        .accept_job(job.clone(), held, idempotency.clone())
+        .await
+    {
+        Err(StoreError::Unavailable(fault)) if job.agent_id.is_some() => {
+            // Upstream made an agent for this job: it is stored whatever it takes (see `land`),
+            // the key held meanwhile so a retry of the request cannot make a second one.
+            let landing = {
+                let state = Arc::clone(state);
+                tokio::spawn(async move {
+                    let saved = crate::lifecycle::land(&state.signals, &job, || {
+                        state
+                            .store
+                            .accept_job(job.clone(), held, idempotency.clone())
+                    })
+                    .await;
+                    drop(hold);
+                    if matches!(saved, Ok(true)) {
+                        state.signals.poller_wake.notify_one();
+                    }
+                    saved
+                })
+            };
+            match tokio::time::timeout(LAND_WAIT, landing).await {
+                Ok(Ok(saved)) => saved?,
+                Ok(Err(join)) => return Err(ApiError::internal(&join)),
+                Err(_) => {
+                    let mut e = storage_unavailable(&fault);
+                    e.message = format!(
+                        "{}; job {id} was accepted upstream and will be stored as soon as storage                          works again (retry with the same Idempotency-Key to get its answer)",
+                        e.message
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        other => other?,
+    };
     if saved {
         state.signals.poller_wake.notify_one();
     } else {

@@ -15,6 +15,7 @@
 //! The embedded backend is sled ([`sled`], one process per directory). Nothing outside that
 //! folder names sled (`.ci/run` checks).
 
+pub mod health;
 mod sled;
 
 pub use self::sled::{delivery_record_len, SledStore};
@@ -43,6 +44,16 @@ pub fn open(settings: &crate::config::StorageSettings) -> Result<Store> {
         &settings.path,
         settings.cache_bytes,
     )?))
+}
+
+/// Open the configured backend with its results watched by a [`health::Health`], which the
+/// service reads for `/readyz` and job admission.
+pub fn open_watched(
+    settings: &crate::config::StorageSettings,
+) -> Result<(Store, Arc<health::Health>)> {
+    let health = health::Health::new();
+    let store = Arc::new(health::Watched::new(open(settings)?, health.clone()));
+    Ok((store, health))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -441,6 +452,65 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
 
     /// Make everything written so far durable and let go of the backend (shutdown).
     async fn close(&self) -> Result<()>;
+
+    // --- Retention and storage faults ---
+
+    /// Delete finished jobs (ready, failed, cancelled) that ended before `cutoff`, each with its
+    /// events, its deliveries and their attempts, and every index and listing entry, in one
+    /// write: at most `limit` jobs, looking at jobs created after the cursor `after` (the
+    /// report's `next`; `None`: from the oldest). Pending work is never deleted: a job still
+    /// submitting or processing, or with a delivery still pending, stays whatever its age.
+    async fn purge_finished_before(
+        &self,
+        cutoff: Timestamp,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<PurgeReport>;
+
+    /// What is stored, for `/metrics`: records of each kind and the bytes on disk. It may scan
+    /// (housekeeping calls it now and then, a scrape only reads the gauges it sets).
+    async fn stored_totals(&self) -> Result<StoredTotals>;
+
+    /// Whether a write would land now, found with a small durable write (or the backend's
+    /// equivalent). `Err` while storage still fails; [`Writable::AfterRestart`] when the medium
+    /// works again but this backend only recovers in a fresh process.
+    async fn check_writable(&self) -> Result<Writable>;
+
+    /// The storage failure in progress, as a health tracker wrapped around the backend sees it
+    /// (see [`health`]); a backend alone answers `None`.
+    fn current_fault(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What one [`Storage::purge_finished_before`] call deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub jobs: usize,
+    pub deliveries: usize,
+    /// Where the next call goes on from; `None` once every job that could have ended before
+    /// the cutoff has been looked at.
+    pub next: Option<JobId>,
+}
+
+/// Stored records and the space they take, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredTotals {
+    pub jobs: u64,
+    pub deliveries: u64,
+    pub events: u64,
+    /// What the data takes on disk (sled: its files; a database: its tables).
+    pub bytes: u64,
+}
+
+/// What [`Storage::check_writable`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writable {
+    /// Writes land again.
+    Yes,
+    /// The medium takes writes again, but this backend keeps its error until it is reopened in
+    /// a fresh process: the service drains and exits non-zero for its supervisor.
+    AfterRestart,
 }
 
 /// The enabled subscriptions of a tenant that want this event type.

@@ -13,7 +13,7 @@ use agenthook::domain::{
 };
 use agenthook::store::{
     Admission, Cancellation, DeliveryQueue, DeliveryUpdate, IdempotencyKey, IdempotentResponse,
-    Store, WorkKind,
+    PurgeReport, Store, WorkKind, Writable,
 };
 use serde_json::{json, Map};
 
@@ -596,6 +596,205 @@ pub async fn a_dead_letter_retried_by_hand_is_queued_again(store: Store) {
     );
 }
 
+/// A job of `owner` created and accepted at `at`, ended (ready) at `at` with a delivery to its
+/// callback and one to `sub`, in `states`.
+async fn finished_job(
+    store: &Store,
+    owner: &Tenant,
+    sub: &Subscription,
+    at: Timestamp,
+    states: [DeliveryState; 2],
+) -> (Job, Vec<Delivery>) {
+    let job = stored_job(store, owner, at).await;
+    let done = ready(&job, at);
+    let event = Event::for_job(&done, at).expect("a ready job has an event");
+    let mut fan_out = vec![
+        Delivery::new(
+            &event,
+            Some(job.id.clone()),
+            Destination::Callback {
+                url: "http://127.0.0.1:9/cb".into(),
+            },
+            at,
+        ),
+        Delivery::new(
+            &event,
+            Some(job.id.clone()),
+            Destination::subscription(sub),
+            at,
+        ),
+    ];
+    for (delivery, state) in fan_out.iter_mut().zip(states) {
+        delivery.state = state;
+        if state != DeliveryState::Pending {
+            delivery.next_attempt_at = None;
+        }
+    }
+    assert!(store.complete_job(&done, fan_out.clone()).await.unwrap());
+    (done, fan_out)
+}
+
+/// Purge everything that ended before `cutoff`, `limit` jobs per call; the calls' reports.
+async fn purge_all(store: &Store, cutoff: Timestamp, limit: usize) -> Vec<PurgeReport> {
+    let mut reports = Vec::new();
+    let mut after = None;
+    loop {
+        let report = store
+            .purge_finished_before(cutoff, after.as_ref(), limit)
+            .await
+            .unwrap();
+        after = report.next.clone();
+        reports.push(report);
+        if after.is_none() {
+            return reports;
+        }
+        assert!(reports.len() < 1000, "the cursor does not move on");
+    }
+}
+
+pub async fn retention_deletes_a_finished_job_with_all_it_caused_and_keeps_pending_work(
+    store: Store,
+) {
+    let acme = tenant("acme");
+    let sub = subscription(&acme, "http://127.0.0.1:9/sub");
+    store.save_subscription(&sub).await.unwrap();
+    let t = now();
+    let old = t - chrono::Duration::days(10);
+    use DeliveryState::{Failed, Pending, Succeeded};
+    // Ended long ago: a delivered callback and a dead letter.
+    let (gone, gone_deliveries) = finished_job(&store, &acme, &sub, old, [Succeeded, Failed]).await;
+    // Ended long ago, but a delivery is still being retried: pending work.
+    let (retrying, _) = finished_job(&store, &acme, &sub, old, [Succeeded, Pending]).await;
+    // Created long ago and still processing.
+    let processing = stored_job(&store, &acme, old).await;
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    // Ended just now.
+    let (recent, _) = finished_job(&store, &acme, &sub, t, [Succeeded, Failed]).await;
+    let counts_before = store.counts().await.unwrap();
+    let totals_before = store.stored_totals().await.unwrap();
+    assert!(totals_before.bytes > 0, "the data takes room on disk");
+
+    let reports = purge_all(&store, t - chrono::Duration::days(1), 100).await;
+    let jobs: usize = reports.iter().map(|r| r.jobs).sum();
+    let deliveries: usize = reports.iter().map(|r| r.deliveries).sum();
+    assert_eq!(
+        (jobs, deliveries),
+        (1, 2),
+        "one job and both its deliveries"
+    );
+
+    // Gone from every read, listing and index.
+    assert!(store.job(&acme, &gone.id).await.unwrap().is_none());
+    assert!(store.job_by_id(&gone.id).await.unwrap().is_none());
+    assert!(store
+        .job_by_agent(gone.agent_id.as_deref().unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.deliveries_of_job(&gone.id).await.unwrap().is_empty());
+    for d in &gone_deliveries {
+        assert!(store.delivery(&acme, &d.id).await.unwrap().is_none());
+    }
+    let listed: Vec<_> = store
+        .list_jobs(&acme, None, None, 100)
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert!(!listed.contains(&gone.id));
+    for kept in [&retrying.id, &processing.id, &recent.id] {
+        assert!(listed.contains(kept), "{kept} is listed still");
+    }
+    let ready_listed = store
+        .list_jobs(&acme, Some(JobStatus::Ready), None, 100)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(ready_listed.len(), 2, "the retrying job and the recent one");
+    let gone_ids: HashSet<_> = gone_deliveries.iter().map(|d| d.id.clone()).collect();
+    let listed_deliveries = store
+        .list_deliveries(&acme, None, None, 100)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(
+        listed_deliveries.len(),
+        4,
+        "the other jobs' deliveries stay"
+    );
+    assert!(listed_deliveries.iter().all(|d| !gone_ids.contains(&d.id)));
+    let dead_letters = store
+        .list_deliveries(&acme, Some(DeliveryState::Failed), None, 100)
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(dead_letters.len(), 1, "only the recent job's dead letter");
+    let to_sub = store.deliveries_of_subscription(&sub.id).await.unwrap();
+    assert_eq!(to_sub.len(), 2);
+    assert!(to_sub.iter().all(|d| !gone_ids.contains(&d.id)));
+
+    // Pending work untouched, and still due.
+    assert_eq!(
+        store.deliveries_of_job(&retrying.id).await.unwrap().len(),
+        2
+    );
+    assert_eq!(
+        store
+            .job_by_id(&processing.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        JobStatus::Processing
+    );
+    assert_eq!(store.counts().await.unwrap(), counts_before);
+    let due = store
+        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "the retrying delivery is still queued");
+    assert_eq!(due[0].delivery.job_id.as_ref(), Some(&retrying.id));
+    drop(due);
+
+    let totals_after = store.stored_totals().await.unwrap();
+    assert_eq!(totals_after.jobs, totals_before.jobs - 1);
+    assert_eq!(totals_after.deliveries, totals_before.deliveries - 2);
+    assert_eq!(totals_after.events, totals_before.events - 1);
+
+    // A second pass finds nothing more.
+    let again = purge_all(&store, t - chrono::Duration::days(1), 100).await;
+    assert_eq!(again.iter().map(|r| r.jobs).sum::<usize>(), 0);
+}
+
+pub async fn retention_goes_in_batches_and_its_cursor_reaches_every_job(store: Store) {
+    let acme = tenant("acme");
+    let sub = subscription(&acme, "http://127.0.0.1:9/sub");
+    store.save_subscription(&sub).await.unwrap();
+    let old = now() - chrono::Duration::days(40);
+    use DeliveryState::{Failed, Succeeded};
+    for _ in 0..7 {
+        finished_job(&store, &acme, &sub, old, [Succeeded, Failed]).await;
+    }
+    let reports = purge_all(&store, now() - chrono::Duration::days(30), 3).await;
+    assert!(reports.iter().all(|r| r.jobs <= 3), "{reports:?}");
+    assert_eq!(reports.iter().map(|r| r.jobs).sum::<usize>(), 7);
+    assert_eq!(reports.iter().map(|r| r.deliveries).sum::<usize>(), 14);
+    assert!(store
+        .list_jobs(&acme, None, None, 100)
+        .await
+        .unwrap()
+        .jobs
+        .is_empty());
+    assert_eq!(store.stored_totals().await.unwrap().jobs, 0);
+}
+
+pub async fn a_store_that_works_says_it_takes_writes(store: Store) {
+    assert_eq!(store.check_writable().await.unwrap(), Writable::Yes);
+    assert_eq!(store.current_fault(), None);
+}
+
 /// Run one conformance test against a fresh store of a backend.
 pub async fn with_store<F, Fut>(make: fn() -> Fixture, test: F)
 where
@@ -621,6 +820,9 @@ macro_rules! conformance {
                 pages_are_newest_first_and_cursors_cover_everything_once,
                 every_read_and_change_is_scoped_to_its_tenant,
                 a_dead_letter_retried_by_hand_is_queued_again,
+                retention_deletes_a_finished_job_with_all_it_caused_and_keeps_pending_work,
+                retention_goes_in_batches_and_its_cursor_reaches_every_job,
+                a_store_that_works_says_it_takes_writes,
             );
         }
     };

@@ -11,8 +11,8 @@ use crate::domain::{
 };
 use crate::store::{
     Admission, Cancellation, Claimed, Counts, DeliveryChange, DeliveryPage, DeliveryQueue,
-    DeliveryUpdate, IdempotencyKey, IdempotentResponse, JobPage, Recorded, SecretsChange, Storage,
-    SubscriptionChange, WorkKind,
+    DeliveryUpdate, IdempotencyKey, IdempotentResponse, JobPage, PurgeReport, Recorded,
+    SecretsChange, Storage, StoredTotals, SubscriptionChange, WorkKind, Writable,
 };
 
 impl SledStore {
@@ -296,5 +296,22 @@ impl Storage for SledStore {
 
     async fn close(&self) -> Result<()> {
         self.writer.flush().await
+    }
+
+    async fn purge_finished_before(
+        &self,
+        cutoff: Timestamp,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<PurgeReport> {
+        self.purge_finished(cutoff, after.cloned(), limit).await
+    }
+
+    async fn stored_totals(&self) -> Result<StoredTotals> {
+        self.blocking(|s| s.totals()).await
+    }
+
+    async fn check_writable(&self) -> Result<Writable> {
+        self.probe_writable().await
     }
 }

@@ -28,6 +28,7 @@ mod deliveries;
 mod jobs;
 mod keys;
 mod record;
+mod retention;
 mod subscriptions;
 mod writer;
 
@@ -67,6 +68,8 @@ pub struct SledStore {
     secret_cache: cache::ReadCache<SecretSet>,
     /// Entries of the two queues, for metrics (see `counts`).
     counts: counts::QueueCounts,
+    /// The database's directory (probed when sled refuses writes, see `retention`).
+    path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -113,6 +116,7 @@ impl SledStore {
             claims: deliveries::Claims::default(),
             subscription_cache: cache::ReadCache::default(),
             secret_cache: cache::ReadCache::default(),
+            path: path.to_path_buf(),
             db,
         })
     }

@@ -1,0 +1,414 @@
+//! Storage health, seen from every result the store gives: [`Watched`] wraps a backend and
+//! feeds each outcome to [`Health`], which knows whether storage is failing and why.
+//!
+//! - A store call that fails as [`StoreError::Unavailable`] (a full disk, an I/O error, a lost
+//!   database) marks storage failing: one error line, `agenthook_storage_healthy` 0, `/readyz`
+//!   503, and new jobs refused before anything is sent upstream.
+//! - A write that lands marks it healthy again (one info line). While storage is failing,
+//!   [`Health::watch`] asks the backend every second whether a write would land
+//!   ([`Storage::check_writable`]); while it is healthy, every few seconds, so an idle service
+//!   notices a full disk too.
+//! - A backend that cannot recover in place (sled keeps an I/O error until it is reopened)
+//!   answers [`Writable::AfterRestart`] once the medium takes writes again: the service then
+//!   drains and exits non-zero, for its supervisor to start it afresh.
+//!
+//! Reads that succeed say nothing: a full disk still reads.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+
+/// How often a healthy store is probed with a write.
+const PROBE_WHILE_HEALTHY: Duration = Duration::from_secs(5);
+/// How often a failing store is probed.
+const PROBE_WHILE_FAILING: Duration = Duration::from_secs(1);
+
+/// Whether storage works, and what is wrong when it does not.
+#[derive(Debug, Default)]
+pub struct Health {
+    fault: Mutex<Option<String>>,
+    restart: AtomicBool,
+    /// Wakes the watcher when storage starts failing.
+    failed: tokio::sync::Notify,
+    /// Wakes whoever waits for [`Health::restart_needed`].
+    restart_wake: tokio::sync::Notify,
+}
+
+impl Health {
+    pub fn new() -> Arc<Health> {
+        metrics::gauge!("agenthook_storage_healthy").set(1.0);
+        Arc::new(Health::default())
+    }
+
+    /// The failure in progress, if storage is failing.
+    pub fn fault(&self) -> Option<String> {
+        self.lock().clone()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.lock().is_none()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Storage failed with `message`: logged once, when it starts.
+    pub fn failing(&self, message: &str) {
+        let mut fault = self.lock();
+        if fault.is_none() {
+            tracing::error!(error = %message, "storage is failing: new jobs are refused and /readyz answers 503 until it works again");
+            metrics::gauge!("agenthook_storage_healthy").set(0.0);
+            *fault = Some(message.to_owned());
+            self.failed.notify_one();
+        }
+    }
+
+    /// A write landed: logged once, when storage heals.
+    pub fn working(&self) {
+        let mut fault = self.lock();
+        if let Some(was) = fault.take() {
+            tracing::info!(was = %was, "storage works again");
+            metrics::gauge!("agenthook_storage_healthy").set(1.0);
+        }
+    }
+
+    /// Feed a store result; `write` says whether it was a write (only a write proves health).
+    pub fn observe<T>(&self, result: &Result<T>, write: bool) {
+        match result {
+            Err(StoreError::Unavailable(message)) => self.failing(message),
+            Ok(_) if write => self.working(),
+            _ => {}
+        }
+    }
+
+    /// Whether the backend asked for a fresh process to recover.
+    pub fn restart_needed(&self) -> bool {
+        self.restart.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the backend asks for a fresh process.
+    pub async fn wait_for_restart(&self) {
+        loop {
+            let wake = self.restart_wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if self.restart_needed() {
+                return;
+            }
+            wake.await;
+        }
+    }
+
+    /// Probe the store until `stop` resolves: every second while it fails, every few seconds
+    /// while it works.
+    pub async fn watch(self: Arc<Self>, store: Store, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let every = if self.is_healthy() {
+                PROBE_WHILE_HEALTHY
+            } else {
+                PROBE_WHILE_FAILING
+            };
+            let failed = self.failed.notified();
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(every) => {}
+                // Just failed: the next probe is a second away, not a full healthy period.
+                _ = failed => { tokio::time::sleep(PROBE_WHILE_FAILING).await; }
+            }
+            if self.restart_needed() {
+                continue;
+            }
+            match store.check_writable().await {
+                Ok(Writable::Yes) => self.working(),
+                Ok(Writable::AfterRestart) => {
+                    tracing::warn!("storage takes writes again, but this backend recovers only when reopened: draining and exiting for the supervisor to restart the service");
+                    self.restart.store(true, Ordering::SeqCst);
+                    self.restart_wake.notify_waiters();
+                }
+                Err(StoreError::Unavailable(message)) => self.failing(&message),
+                Err(error) => tracing::warn!(%error, "storage write probe failed"),
+            }
+        }
+    }
+}
+
+/// A backend with its results fed to a [`Health`].
+#[derive(Debug)]
+pub struct Watched {
+    inner: Store,
+    health: Arc<Health>,
+}
+
+impl Watched {
+    pub fn new(inner: Store, health: Arc<Health>) -> Watched {
+        Watched { inner, health }
+    }
+
+    fn read<T>(&self, result: Result<T>) -> Result<T> {
+        self.health.observe(&result, false);
+        result
+    }
+
+    fn write<T>(&self, result: Result<T>) -> Result<T> {
+        self.health.observe(&result, true);
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for Watched {
+    async fn begin_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyKey>,
+        key_ttl: std::time::Duration,
+    ) -> Result<Admission> {
+        self.read(self.inner.begin_job(job, idempotency, key_ttl).await)
+    }
+
+    async fn hold_job(&self, job: &Job, idempotency: Option<&IdempotencyKey>) -> Result<()> {
+        self.write(self.inner.hold_job(job, idempotency).await)
+    }
+
+    async fn accept_job(
+        &self,
+        job: Job,
+        held: bool,
+        idempotency: Option<(IdempotencyKey, IdempotentResponse)>,
+    ) -> Result<bool> {
+        self.write(self.inner.accept_job(job, held, idempotency).await)
+    }
+
+    async fn refuse_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyKey>,
+        response: Option<&IdempotentResponse>,
+    ) -> Result<()> {
+        self.write(self.inner.refuse_job(job, idempotency, response).await)
+    }
+
+    async fn save_job(&self, job: &Job) -> Result<bool> {
+        self.write(self.inner.save_job(job).await)
+    }
+
+    async fn complete_job(&self, job: &Job, deliveries: Vec<Delivery>) -> Result<bool> {
+        self.write(self.inner.complete_job(job, deliveries).await)
+    }
+
+    async fn cancel_job(
+        &self,
+        tenant: &Tenant,
+        id: &JobId,
+        now: Timestamp,
+    ) -> Result<Cancellation> {
+        self.write(self.inner.cancel_job(tenant, id, now).await)
+    }
+
+    async fn job(&self, tenant: &Tenant, id: &JobId) -> Result<Option<Job>> {
+        self.read(self.inner.job(tenant, id).await)
+    }
+
+    async fn job_by_id(&self, id: &JobId) -> Result<Option<Job>> {
+        self.read(self.inner.job_by_id(id).await)
+    }
+
+    async fn job_by_agent(&self, agent_id: &str) -> Result<Option<Job>> {
+        self.read(self.inner.job_by_agent(agent_id).await)
+    }
+
+    async fn list_jobs(
+        &self,
+        tenant: &Tenant,
+        status: Option<JobStatus>,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<JobPage> {
+        self.read(self.inner.list_jobs(tenant, status, after, limit).await)
+    }
+
+    async fn purge_idempotency(
+        &self,
+        now: Timestamp,
+        ttl: std::time::Duration,
+        limit: usize,
+    ) -> Result<usize> {
+        self.write(self.inner.purge_idempotency(now, ttl, limit).await)
+    }
+
+    async fn claim_due_jobs(
+        &self,
+        kind: WorkKind,
+        now: Timestamp,
+        limit: usize,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Job>> {
+        self.write(
+            self.inner
+                .claim_due_jobs(kind, now, limit, lease_until)
+                .await,
+        )
+    }
+
+    async fn next_due_at(&self, kind: WorkKind) -> Result<Option<Timestamp>> {
+        self.read(self.inner.next_due_at(kind).await)
+    }
+
+    async fn count_due(&self, kind: WorkKind, now: Timestamp, cap: usize) -> Result<usize> {
+        self.read(self.inner.count_due(kind, now, cap).await)
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        queue: DeliveryQueue,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        // A delivery claim writes nothing in every backend we have: a read.
+        self.read(self.inner.claim_due_deliveries(queue, now, limit).await)
+    }
+
+    async fn next_delivery_due_at(&self, queue: DeliveryQueue) -> Result<Option<Timestamp>> {
+        self.read(self.inner.next_delivery_due_at(queue).await)
+    }
+
+    async fn insert_deliveries(&self, deliveries: Vec<Delivery>) -> Result<()> {
+        self.write(self.inner.insert_deliveries(deliveries).await)
+    }
+
+    async fn update_claimed(
+        &self,
+        claim: Claimed,
+        change: DeliveryChange,
+    ) -> Result<Option<Recorded>> {
+        self.write(self.inner.update_claimed(claim, change).await)
+    }
+
+    async fn update_delivery(
+        &self,
+        tenant: &Tenant,
+        id: &DeliveryId,
+        change: DeliveryChange,
+    ) -> Result<DeliveryUpdate> {
+        self.write(self.inner.update_delivery(tenant, id, change).await)
+    }
+
+    async fn delivery(&self, tenant: &Tenant, id: &DeliveryId) -> Result<Option<Delivery>> {
+        self.read(self.inner.delivery(tenant, id).await)
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant: &Tenant,
+        state: Option<DeliveryState>,
+        after: Option<&DeliveryId>,
+        limit: usize,
+    ) -> Result<DeliveryPage> {
+        self.read(
+            self.inner
+                .list_deliveries(tenant, state, after, limit)
+                .await,
+        )
+    }
+
+    async fn deliveries_of_job(&self, job: &JobId) -> Result<Vec<Delivery>> {
+        self.read(self.inner.deliveries_of_job(job).await)
+    }
+
+    async fn deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>> {
+        self.read(self.inner.deliveries_of_subscription(sub).await)
+    }
+
+    async fn save_subscription(&self, sub: &Subscription) -> Result<()> {
+        self.write(self.inner.save_subscription(sub).await)
+    }
+
+    async fn subscription(
+        &self,
+        tenant: &Tenant,
+        id: &SubscriptionId,
+    ) -> Result<Option<Subscription>> {
+        self.read(self.inner.subscription(tenant, id).await)
+    }
+
+    async fn list_subscriptions(&self, tenant: &Tenant) -> Result<Vec<Subscription>> {
+        self.read(self.inner.list_subscriptions(tenant).await)
+    }
+
+    async fn delete_subscription(&self, tenant: &Tenant, id: &SubscriptionId) -> Result<bool> {
+        self.write(self.inner.delete_subscription(tenant, id).await)
+    }
+
+    async fn update_subscription(
+        &self,
+        id: &SubscriptionId,
+        change: SubscriptionChange,
+    ) -> Result<Option<Subscription>> {
+        self.write(self.inner.update_subscription(id, change).await)
+    }
+
+    async fn callback_secrets(
+        &self,
+        tenant: &Tenant,
+        generate: fn() -> String,
+    ) -> Result<SecretSet> {
+        self.read(self.inner.callback_secrets(tenant, generate).await)
+    }
+
+    async fn update_callback_secrets(
+        &self,
+        tenant: &Tenant,
+        change: SecretsChange,
+    ) -> Result<Option<SecretSet>> {
+        self.write(self.inner.update_callback_secrets(tenant, change).await)
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        self.inner.counts().await
+    }
+
+    async fn is_healthy(&self) -> bool {
+        self.health.is_healthy() && self.inner.is_healthy().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+
+    async fn purge_finished_before(
+        &self,
+        cutoff: Timestamp,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<PurgeReport> {
+        let result = self.inner.purge_finished_before(cutoff, after, limit).await;
+        // A purge that found nothing to delete wrote nothing: it proves nothing either way.
+        match &result {
+            Ok(report) if report.jobs == 0 => {}
+            _ => self.health.observe(&result, true),
+        }
+        result
+    }
+
+    async fn stored_totals(&self) -> Result<StoredTotals> {
+        self.inner.stored_totals().await
+    }
+
+    async fn check_writable(&self) -> Result<Writable> {
+        let result = self.inner.check_writable().await;
+        match &result {
+            Ok(Writable::Yes) => self.health.working(),
+            Err(StoreError::Unavailable(message)) => self.health.failing(message),
+            _ => {}
+        }
+        result
+    }
+
+    fn current_fault(&self) -> Option<String> {
+        self.health.fault()
+    }
+}

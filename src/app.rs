@@ -64,12 +64,19 @@ pub struct Services {
 
 impl Services {
     pub fn build(settings: Settings, clock: SharedClock) -> Result<Services, StartError> {
-        let (store, health) = crate::store::open_watched(&settings.storage).map_err(|source| {
-            StartError::Storage {
+        let store =
+            crate::store::open(&settings.storage).map_err(|source| StartError::Storage {
                 path: settings.storage.path.display().to_string(),
                 source,
-            }
-        })?;
+            })?;
+        Ok(Services::with_store(settings, clock, store))
+    }
+
+    /// The services on a store opened elsewhere (a test wraps one that fails on demand). Its
+    /// results are watched by a [`Health`], as those of the store `build` opens.
+    pub fn with_store(settings: Settings, clock: SharedClock, store: Store) -> Services {
+        let health = Health::new();
+        let store: Store = Arc::new(crate::store::health::Watched::new(store, health.clone()));
         let budgets = Arc::new(Budgets::new(
             settings.upstream.generate_per_minute,
             settings.upstream.read_per_minute,
@@ -88,14 +95,14 @@ impl Services {
             clock: clock.clone(),
             settings: settings.poller.clone(),
         };
-        Ok(Services {
+        Services {
             store,
             health,
             lifecycle,
             signals: Arc::new(Signals::default()),
             clock,
             settings: Arc::new(settings),
-        })
+        }
     }
 
     pub fn poller(&self) -> Poller {
@@ -230,14 +237,14 @@ impl Application {
                 tracing::warn!("a worker did not stop within the grace period");
             }
         }
-        self.store
-            .close()
-            .await
-            .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
+        let closed = self.store.close().await;
         if self.health.restart_needed() {
+            // What could not be written was answered 503 or is retried by its owner; the
+            // next process opens the data as it is on disk.
             tracing::error!("stopped: storage must be reopened; exiting non-zero for the supervisor to restart the service");
             return Err(StartError::StorageNeedsRestart);
         }
+        closed.map_err(|e| StartError::Io(std::io::Error::other(e)))?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -209,7 +209,8 @@ async fn submit_and_store(
                 Err(_) => {
                     let mut e = storage_unavailable(&fault);
                     e.message = format!(
-                        "{}; job {id} was accepted upstream and will be stored as soon as storage                          works again (retry with the same Idempotency-Key to get its answer)",
+                        "{}; job {id} was accepted upstream and will be stored as soon as storage works \
+                         again (retry with the same Idempotency-Key to get its answer)",
                         e.message
                     );
                     return Err(e);

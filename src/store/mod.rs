@@ -46,16 +46,6 @@ pub fn open(settings: &crate::config::StorageSettings) -> Result<Store> {
     )?))
 }
 
-/// Open the configured backend with its results watched by a [`health::Health`], which the
-/// service reads for `/readyz` and job admission.
-pub fn open_watched(
-    settings: &crate::config::StorageSettings,
-) -> Result<(Store, Arc<health::Health>)> {
-    let health = health::Health::new();
-    let store = Arc::new(health::Watched::new(open(settings)?, health.clone()));
-    Ok((store, health))
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The backend failed (I/O, a lost connection, a full disk): the operation did not happen.

@@ -18,4 +18,5 @@ mod operations;
 mod restart;
 mod scheduler;
 mod service;
+mod storage_faults;
 mod store_conformance;

@@ -42,7 +42,22 @@ use crate::domain::{SecretSet, Subscription};
 
 impl From<sled::Error> for StoreError {
     fn from(error: sled::Error) -> Self {
-        StoreError::Unavailable(error.to_string())
+        match error {
+            // The operating system's words ("No space left on device (os error 28)"), which
+            // is what an operator reading a 503 or a log line needs.
+            sled::Error::Io(io) => StoreError::Unavailable(describe_io(&io)),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// An I/O error in plain words: sled hands some on with their debug text as the message.
+pub(crate) fn describe_io(io: &std::io::Error) -> String {
+    match io.kind() {
+        std::io::ErrorKind::StorageFull => "no space left on device".into(),
+        std::io::ErrorKind::ReadOnlyFilesystem => "read-only file system".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => io.to_string(),
     }
 }
 

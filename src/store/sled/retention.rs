@@ -163,7 +163,7 @@ impl SledStore {
                     // The directory's own answer says best what is wrong (a full disk, say).
                     Err(fs_error) => {
                         tracing::debug!(%error, "sled refused the probe write");
-                        Err(StoreError::Unavailable(fs_error.to_string()))
+                        Err(StoreError::Unavailable(super::describe_io(&fs_error)))
                     }
                 }
             }

@@ -266,7 +266,12 @@ fn round(
                 .collect(),
         };
     }
-    let flushed = db.flush().map(|_| ()).map_err(|e| e.to_string());
+    let flushed = db
+        .flush()
+        .map(|_| ())
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Unavailable(message) | StoreError::Corrupt(message) => message,
+        });
     for reply in flushes {
         let _ = reply.send(flushed.clone().map_err(flush_failed));
     }

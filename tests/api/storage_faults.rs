@@ -1,0 +1,830 @@
+//! A full or failing disk: no agent without a job, 503s that say what is wrong, `/readyz`,
+//! healing without a restart, no webhook before its outbox write, nothing lost after a restart.
+//!
+//! Two ways to make storage fail:
+//! - [`FailingDisk`]: the real sled store behind a wrapper that fails on demand as a full disk
+//!   does (`StoreError::Unavailable("no space left on device")`), writes only, reads still
+//!   answer. It injects the disk's failure; everything above it is the real service.
+//! - a real 8 MiB `tmpfs` that fills up (as root; skipped with a message where mounting is not
+//!   permitted), with sled on it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agenthook::app::{Application, Services, StartError};
+use agenthook::clock::{self, Timestamp};
+use agenthook::domain::{
+    Delivery, DeliveryId, DeliveryState, Job, JobId, JobStatus, SecretSet, Subscription,
+    SubscriptionId, Tenant,
+};
+use agenthook::sim::SimConfig;
+use agenthook::store::{
+    Admission, Cancellation, Claimed, Counts, DeliveryChange, DeliveryPage, DeliveryQueue,
+    DeliveryUpdate, IdempotencyKey, IdempotentResponse, JobPage, PurgeReport, Recorded,
+    SecretsChange, Storage, Store, StoreError, StoredTotals, SubscriptionChange, WorkKind,
+    Writable,
+};
+use serde_json::{json, Value};
+
+use crate::helpers::{fast_sim_config, spawn_sim, test_settings, KEY_A};
+use crate::receiver::Receiver;
+
+const ENOSPC: &str = "no space left on device";
+
+/// The real sled store, with a disk that can be made to refuse writes.
+#[derive(Debug)]
+struct FailingDisk {
+    inner: Store,
+    /// Every write fails while set.
+    full: AtomicBool,
+    /// Only the writes that store a job upstream accepted fail while set.
+    full_for_accepts: AtomicBool,
+    /// The next this many attempt records fail.
+    failing_attempt_records: AtomicUsize,
+    /// Writes tried (failed or not) and claims made, to see that nothing spins.
+    writes: AtomicUsize,
+    claims: AtomicUsize,
+}
+
+impl FailingDisk {
+    fn new(inner: Store) -> Arc<FailingDisk> {
+        Arc::new(FailingDisk {
+            inner,
+            full: AtomicBool::new(false),
+            full_for_accepts: AtomicBool::new(false),
+            failing_attempt_records: AtomicUsize::new(0),
+            writes: AtomicUsize::new(0),
+            claims: AtomicUsize::new(0),
+        })
+    }
+
+    fn fill(&self, full: bool) {
+        self.full.store(full, Ordering::SeqCst);
+    }
+
+    fn write(&self) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if self.full.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(ENOSPC.into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for FailingDisk {
+    async fn begin_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyKey>,
+        key_ttl: Duration,
+    ) -> Result<Admission, StoreError> {
+        self.inner.begin_job(job, idempotency, key_ttl).await
+    }
+    async fn hold_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.hold_job(job, idempotency).await
+    }
+    async fn accept_job(
+        &self,
+        job: Job,
+        held: bool,
+        idempotency: Option<(IdempotencyKey, IdempotentResponse)>,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        if self.full_for_accepts.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(ENOSPC.into()));
+        }
+        self.inner.accept_job(job, held, idempotency).await
+    }
+    async fn refuse_job(
+        &self,
+        job: &Job,
+        idempotency: Option<&IdempotencyKey>,
+        response: Option<&IdempotentResponse>,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.refuse_job(job, idempotency, response).await
+    }
+    async fn save_job(&self, job: &Job) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.save_job(job).await
+    }
+    async fn complete_job(&self, job: &Job, deliveries: Vec<Delivery>) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.complete_job(job, deliveries).await
+    }
+    async fn cancel_job(
+        &self,
+        tenant: &Tenant,
+        id: &JobId,
+        now: Timestamp,
+    ) -> Result<Cancellation, StoreError> {
+        self.write()?;
+        self.inner.cancel_job(tenant, id, now).await
+    }
+    async fn job(&self, tenant: &Tenant, id: &JobId) -> Result<Option<Job>, StoreError> {
+        self.inner.job(tenant, id).await
+    }
+    async fn job_by_id(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        self.inner.job_by_id(id).await
+    }
+    async fn job_by_agent(&self, agent_id: &str) -> Result<Option<Job>, StoreError> {
+        self.inner.job_by_agent(agent_id).await
+    }
+    async fn list_jobs(
+        &self,
+        tenant: &Tenant,
+        status: Option<JobStatus>,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<JobPage, StoreError> {
+        self.inner.list_jobs(tenant, status, after, limit).await
+    }
+    async fn purge_idempotency(
+        &self,
+        now: Timestamp,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.write()?;
+        self.inner.purge_idempotency(now, ttl, limit).await
+    }
+    async fn claim_due_jobs(
+        &self,
+        kind: WorkKind,
+        now: Timestamp,
+        limit: usize,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        self.write()?;
+        self.inner
+            .claim_due_jobs(kind, now, limit, lease_until)
+            .await
+    }
+    async fn next_due_at(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.next_due_at(kind).await
+    }
+    async fn count_due(
+        &self,
+        kind: WorkKind,
+        now: Timestamp,
+        cap: usize,
+    ) -> Result<usize, StoreError> {
+        self.inner.count_due(kind, now, cap).await
+    }
+    async fn claim_due_deliveries(
+        &self,
+        queue: DeliveryQueue,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        self.inner.claim_due_deliveries(queue, now, limit).await
+    }
+    async fn next_delivery_due_at(
+        &self,
+        queue: DeliveryQueue,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.next_delivery_due_at(queue).await
+    }
+    async fn insert_deliveries(&self, deliveries: Vec<Delivery>) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.insert_deliveries(deliveries).await
+    }
+    async fn update_claimed(
+        &self,
+        claim: Claimed,
+        change: DeliveryChange,
+    ) -> Result<Option<Recorded>, StoreError> {
+        self.write()?;
+        let take_one = |n: usize| n.checked_sub(1);
+        if self
+            .failing_attempt_records
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take_one)
+            .is_ok()
+        {
+            // The claim is let go, as a backend's failed write lets it go.
+            drop(claim);
+            return Err(StoreError::Unavailable(ENOSPC.into()));
+        }
+        self.inner.update_claimed(claim, change).await
+    }
+    async fn update_delivery(
+        &self,
+        tenant: &Tenant,
+        id: &DeliveryId,
+        change: DeliveryChange,
+    ) -> Result<DeliveryUpdate, StoreError> {
+        self.write()?;
+        self.inner.update_delivery(tenant, id, change).await
+    }
+    async fn delivery(
+        &self,
+        tenant: &Tenant,
+        id: &DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError> {
+        self.inner.delivery(tenant, id).await
+    }
+    async fn list_deliveries(
+        &self,
+        tenant: &Tenant,
+        state: Option<DeliveryState>,
+        after: Option<&DeliveryId>,
+        limit: usize,
+    ) -> Result<DeliveryPage, StoreError> {
+        self.inner
+            .list_deliveries(tenant, state, after, limit)
+            .await
+    }
+    async fn deliveries_of_job(&self, job: &JobId) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.deliveries_of_job(job).await
+    }
+    async fn deliveries_of_subscription(
+        &self,
+        sub: &SubscriptionId,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.deliveries_of_subscription(sub).await
+    }
+    async fn save_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.save_subscription(sub).await
+    }
+    async fn subscription(
+        &self,
+        tenant: &Tenant,
+        id: &SubscriptionId,
+    ) -> Result<Option<Subscription>, StoreError> {
+        self.inner.subscription(tenant, id).await
+    }
+    async fn list_subscriptions(&self, tenant: &Tenant) -> Result<Vec<Subscription>, StoreError> {
+        self.inner.list_subscriptions(tenant).await
+    }
+    async fn delete_subscription(
+        &self,
+        tenant: &Tenant,
+        id: &SubscriptionId,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.delete_subscription(tenant, id).await
+    }
+    async fn update_subscription(
+        &self,
+        id: &SubscriptionId,
+        change: SubscriptionChange,
+    ) -> Result<Option<Subscription>, StoreError> {
+        self.write()?;
+        self.inner.update_subscription(id, change).await
+    }
+    async fn callback_secrets(
+        &self,
+        tenant: &Tenant,
+        generate: fn() -> String,
+    ) -> Result<SecretSet, StoreError> {
+        self.inner.callback_secrets(tenant, generate).await
+    }
+    async fn update_callback_secrets(
+        &self,
+        tenant: &Tenant,
+        change: SecretsChange,
+    ) -> Result<Option<SecretSet>, StoreError> {
+        self.write()?;
+        self.inner.update_callback_secrets(tenant, change).await
+    }
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        self.inner.counts().await
+    }
+    async fn is_healthy(&self) -> bool {
+        self.inner.is_healthy().await
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        self.inner.close().await
+    }
+    async fn purge_finished_before(
+        &self,
+        cutoff: Timestamp,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<PurgeReport, StoreError> {
+        self.write()?;
+        self.inner.purge_finished_before(cutoff, after, limit).await
+    }
+    async fn stored_totals(&self) -> Result<StoredTotals, StoreError> {
+        self.inner.stored_totals().await
+    }
+    async fn check_writable(&self) -> Result<Writable, StoreError> {
+        self.write()?;
+        if self.full_for_accepts.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(ENOSPC.into()));
+        }
+        self.inner.check_writable().await
+    }
+}
+
+/// The service, in this process, on the real sled store behind a [`FailingDisk`].
+struct App {
+    base: String,
+    http: reqwest::Client,
+    disk: Arc<FailingDisk>,
+    sim: agenthook::sim::SimServer,
+    _dir: tempfile::TempDir,
+    stop: agenthook::app::StopHandle,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let stop = self.stop.clone();
+        tokio::spawn(async move { stop.stop().await });
+    }
+}
+
+async fn spawn_on_failing_disk(sim_config: SimConfig) -> App {
+    let sim = spawn_sim(sim_config);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(dir.path(), &sim);
+    let sled = agenthook::store::SledStore::open(dir.path(), 8 << 20).unwrap();
+    let disk = FailingDisk::new(Arc::new(sled));
+    let services = Services::with_store(settings, clock::system(), disk.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app = Application::start(services, listener).unwrap();
+    let base = format!("http://{}", app.addr());
+    let stop = app.stop_handle();
+    tokio::spawn(async move {
+        let _ = app.run().await;
+    });
+    App {
+        base,
+        http: reqwest::Client::new(),
+        disk,
+        sim,
+        _dir: dir,
+        stop,
+    }
+}
+
+impl App {
+    async fn post_job(&self, body: Value) -> (u16, Value) {
+        let res = self
+            .http
+            .post(format!("{}/v1/jobs", self.base))
+            .bearer_auth(KEY_A)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(KEY_A)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Wait until `/readyz` answers `status`; its body.
+    async fn readyz_becomes(&self, status: u16, within: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let (got, body) = self.get("/readyz").await;
+            if got == status {
+                return body;
+            }
+            assert!(
+                started.elapsed() < within,
+                "/readyz stayed {got} ({body}), not {status}, for {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_for_job_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let (_, job) = self.get(&format!("/v1/jobs/{id}")).await;
+            if job["status"] == status {
+                return job;
+            }
+            assert!(
+                started.elapsed() < within,
+                "job {id} is {}, not {status}",
+                job["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The health gauge as `/metrics` shows it.
+fn healthy_gauge(metrics: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix("agenthook_storage_healthy ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn assert_storage_unavailable(status: u16, body: &Value) {
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("storage unavailable: {ENOSPC}")),
+        "the message says what is wrong: {message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_storage_fails_new_jobs_get_503_before_upstream_is_called_and_readyz_follows() {
+    let app = spawn_on_failing_disk(fast_sim_config()).await;
+    app.readyz_becomes(200, Duration::from_secs(10)).await;
+    let (status, _) = app.post_job(json!({"prompt": "before"})).await;
+    assert_eq!(status, 202);
+
+    app.disk.fill(true);
+    // The tracker's probe notices within seconds, with no request needed.
+    let ready = app.readyz_becomes(503, Duration::from_secs(10)).await;
+    assert!(
+        ready["error"].as_str().unwrap_or_default().contains(ENOSPC),
+        "{ready}"
+    );
+    assert_eq!(healthy_gauge(&app.metrics().await), Some(0.0));
+    let generates = app.sim.state.generate_calls();
+    for i in 0..5 {
+        let (status, body) = app
+            .post_job(json!({"prompt": format!("refused {i}")}))
+            .await;
+        assert_storage_unavailable(status, &body);
+    }
+    assert_eq!(
+        app.sim.state.generate_calls(),
+        generates,
+        "no generate call for a job that cannot be stored"
+    );
+
+    // Room again: writes land within seconds, without a restart.
+    app.disk.fill(false);
+    app.readyz_becomes(200, Duration::from_secs(5)).await;
+    assert_eq!(healthy_gauge(&app.metrics().await), Some(1.0));
+    let (status, body) = app.post_job(json!({"prompt": "after"})).await;
+    assert_eq!(status, 202, "{body}");
+    let (_, page) = app.get("/v1/jobs?limit=100").await;
+    let stored = page["data"].as_array().unwrap().len();
+    assert_eq!(stored, 2);
+    assert_eq!(
+        app.sim.state.accepted_generates(),
+        stored,
+        "every agent upstream has its job"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_upstream_accepted_whose_write_failed_is_stored_once_storage_heals() {
+    let app = spawn_on_failing_disk(fast_sim_config()).await;
+    app.readyz_becomes(200, Duration::from_secs(10)).await;
+    // Storage fails between the admission check and the write of the accepted job.
+    app.disk.full_for_accepts.store(true, Ordering::SeqCst);
+    let (status, body) = app
+        .http
+        .post(format!("{}/v1/jobs", app.base))
+        .bearer_auth(KEY_A)
+        .header("Idempotency-Key", "order-7")
+        .json(&json!({"prompt": "slipped through"}))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    let body: Value = body.json().await.unwrap();
+    assert_storage_unavailable(status, &body);
+    assert_eq!(
+        app.sim.state.accepted_generates(),
+        1,
+        "upstream made the agent"
+    );
+    let message = body["error"].as_str().unwrap();
+    let job_id = message
+        .split_whitespace()
+        .find(|w| w.starts_with("job_"))
+        .expect("the answer names the job")
+        .to_owned();
+
+    // The same request again while it is not stored: no second agent.
+    let again = app
+        .http
+        .post(format!("{}/v1/jobs", app.base))
+        .bearer_auth(KEY_A)
+        .header("Idempotency-Key", "order-7")
+        .json(&json!({"prompt": "slipped through"}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(again.status().as_u16(), 202);
+    assert_eq!(app.sim.state.accepted_generates(), 1);
+
+    app.disk.full_for_accepts.store(false, Ordering::SeqCst);
+    let job = app
+        .wait_for_job_status(&job_id, "ready", Duration::from_secs(20))
+        .await;
+    assert!(job["agent_id"].is_string());
+    let (_, page) = app.get("/v1/jobs?limit=100").await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    assert_eq!(app.sim.state.accepted_generates(), 1, "one agent, one job");
+    // The key now replays the stored answer.
+    let replay = app
+        .http
+        .post(format!("{}/v1/jobs", app.base))
+        .bearer_auth(KEY_A)
+        .header("Idempotency-Key", "order-7")
+        .json(&json!({"prompt": "slipped through"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status().as_u16(), 202);
+    let replayed: Value = replay.json().await.unwrap();
+    assert_eq!(replayed["id"], job_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_webhook_is_sent_before_its_outbox_write_and_nothing_spins_meanwhile() {
+    let receiver = Receiver::start().await;
+    let app = spawn_on_failing_disk(SimConfig {
+        time_to_ready: Duration::from_millis(1500),
+        ..fast_sim_config()
+    })
+    .await;
+    let (status, job) = app
+        .post_job(json!({"prompt": "p", "callback_url": receiver.url("/cb")}))
+        .await;
+    assert_eq!(status, 202);
+    let id = job["id"].as_str().unwrap().to_owned();
+    app.disk.fill(true);
+    app.readyz_becomes(503, Duration::from_secs(10)).await;
+    let (writes, claims) = (
+        app.disk.writes.load(Ordering::SeqCst),
+        app.disk.claims.load(Ordering::SeqCst),
+    );
+    // The agent is ready upstream meanwhile; its result cannot be stored.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        receiver.requests().is_empty(),
+        "no webhook without its outbox write"
+    );
+    let (_, stored) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_ne!(stored["status"], "ready");
+    let tried = app.disk.writes.load(Ordering::SeqCst) - writes;
+    let claimed = app.disk.claims.load(Ordering::SeqCst) - claims;
+    assert!(
+        tried <= 12 && claimed <= 12,
+        "backs off while storage fails: {tried} writes and {claimed} claims in 3 s"
+    );
+
+    app.disk.fill(false);
+    let calls = receiver.wait_for(1, Duration::from_secs(15)).await;
+    app.wait_for_job_status(&id, "ready", Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.requests().len(), 1, "{calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_attempt_record_failed_is_sent_again_with_the_same_webhook_id() {
+    let receiver = Receiver::start().await;
+    let app = spawn_on_failing_disk(fast_sim_config()).await;
+    app.disk.failing_attempt_records.store(1, Ordering::SeqCst);
+    let (status, job) = app
+        .post_job(json!({"prompt": "p", "callback_url": receiver.url("/cb")}))
+        .await;
+    assert_eq!(status, 202);
+    let calls = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        calls[0].header("webhook-id"),
+        calls[1].header("webhook-id"),
+        "the same message, sent again"
+    );
+    let id = job["id"].as_str().unwrap();
+    let started = Instant::now();
+    loop {
+        let (_, page) = app.get("/v1/deliveries?limit=10").await;
+        let deliveries = page["data"].as_array().cloned().unwrap_or_default();
+        let ours: Vec<_> = deliveries.iter().filter(|d| d["job_id"] == id).collect();
+        if ours.len() == 1 && ours[0]["state"] == "succeeded" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `tmpfs` of `size` mounted on a fresh temporary directory, unmounted when dropped (even
+/// if the test fails). `None` when mounting is not permitted here.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        mounted.then_some(SmallDisk { dir })
+    }
+
+    /// Give the filesystem more room, as an operator freeing space would.
+    fn grow(&self, size: &str) {
+        let grown = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("run mount");
+        assert!(grown.success(), "remount {size}");
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_full_disk_no_agent_is_made_without_a_job_and_a_restart_finds_every_job() {
+    let Some(disk) = SmallDisk::mount("6m") else {
+        eprintln!("skipped: mounting a small tmpfs is not permitted here (run as root)");
+        return;
+    };
+    let data = disk.path().join("data");
+    let sim = spawn_sim(SimConfig {
+        time_to_ready: Duration::from_secs(3600),
+        ..fast_sim_config()
+    });
+    let mut settings = test_settings(&data, &sim);
+    settings.storage.path = data.clone();
+    let app = Application::build(settings.clone(), clock::system())
+        .await
+        .unwrap();
+    let base = format!("http://{}", app.addr());
+    let running = tokio::spawn(app.run());
+    let http = reqwest::Client::new();
+    let metadata = json!({"notes": "m".repeat(12 * 1024)});
+    let post = |i: usize| {
+        http.post(format!("{base}/v1/jobs"))
+            .bearer_auth(KEY_A)
+            .json(&json!({"prompt": format!("job {i}"), "metadata": metadata}))
+            .send()
+    };
+
+    let mut accepted = 0;
+    let mut first_refusal = None;
+    for i in 0..5000 {
+        let res = post(i).await.unwrap();
+        let status = res.status().as_u16();
+        if status == 202 {
+            accepted += 1;
+            continue;
+        }
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 503, "a full disk is 503, never {status}: {body}");
+        first_refusal = Some(body);
+        break;
+    }
+    let first_refusal = first_refusal.expect("the disk filled up");
+    eprintln!("disk full after {accepted} jobs: {first_refusal}");
+    let agents_when_full = sim.state.accepted_generates();
+    for i in 0..20 {
+        let res = post(10_000 + i).await.unwrap();
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["code"], "UNAVAILABLE");
+    }
+    assert_eq!(
+        sim.state.accepted_generates(),
+        agents_when_full,
+        "no agent for the jobs refused while the disk is full"
+    );
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+
+    // Room again: sled keeps its I/O error until reopened, so the service drains and exits
+    // non-zero for its supervisor.
+    disk.grow("64m");
+    let exit = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the service exits once the disk has room")
+        .unwrap();
+    assert!(
+        matches!(exit, Err(StartError::StorageNeedsRestart)),
+        "{exit:?}"
+    );
+
+    // The supervisor starts it again: every job upstream accepted is there.
+    let app = loop {
+        match Application::build(settings.clone(), clock::system()).await {
+            Ok(app) => break app,
+            Err(e) if e.to_string().contains("lock") => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("restart: {e}"),
+        }
+    };
+    let base = format!("http://{}", app.addr());
+    let stop = app.stop_handle();
+    let running = tokio::spawn(app.run());
+    crate::helpers::wait_ready(&format!("{base}/readyz")).await;
+    // A job whose write failed after upstream had accepted it (answered 503 naming it) is
+    // logged at error level with its agent when the process gives up; any other is stored.
+    let slipped = usize::from(
+        first_refusal["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("was accepted upstream"),
+    );
+    let started = Instant::now();
+    let (stored, with_agent) = loop {
+        let (mut stored, mut with_agent, mut submitting) = (0, 0, 0);
+        let mut after: Option<String> = None;
+        loop {
+            let url = match &after {
+                Some(a) => format!("{base}/v1/jobs?limit=100&after={a}"),
+                None => format!("{base}/v1/jobs?limit=100"),
+            };
+            let page: Value = http
+                .get(url)
+                .bearer_auth(KEY_A)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let jobs = page["data"].as_array().unwrap();
+            stored += jobs.len();
+            with_agent += jobs.iter().filter(|j| j["agent_id"].is_string()).count();
+            submitting += jobs.iter().filter(|j| j["status"] == "submitting").count();
+            after = page["next"].as_str().map(str::to_owned);
+            if after.is_none() {
+                break;
+            }
+        }
+        // Jobs deferred before the disk filled are submitted by the restarted service.
+        if submitting == 0 || started.elapsed() > Duration::from_secs(30) {
+            break (stored, with_agent);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        stored, accepted,
+        "every job answered 202 is there after the restart"
+    );
+    assert_eq!(
+        sim.state.accepted_generates(),
+        with_agent + slipped,
+        "no agent upstream without its job"
+    );
+    let res = http
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(KEY_A)
+        .json(&json!({"prompt": "after the restart"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202, "writes again after the restart");
+    stop.stop().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), running).await;
+}

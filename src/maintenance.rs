@@ -141,9 +141,14 @@ impl Maintenance {
         EVERY.min(self.retention / 4).max(Duration::from_secs(1))
     }
 
-    /// Sweep every [`EVERY`] until shutdown.
+    /// Sweep every [`EVERY`] (or sooner, see [`Maintenance::every`]) until shutdown.
     pub async fn run(self) {
         while !self.signals.is_shutting_down() {
+            // While storage fails its tracker has said so; a sweep could only fail too.
+            if self.store.current_fault().is_some() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             if let Err(error) = self.step().await {
                 tracing::warn!(%error, "housekeeping failed; trying again later");
             }

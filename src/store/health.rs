@@ -412,3 +412,32 @@ impl Storage for Watched {
         self.health.fault()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_noted_once_and_only_a_write_that_lands_heals_it() {
+        let health = Health::default();
+        assert!(health.is_healthy());
+        health.observe::<()>(&Err(StoreError::Unavailable("disk full".into())), true);
+        health.observe::<()>(&Err(StoreError::Unavailable("later".into())), false);
+        assert_eq!(
+            health.fault().as_deref(),
+            Some("disk full"),
+            "the first cause stays"
+        );
+        health.observe(&Ok(()), false);
+        assert!(
+            !health.is_healthy(),
+            "a read proves nothing: a full disk still reads"
+        );
+        health.observe::<()>(&Err(StoreError::Corrupt("bad record".into())), true);
+        assert_eq!(health.fault().as_deref(), Some("disk full"));
+        health.observe(&Ok(()), true);
+        assert!(health.is_healthy());
+        health.observe::<()>(&Err(StoreError::Corrupt("bad record".into())), true);
+        assert!(health.is_healthy(), "a bad record is not a failing disk");
+    }
+}

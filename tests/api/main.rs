@@ -16,6 +16,7 @@ mod jobs;
 mod openapi;
 mod operations;
 mod restart;
+mod retention;
 mod scheduler;
 mod service;
 mod storage_faults;

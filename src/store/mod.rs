@@ -2,7 +2,8 @@
 //! (the outbox), claim due work, record an attempt. The API is async and knows no backend;
 //! [`Storage`] is what a backend implements and [`Store`] is what the rest of the service holds.
 //!
-//! Promises every backend keeps (the conformance suite in `tests/store/` states each one):
+//! Promises every backend keeps (the conformance suite, `tests/api/store_conformance.rs`,
+//! states each one):
 //! - a write is durable when it returns: there is no separate "flush now" step;
 //! - the outbox is atomic: a job is terminal if and only if its deliveries exist, and a second
 //!   completion writes nothing;

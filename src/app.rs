@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::delivery::worker::DeliveryWorker;
 use crate::lifecycle::Lifecycle;
 use crate::poller::Poller;
+use crate::push::PushInbox;
 use crate::signals::Signals;
 use crate::store::Store;
 use crate::upstream::{Budgets, UpstreamClient};
@@ -75,11 +76,14 @@ impl Services {
             clock.clone(),
             settings.upstream.rate_limit_backoff,
         );
+        let push = Arc::new(PushInbox::new(settings.poller.max_interval_with_webhooks));
+        push.add_secret(settings.upstream.webhooks.secret.expose());
         let lifecycle = Lifecycle {
             store: store.clone(),
             upstream,
             clock: clock.clone(),
             settings: settings.poller.clone(),
+            push,
         };
         Ok(Services {
             store,
@@ -112,6 +116,9 @@ impl Application {
         let listener =
             TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let services = Services::build(settings, clock)?;
+        if let Some(url) = services.settings.upstream.webhooks.public_url() {
+            crate::push::ensure_registration(&services.lifecycle, url).await;
+        }
         Self::start(services, listener)
     }
 

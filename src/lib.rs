@@ -2,7 +2,8 @@
 //!
 //! A request flows `api` → `store` (the job, durably) → `upstream` (submission); the `poller`
 //! drives each pending job to its end and writes the resulting deliveries in the same
-//! transaction; the `delivery` worker signs and sends them.
+//! transaction; the `delivery` worker signs and sends them. bitHuman's own webhooks (`push`) make a job due
+//! for its status read at once.
 
 pub mod api;
 pub mod app;
@@ -14,6 +15,7 @@ pub mod demo;
 pub mod domain;
 pub mod lifecycle;
 pub mod poller;
+pub mod push;
 pub mod signals;
 pub mod sim;
 pub mod store;

@@ -21,6 +21,8 @@ use crate::store::{StoreError, WorkKind};
 pub struct StepReport {
     pub submitted: usize,
     pub polled: usize,
+    /// Polls made because an upstream push made the job due (counted in `polled` too).
+    pub pushed: usize,
     /// Jobs that reached `ready` or `failed` in this step.
     pub completed: usize,
     /// Deliveries queued by those completions.
@@ -54,17 +56,33 @@ impl Poller {
             budgets.generate.available(now, cap),
             lease_until,
         )?;
-        let polls = lc.store.claim_due_jobs(
+        self.pull_in_if_pushes_stopped(now)?;
+        // Jobs an upstream push made due go first, inside the same read budget.
+        let read_room = budgets.read.available(now, cap);
+        let pushed = self.claim_pushed(read_room, lease_until)?;
+        let routine = lc.store.claim_due_jobs(
             WorkKind::Poll,
             now,
-            budgets.read.available(now, cap),
+            read_room.saturating_sub(pushed.len()),
             lease_until,
         )?;
-        let mut report = StepReport::default();
+        let mut report = StepReport {
+            pushed: pushed.len(),
+            ..StepReport::default()
+        };
         let submits = self.expire_too_old(submits, now, &mut report)?;
-        let polls = self.expire_too_old(polls, now, &mut report)?;
+        let polls: Vec<(Job, bool)> = pushed
+            .into_iter()
+            .map(|job| (job, true))
+            .chain(routine.into_iter().map(|job| (job, false)))
+            .collect();
+        let polls = self.expire_too_old_polls(polls, now, &mut report)?;
         let submit_results = join_all(submits.into_iter().map(|job| self.submit_one(job)));
-        let poll_results = join_all(polls.into_iter().map(|job| self.poll_one(job, now)));
+        let poll_results = join_all(
+            polls
+                .into_iter()
+                .map(|(job, pushed)| self.poll_one(job, now, pushed)),
+        );
         let (submit_results, poll_results) = tokio::join!(submit_results, poll_results);
         for outcome in submit_results {
             let outcome = outcome?;
@@ -104,12 +122,70 @@ impl Poller {
         Ok(live)
     }
 
+    /// As [`Poller::expire_too_old`], for polls marked pushed or routine.
+    fn expire_too_old_polls(
+        &self,
+        jobs: Vec<(Job, bool)>,
+        now: Timestamp,
+        report: &mut StepReport,
+    ) -> Result<Vec<(Job, bool)>, StoreError> {
+        let (pushed, routine): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, p)| *p);
+        let pushed =
+            self.expire_too_old(pushed.into_iter().map(|(j, _)| j).collect(), now, report)?;
+        let routine =
+            self.expire_too_old(routine.into_iter().map(|(j, _)| j).collect(), now, report)?;
+        Ok(pushed
+            .into_iter()
+            .map(|j| (j, true))
+            .chain(routine.into_iter().map(|j| (j, false)))
+            .collect())
+    }
+
+    /// Claim up to `room` of the jobs upstream pushes made due, oldest push first. Jobs that
+    /// ended or are unknown meanwhile are dropped; the rest wait for room in the budget.
+    fn claim_pushed(&self, room: usize, lease_until: Timestamp) -> Result<Vec<Job>, StoreError> {
+        let lc = &self.lifecycle;
+        let mut claimed = Vec::new();
+        while claimed.len() < room {
+            let ids = lc.push.take_due(room - claimed.len());
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                if let Some(job) = lc.store.claim_job_for_poll(&id, lease_until)? {
+                    claimed.push(job);
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// When pushes stop arriving, polls slowed to `max_interval_with_webhooks` come back to the
+    /// normal cadence at once instead of at their slowed time.
+    fn pull_in_if_pushes_stopped(&self, now: Timestamp) -> Result<(), StoreError> {
+        let lc = &self.lifecycle;
+        if !lc.push.stopped_arriving(now) {
+            return Ok(());
+        }
+        let horizon = after(now, lc.settings.max_interval);
+        let moved = lc.store.pull_in_polls(horizon, usize::MAX, |job| {
+            after(now, lc.normal_poll_interval(job, now))
+        })?;
+        tracing::warn!(
+            moved,
+            "upstream pushes stopped arriving; polling at the normal cadence again"
+        );
+        Ok(())
+    }
+
     async fn submit_one(&self, mut job: Job) -> Result<JobOutcome, StoreError> {
         let lc = &self.lifecycle;
         match lc.submit(&mut job).await {
             Submission::Accepted => {
                 tracing::info!(job_id = %job.id, agent_id = job.agent_id.as_deref().unwrap_or(""), "submitted upstream");
-                lc.store.save_job(&job)?;
+                if lc.store.save_job(&job)? && lc.after_accepted(&job) {
+                    self.signals.pushed.mark(&job.id);
+                }
                 Ok(JobOutcome::touched())
             }
             Submission::Deferred(error) => {
@@ -134,6 +210,7 @@ impl Poller {
         &self,
         mut job: Job,
         claimed_at: Timestamp,
+        pushed: bool,
     ) -> Result<JobOutcome, StoreError> {
         let lc = &self.lifecycle;
         let read = &lc.upstream.budgets().read;
@@ -149,8 +226,15 @@ impl Poller {
             tracing::debug!(job_id = %job.id, %agent_id, %error, "status poll failed");
         }
         let now = lc.clock.now();
+        let answered = result.is_ok();
         if lc.apply_poll(&mut job, result, now) {
             return self.finish(&job, true);
+        }
+        if pushed && answered {
+            // Upstream said it ended but its status does not show it yet: look again soon
+            // rather than at the slowed cadence.
+            let soon = after(now, lc.settings.interval);
+            job.next_poll_at = Some(job.next_poll_at.map_or(soon, |t| t.min(soon)));
         }
         lc.store.save_job(&job)?;
         Ok(JobOutcome::touched())
@@ -184,6 +268,9 @@ impl Poller {
             if let Some(due) = lc.store.next_due_at(kind)? {
                 wake = wake.min(due.max(budget.next_available_at(now)));
             }
+        }
+        if lc.push.due_len() > 0 {
+            wake = wake.min(budgets.read.next_available_at(now));
         }
         Ok(until(now, wake).max(Duration::from_millis(5)))
     }

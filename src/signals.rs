@@ -10,6 +10,8 @@ pub struct Signals {
     pub poller_wake: Notify,
     /// New deliveries queued.
     pub delivery_wake: Notify,
+    /// When upstream pushes made jobs due, for the push-to-callback latency.
+    pub pushed: crate::push::PushTimes,
     shutting_down: AtomicBool,
     poller_running: AtomicBool,
     delivery_running: AtomicBool,

@@ -12,6 +12,7 @@ pub mod metrics;
 mod openapi;
 pub mod request_id;
 mod subscriptions;
+mod upstream_push;
 
 use std::sync::Arc;
 
@@ -71,7 +72,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(callback_secret::rotate)
                 .service(deliveries::list)
                 .service(deliveries::get)
-                .service(deliveries::retry),
+                .service(deliveries::retry)
+                .service(upstream_push::receive),
         );
 }
 

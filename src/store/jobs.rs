@@ -569,3 +569,66 @@ fn write_indexes(
     }
     Ok(())
 }
+
+// Upstream push (issue 14): additive, used by the poller for push-triggered reads.
+impl Store {
+    /// Claim one pending `processing` job for a status read now, wherever its queue entry is
+    /// (a push made it due): its entry moves to `lease_until`, as [`Store::claim_due_jobs`]
+    /// does. `None` when the job is unknown, ended, or not polled yet (still submitting).
+    pub fn claim_job_for_poll(&self, id: &JobId, lease_until: Timestamp) -> Result<Option<Job>> {
+        let result = (&self.jobs, &self.index, &self.due).transaction(|(jobs, index, due)| {
+            let Some(stored) = pending_stored(jobs, id)? else {
+                return Ok(None);
+            };
+            if WorkKind::of(&stored) != Some(WorkKind::Poll) {
+                return Ok(None);
+            }
+            let mut job = stored.clone();
+            job.next_poll_at = Some(lease_until);
+            write_indexes(index, due, Some(&stored), &job)?;
+            jobs.insert(id.as_str(), encode(&job))?;
+            Ok(Some(job))
+        });
+        tx_result(result)
+    }
+
+    /// Move up to `limit` queued polls due after `later_than` to the time `to` gives each
+    /// (which must be at or before `later_than`, or the same jobs come back). Returns how many
+    /// moved. Used when upstream pushes stop arriving, to undo the slowed cadence.
+    pub fn pull_in_polls(
+        &self,
+        later_than: Timestamp,
+        limit: usize,
+        to: impl Fn(&Job) -> Timestamp,
+    ) -> Result<usize> {
+        let start = keys::timed_upper(WorkKind::Poll.tag(), later_than);
+        let end = [WorkKind::Poll.tag() + 1];
+        let mut moved = 0;
+        for entry in self.due.range(start.as_slice()..end.as_slice()) {
+            if moved >= limit {
+                break;
+            }
+            let (key, _) = entry?;
+            let Some((_, id)) = keys::parse_timed(&key) else {
+                continue;
+            };
+            let id = id.to_owned();
+            let result = (&self.jobs, &self.index, &self.due).transaction(|(jobs, index, due)| {
+                let Some(raw) = jobs.get(id.as_str())? else {
+                    return Ok(false);
+                };
+                let stored: Job = decode_tx(&raw)?;
+                if due_key(&stored).as_deref() != Some(&key[..]) {
+                    return Ok(false);
+                }
+                let mut job = stored.clone();
+                job.next_poll_at = Some(to(&stored).min(later_than));
+                write_indexes(index, due, Some(&stored), &job)?;
+                jobs.insert(id.as_str(), encode(&job))?;
+                Ok(true)
+            });
+            moved += usize::from(tx_result(result)?);
+        }
+        Ok(moved)
+    }
+}

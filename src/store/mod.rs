@@ -11,6 +11,7 @@
 //! - `queue`: the delivery worker's queue, `fresh|retry | due millis | delivery id`
 //! - `idempotency`: `tenant \0 key` → record; `secrets`: tenant → callback signing secrets
 //! - `meta`: the layout version of the records (see [`Store::open`])
+//! - `upstream`: agenthook's webhook registration with bitHuman (`upstream_webhook`)
 //!
 //! A delivery claim is held in memory and writes nothing: the queue entry stays until the
 //! attempt is recorded, so a worker that dies mid-task leaves an entry that is due at once on
@@ -23,6 +24,7 @@ mod jobs;
 mod keys;
 mod record;
 mod subscriptions;
+mod upstream_webhook;
 mod writer;
 
 use std::path::Path;
@@ -36,6 +38,7 @@ pub use deliveries::{Claimed, DeliveryPage, DeliveryQueue, DeliveryUpdate, Recor
 pub use jobs::{
     Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, KeyHold, WorkKind,
 };
+pub use upstream_webhook::UpstreamWebhook;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -13,3 +13,4 @@ mod operations;
 mod restart;
 mod scheduler;
 mod service;
+mod upstream_push;

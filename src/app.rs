@@ -115,6 +115,16 @@ impl Application {
         let addr = settings.server.bind;
         let listener =
             TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        Self::build_on(settings, clock, listener).await
+    }
+
+    /// As [`Application::build`], on an already-bound listener (whose address may be part of
+    /// `upstream.webhooks.public_url`).
+    pub async fn build_on(
+        settings: Settings,
+        clock: SharedClock,
+        listener: TcpListener,
+    ) -> Result<Application, StartError> {
         let services = Services::build(settings, clock)?;
         if let Some(url) = services.settings.upstream.webhooks.public_url() {
             crate::push::ensure_registration(&services.lifecycle, url).await;
@@ -149,6 +159,10 @@ impl Application {
         .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
         .listen(listener)?
         .run();
+        let heartbeat = tokio::spawn(crate::push::heartbeat(
+            services.lifecycle.clone(),
+            services.signals.clone(),
+        ));
         let poller = tokio::spawn(services.poller().run());
         let deliveries = tokio::spawn(
             services
@@ -160,7 +174,7 @@ impl Application {
             server,
             store: services.store,
             signals: services.signals,
-            workers: vec![poller, deliveries],
+            workers: vec![poller, deliveries, heartbeat],
             settings,
         })
     }

@@ -72,6 +72,8 @@ pub fn rejection_label(rejection: Rejection) -> &'static str {
 pub struct PushInbox {
     /// The secrets a push may be signed with: the configured one and the registration's.
     secrets: RwLock<Vec<String>>,
+    /// The id of agenthook's own registration upstream, once known (for heartbeat pings).
+    registration: Mutex<Option<String>>,
     /// While a push arrived within this long, routine polls slow down.
     healthy_for: Duration,
     state: Mutex<State>,
@@ -94,6 +96,7 @@ impl PushInbox {
     pub fn new(healthy_for: Duration) -> Self {
         PushInbox {
             secrets: RwLock::new(Vec::new()),
+            registration: Mutex::new(None),
             healthy_for,
             state: Mutex::new(State::default()),
         }
@@ -108,6 +111,23 @@ impl PushInbox {
         if !secrets.iter().any(|s| s == secret) {
             secrets.push(secret.to_owned());
         }
+    }
+
+    pub fn set_registration(&self, id: &str) {
+        *self.registration.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.to_owned());
+    }
+
+    pub fn registration(&self) -> Option<String> {
+        self.registration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How often to ask upstream for a `ping` so that arriving pushes are known even while no
+    /// agent ends: twice per health window.
+    pub fn heartbeat_every(&self) -> Duration {
+        (self.healthy_for / 2).max(Duration::from_secs(1))
     }
 
     /// Whether any secret is known: without one the route is off.
@@ -293,10 +313,12 @@ pub async fn ensure_registration(lifecycle: &crate::lifecycle::Lifecycle, public
     if let Some(existing) = listed.iter().find(|r| r.url == public_url) {
         if stored.as_ref().is_some_and(|s| s.id == existing.id) {
             tracing::info!(id = %existing.id, "upstream webhook registration found");
+            inbox.set_registration(&existing.id);
             return;
         }
         if inbox.is_enabled() {
             tracing::info!(id = %existing.id, "upstream webhook registration found; using the configured secret");
+            inbox.set_registration(&existing.id);
             return;
         }
         // Registered, but its secret is known nowhere here (storage was lost): replace it.
@@ -322,7 +344,37 @@ pub async fn ensure_registration(lifecycle: &crate::lifecycle::Lifecycle, public
         tracing::warn!(%error, "could not store the upstream webhook secret; it works until restart");
     }
     inbox.add_secret(&secret);
+    inbox.set_registration(&record.id);
     tracing::info!(id = %record.id, url = public_url, "registered the upstream webhook");
+}
+
+/// While agenthook has its own registration: ask upstream for a `ping` now and then
+/// ([`PushInbox::heartbeat_every`]), so pushes are known to arrive (and routine polls slowed)
+/// even while no agent ends, and known to have stopped when pings stop coming. One request per
+/// five minutes by default, on the read budget.
+pub async fn heartbeat(
+    lifecycle: crate::lifecycle::Lifecycle,
+    signals: std::sync::Arc<crate::signals::Signals>,
+) {
+    let every = lifecycle.push.heartbeat_every();
+    while !signals.is_shutting_down() {
+        let mut pause = every;
+        if let Some(id) = lifecycle.push.registration() {
+            let now = lifecycle.clock.now();
+            if lifecycle.upstream.budgets().read.try_acquire(now) {
+                if let Err(error) = lifecycle.upstream.test_webhook(&id).await {
+                    tracing::debug!(%error, "upstream webhook ping request failed");
+                }
+            } else {
+                // The read budget is busy: try again shortly.
+                pause = Duration::from_secs(1).min(every);
+            }
+        }
+        let wake = Instant::now() + pause;
+        while Instant::now() < wake && !signals.is_shutting_down() {
+            tokio::time::sleep(Duration::from_millis(250).min(every)).await;
+        }
+    }
 }
 
 /// When pushes that made jobs due arrived, for the push-to-callback latency metric. Shared with

@@ -46,7 +46,7 @@
 //!
 //! # bitHuman's own webhooks
 //! `POST/GET /v1/webhooks` and `DELETE /v1/webhooks/{id}` (authenticated, read bucket) keep
-//! registrations; `--webhook-url` adds one more. When an agent ends, each receiver gets
+//! registrations; `POST /v1/webhooks/{id}/test` sends it a `ping`; `--webhook-url` adds one more. When an agent ends, each receiver gets
 //! `agent.ready` / `agent.failed` signed as upstream signs them, attempted at 0, 2 and 5 s,
 //! after `--webhook-delay`; a `--webhook-drop-ratio` share is never sent (see [`webhooks`]).
 //!

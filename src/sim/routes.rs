@@ -26,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/webhooks", web::post().to(register_webhook))
         .route("/v1/webhooks", web::get().to(list_webhooks))
         .route("/v1/webhooks/{id}", web::delete().to(delete_webhook))
+        .route("/v1/webhooks/{id}/test", web::post().to(test_webhook))
         .default_service(web::to(unknown));
 }
 
@@ -72,6 +73,18 @@ async fn delete_webhook(
     id: web::Path<String>,
 ) -> HttpResponse {
     let route = Route::DeleteWebhook {
+        id: id.into_inner(),
+    };
+    upstream(&req, &body, &state, route).await
+}
+
+async fn test_webhook(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<SimState>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let route = Route::TestWebhook {
         id: id.into_inner(),
     };
     upstream(&req, &body, &state, route).await

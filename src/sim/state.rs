@@ -83,6 +83,7 @@ pub enum Route {
     RegisterWebhook,
     ListWebhooks,
     DeleteWebhook { id: String },
+    TestWebhook { id: String },
     Unknown,
 }
 
@@ -92,9 +93,10 @@ impl Route {
             Route::Generate => "generate",
             Route::Status { .. } => "status",
             Route::Validate => "validate",
-            Route::RegisterWebhook | Route::ListWebhooks | Route::DeleteWebhook { .. } => {
-                "webhooks"
-            }
+            Route::RegisterWebhook
+            | Route::ListWebhooks
+            | Route::DeleteWebhook { .. }
+            | Route::TestWebhook { .. } => "webhooks",
             Route::Unknown => "unknown",
         }
     }
@@ -106,7 +108,8 @@ impl Route {
             | Route::Validate
             | Route::RegisterWebhook
             | Route::ListWebhooks
-            | Route::DeleteWebhook { .. } => Some(Bucket::Read),
+            | Route::DeleteWebhook { .. }
+            | Route::TestWebhook { .. } => Some(Bucket::Read),
             Route::Unknown => None,
         }
     }
@@ -329,7 +332,7 @@ impl SimState {
                 secret: config.webhook_secret.clone(),
             });
         }
-        let mut outgoing = Vec::new();
+        let mut outgoing = std::mem::take(&mut sender.pings);
         if targets.is_empty() {
             return (outgoing, config.webhook_delay);
         }
@@ -543,6 +546,26 @@ impl Inner {
                 } else {
                     Ok(Reply::ok(json!({"success": true})))
                 }
+            }
+            Route::TestWebhook { id } => {
+                let Some(target) = self.webhooks.registrations.iter().find(|r| &r.id == id) else {
+                    return Err(SimError::not_found(format!("Webhook {id} not found")));
+                };
+                let delivery_id = format!("evt_{}", ulid::Ulid::new());
+                let body = serde_json::to_vec(&json!({
+                    "id": delivery_id, "event": "ping", "created": now.timestamp(), "data": {}
+                }))
+                .expect("JSON");
+                let ping = Outgoing {
+                    url: target.url.clone(),
+                    secret: target.secret.clone(),
+                    event: "ping",
+                    delivery_id,
+                    body,
+                };
+                self.webhooks.pings.push(ping);
+                self.webhooks.stats.queued += 1;
+                Ok(Reply::ok(json!({"success": true})))
             }
             Route::Unknown => Err(SimError::not_found("No such route")),
         }

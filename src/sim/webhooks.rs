@@ -79,6 +79,8 @@ pub struct Sender {
     pub handled: HashSet<String>,
     pub stats: WebhookStats,
     pub next_id: u64,
+    /// `ping`s asked for with `POST /v1/webhooks/{id}/test`, not sent yet.
+    pub pings: Vec<Outgoing>,
 }
 
 /// Whether the drop ratio keeps this agent's webhook from being sent.

@@ -76,6 +76,17 @@ impl UpstreamClient {
             })
     }
 
+    /// `POST /v1/webhooks/{id}/test`: upstream sends a `ping` to the registration.
+    pub async fn test_webhook(&self, id: &str) -> Result<(), UpstreamError> {
+        let url = endpoint(&self.base_url, &["v1", "webhooks", id, "test"]);
+        let request = self
+            .http
+            .post(url)
+            .header("api-secret", self.secret.expose());
+        self.send("webhooks", request, &self.budgets.read).await?;
+        Ok(())
+    }
+
     /// `DELETE /v1/webhooks/{id}`.
     pub async fn delete_webhook(&self, id: &str) -> Result<(), UpstreamError> {
         let url = endpoint(&self.base_url, &["v1", "webhooks", id]);

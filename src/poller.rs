@@ -70,14 +70,16 @@ impl Poller {
             pushed: pushed.len(),
             ..StepReport::default()
         };
+        let submits = submits.into_iter().map(|job| (job, ())).collect();
         let submits = self.expire_too_old(submits, now, &mut report)?;
-        let polls: Vec<(Job, bool)> = pushed
+        // Each poll marked with whether a push asked for it.
+        let polls = pushed
             .into_iter()
             .map(|job| (job, true))
             .chain(routine.into_iter().map(|job| (job, false)))
             .collect();
-        let polls = self.expire_too_old_polls(polls, now, &mut report)?;
-        let submit_results = join_all(submits.into_iter().map(|job| self.submit_one(job)));
+        let polls = self.expire_too_old(polls, now, &mut report)?;
+        let submit_results = join_all(submits.into_iter().map(|(job, ())| self.submit_one(job)));
         let poll_results = join_all(
             polls
                 .into_iter()
@@ -102,43 +104,24 @@ impl Poller {
     }
 
     /// End the jobs that are past their maximum age (without spending budget on them); return
-    /// the others.
-    fn expire_too_old(
+    /// the others, each with its mark.
+    fn expire_too_old<T>(
         &self,
-        jobs: Vec<Job>,
+        jobs: Vec<(Job, T)>,
         now: Timestamp,
         report: &mut StepReport,
-    ) -> Result<Vec<Job>, StoreError> {
+    ) -> Result<Vec<(Job, T)>, StoreError> {
         let lc = &self.lifecycle;
         let mut live = Vec::with_capacity(jobs.len());
-        for mut job in jobs {
+        for (mut job, mark) in jobs {
             if lc.is_too_old(&job, now) {
                 lc.expire(&mut job, now);
                 report.add_completion(&self.finish(&job, false)?);
             } else {
-                live.push(job);
+                live.push((job, mark));
             }
         }
         Ok(live)
-    }
-
-    /// As [`Poller::expire_too_old`], for polls marked pushed or routine.
-    fn expire_too_old_polls(
-        &self,
-        jobs: Vec<(Job, bool)>,
-        now: Timestamp,
-        report: &mut StepReport,
-    ) -> Result<Vec<(Job, bool)>, StoreError> {
-        let (pushed, routine): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, p)| *p);
-        let pushed =
-            self.expire_too_old(pushed.into_iter().map(|(j, _)| j).collect(), now, report)?;
-        let routine =
-            self.expire_too_old(routine.into_iter().map(|(j, _)| j).collect(), now, report)?;
-        Ok(pushed
-            .into_iter()
-            .map(|j| (j, true))
-            .chain(routine.into_iter().map(|j| (j, false)))
-            .collect())
     }
 
     /// Claim up to `room` of the jobs upstream pushes made due, oldest push first. Jobs that

@@ -519,3 +519,32 @@ async fn routine_polls_slow_while_pushes_arrive_and_return_to_normal_after_they_
     );
     assert!(!h.services.lifecycle.push.is_healthy(h.clock.now()));
 }
+
+#[tokio::test]
+async fn with_its_own_registration_the_service_asks_for_pings_and_verifies_them() {
+    let sim = spawn_sim(slow_agents());
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut settings = test_settings(dir.path(), &sim);
+    settings.upstream.webhooks.public_url = format!(
+        "http://{}/v1/upstream/webhooks",
+        listener.local_addr().unwrap()
+    );
+    let app = agenthook::app::Application::build_on(settings, agenthook::clock::system(), listener)
+        .await
+        .unwrap();
+    let stop = app.stop_handle();
+    let task = tokio::spawn(app.run());
+    let id = sim.state.webhook_registrations()[0].id.clone();
+    // The heartbeat asks upstream for a ping at start; it arrives, signed with the secret the
+    // registration returned, and is answered 2xx.
+    wait_until(|| sim.state.webhook_stats().delivered >= 1).await;
+    assert!(sim
+        .state
+        .requests()
+        .iter()
+        .any(|r| r.method == "POST" && r.path == format!("/v1/webhooks/{id}/test")));
+    assert_eq!(sim.state.webhook_stats().failed, 0);
+    stop.stop().await;
+    let _ = task.await;
+}

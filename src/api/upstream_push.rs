@@ -54,9 +54,12 @@ pub async fn receive(
 ) -> Result<HttpResponse, ApiError> {
     let push = &state.lifecycle.push;
     if !push.is_enabled() {
-        return Err(ApiError::not_found("route").with_details(
-            "upstream webhooks are off: set upstream.webhooks.secret or upstream.webhooks.public_url",
-        ));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "upstream webhooks are not enabled",
+        )
+        .with_details("set upstream.webhooks.secret or upstream.webhooks.public_url"));
     }
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let now = state.clock.now();

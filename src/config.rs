@@ -1,5 +1,6 @@
 //! Settings, layered: the committed defaults → `--config FILE` → `AGENTHOOK__SECTION__KEY`
-//! variables (→ `BITHUMAN_API_SECRET` for the upstream secret). Every key is documented in
+//! variables (→ `BITHUMAN_API_SECRET` for the upstream secret, `BITHUMAN_WEBHOOK_SECRET` for
+//! the upstream webhook secret). Every key is documented in
 //! `config/default.toml`; a bad value stops start-up with a message naming the key.
 
 use std::net::SocketAddr;

@@ -94,7 +94,7 @@ impl Lifecycle {
     /// it ends, and this poll is only the safety net.
     pub fn poll_interval(&self, job: &Job, now: Timestamp) -> Duration {
         let normal = self.normal_poll_interval(job, now);
-        if self.push.is_healthy(now) {
+        if self.push.may_slow(&job.id, now) {
             normal.max(self.settings.max_interval_with_webhooks)
         } else {
             normal

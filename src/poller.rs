@@ -35,6 +35,9 @@ pub struct Poller {
     signals: Arc<Signals>,
 }
 
+/// After a push whose status read still says running, the next read comes this soon.
+const UNCONFIRMED_RECHECK: Duration = Duration::from_secs(1);
+
 /// The longest the loop sleeps without looking again.
 const MAX_IDLE: Duration = Duration::from_secs(5);
 
@@ -214,9 +217,11 @@ impl Poller {
             return self.finish(&job, true);
         }
         if pushed && answered {
-            // Upstream said it ended but its status does not show it yet: look again soon
-            // rather than at the slowed cadence.
-            let soon = after(now, lc.settings.interval);
+            // Upstream said it ended but its status does not show it yet: look again in a
+            // second, then at the normal cadence (not the slowed one) for a few minutes.
+            lc.push
+                .unconfirmed(&job.id, after(now, lc.settings.max_interval * 2));
+            let soon = after(now, UNCONFIRMED_RECHECK.min(lc.settings.interval));
             job.next_poll_at = Some(job.next_poll_at.map_or(soon, |t| t.min(soon)));
         }
         lc.store.save_job(&job)?;

@@ -87,6 +87,9 @@ struct State {
     early_order: VecDeque<(String, Timestamp)>,
     due: VecDeque<JobId>,
     queued: HashSet<JobId>,
+    /// Jobs whose push was not yet confirmed by their status, until when they keep the normal
+    /// cadence.
+    unconfirmed: HashMap<JobId, Timestamp>,
     last_push_at: Option<Timestamp>,
     /// Whether the poller last saw pushes arriving (to notice when they stop).
     was_healthy: bool,
@@ -235,6 +238,33 @@ impl PushInbox {
             state.queued.remove(id);
         }
         taken
+    }
+
+    /// A push said the job's agent ended but its status does not show it yet (upstream may
+    /// update one before the other): keep polling it at the normal cadence until `until`.
+    pub fn unconfirmed(&self, job_id: &JobId, until: Timestamp) {
+        let mut state = self.lock();
+        if state.unconfirmed.len() >= EARLY_CAPACITY {
+            state.unconfirmed.clear();
+        }
+        state.unconfirmed.insert(job_id.clone(), until);
+    }
+
+    /// Whether routine polls of this job may slow down: pushes arrive, and none for this job is
+    /// waiting for its status to agree.
+    pub fn may_slow(&self, job_id: &JobId, now: Timestamp) -> bool {
+        if !self.is_healthy(now) {
+            return false;
+        }
+        let mut state = self.lock();
+        match state.unconfirmed.get(job_id) {
+            Some(until) if *until > now => false,
+            Some(_) => {
+                state.unconfirmed.remove(job_id);
+                true
+            }
+            None => true,
+        }
     }
 
     /// Jobs waiting for a push-triggered read.

@@ -149,11 +149,11 @@ async fn wrong_stale_and_missing_signatures_are_refused_with_401_in_the_error_sh
     assert_eq!(wrong["code"], "UNAUTHORIZED");
     assert!(wrong["error"].is_string() && wrong["details"].is_string());
 
-    let (status, stale) = push_as(&app, SECRET, now - 301, "evt_s", "ping", "").await;
+    let (status, stale) = push_as(&app, SECRET, now - 400, "evt_s", "ping", "").await;
     assert_eq!(status, 401);
     assert_eq!(stale["code"], "UNAUTHORIZED");
     assert!(stale["details"].as_str().unwrap().contains("5 minutes"));
-    let (status, _) = push_as(&app, SECRET, now + 301, "evt_f", "ping", "").await;
+    let (status, _) = push_as(&app, SECRET, now + 400, "evt_f", "ping", "").await;
     assert_eq!(status, 401, "a timestamp far ahead is refused too");
 
     let res = app
@@ -208,27 +208,48 @@ async fn without_a_secret_the_route_is_off() {
 async fn a_replayed_delivery_id_is_answered_200_and_reads_nothing_more() {
     let app = spawn_app_with(slow_agents(), with_secret).await;
     let job = processing_job(&app, json!({})).await;
+    let id = job["id"].as_str().unwrap();
     let agent = job["agent_id"].as_str().unwrap();
+    app.sim
+        .state
+        .set_agent_outcome(agent, agenthook::sim::Outcome::Ready);
     let (status, first) = push(&app, "evt_same", "agent.ready", agent).await;
     assert_eq!((status, first["outcome"].as_str()), (200, Some("accepted")));
-    // The read it caused (the agent is still processing upstream: the job stays pending).
-    wait_until(|| app.sim.state.status_calls() == 1).await;
+    app.wait_for_status(KEY_A, id, "ready").await;
     let (status, again) = push(&app, "evt_same", "agent.ready", agent).await;
     assert_eq!(
         (status, again["outcome"].as_str()),
         (200, Some("duplicate"))
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.sim.state.status_calls(), 1, "one read in all");
+}
+
+#[tokio::test]
+async fn the_status_read_decides_and_a_push_ahead_of_its_status_is_checked_again_soon() {
+    let app = spawn_app_with(slow_agents(), with_secret).await;
+    let job = processing_job(&app, json!({})).await;
+    let id = job["id"].as_str().unwrap();
+    let agent = job["agent_id"].as_str().unwrap();
+    // The push says ready; upstream's status still says processing.
+    let (status, answer) = push(&app, "evt_ahead", "agent.ready", agent).await;
     assert_eq!(
-        app.sim.state.status_calls(),
-        1,
-        "a duplicate causes no read"
+        (status, answer["outcome"].as_str()),
+        (200, Some("accepted"))
     );
-    let (_, stored) = app.job(KEY_A, job["id"].as_str().unwrap()).await;
+    wait_until(|| app.sim.state.status_calls() == 1).await;
+    let (_, stored) = app.job(KEY_A, id).await;
     assert_eq!(
         stored["status"], "processing",
         "the read decides, not the push"
     );
+    // The status catches up: the job ends within seconds, not at the routine poll a minute on.
+    app.sim
+        .state
+        .set_agent_outcome(agent, agenthook::sim::Outcome::Ready);
+    let started = std::time::Instant::now();
+    app.wait_for_status(KEY_A, id, "ready").await;
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]

@@ -283,6 +283,18 @@ fn report(outcomes: &[Outcome]) {
             o.wall.as_secs_f64()
         );
     }
+    for o in outcomes.iter().filter(|o| !o.pushes.answer_us.is_empty()) {
+        let mut us = o.pushes.answer_us.clone();
+        let l = Latency::of(&mut us);
+        println!(
+            "  {}: agenthook answered the simulator's pushes in p50 {}, p99 {}, max {} ({} answers, pings included)",
+            o.phase.name,
+            ms(l.p50_us),
+            ms(l.p99_us),
+            ms(l.max_us),
+            us.len()
+        );
+    }
     for o in outcomes.iter().filter(|o| !o.dropped_ms.is_empty()) {
         let mut ms: Vec<u64> = o.dropped_ms.iter().map(|m| m * 1000).collect();
         let l = Latency::of(&mut ms);

@@ -375,8 +375,12 @@ impl SimState {
         self.now()
     }
 
-    pub(crate) fn note_webhook_attempt(&self) {
-        self.lock().webhooks.stats.attempts += 1;
+    pub(crate) fn note_webhook_attempt(&self, answered_in: Option<Duration>) {
+        let mut inner = self.lock();
+        inner.webhooks.stats.attempts += 1;
+        if let Some(took) = answered_in {
+            inner.webhooks.stats.answer_us.push(took.as_micros() as u64);
+        }
     }
 
     pub(crate) fn note_webhook_result(&self, delivered: bool) {

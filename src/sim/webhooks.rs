@@ -69,6 +69,8 @@ pub struct WebhookStats {
     pub delivered: usize,
     /// Webhooks whose every attempt failed.
     pub failed: usize,
+    /// How long each answered attempt took, request sent to answer read (microseconds).
+    pub answer_us: Vec<u64>,
 }
 
 /// The sender's memory inside the simulator state.
@@ -141,7 +143,7 @@ async fn deliver(
     for at in ATTEMPTS {
         tokio::time::sleep_until(start + at).await;
         let timestamp = state.now_for_webhooks().timestamp();
-        state.note_webhook_attempt();
+        let sent_at = std::time::Instant::now();
         let sent = client
             .post(&webhook.url)
             .header("content-type", "application/json")
@@ -155,6 +157,8 @@ async fn deliver(
             .body(webhook.body.clone())
             .send()
             .await;
+        let answered = sent.as_ref().ok().map(|_| sent_at.elapsed());
+        state.note_webhook_attempt(answered);
         if sent.is_ok_and(|r| r.status().is_success()) {
             state.note_webhook_result(true);
             return;

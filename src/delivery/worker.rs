@@ -410,6 +410,14 @@ impl DeliveryWorker {
         if recorded.state == DeliveryState::Succeeded {
             let lag = crate::clock::until(delivery.created_at, finished);
             metrics::histogram!("agenthook_event_to_delivery_seconds").record(lag.as_secs_f64());
+            if let Some(since_push) = delivery
+                .job_id
+                .as_ref()
+                .and_then(|job| self.inner.signals.pushed.take(job))
+            {
+                metrics::histogram!("agenthook_upstream_push_to_callback_seconds")
+                    .record(since_push.as_secs_f64());
+            }
         }
         tracing::info!(
             delivery_id = %delivery.id,

@@ -19,3 +19,4 @@ mod restart;
 mod scheduler;
 mod service;
 mod store_conformance;
+mod upstream_push;

@@ -524,6 +524,9 @@ impl DeliveryWorker {
         signals.set_delivery_running(true);
         while !signals.is_shutting_down() {
             let pause = match self.dispatch().await {
+                // Every attempt started wakes the worker when it ends: no need to ask storage
+                // when the next delivery is due (a read on the blocking pool) until one has.
+                Ok(started) if !started.is_empty() => Duration::from_secs(1),
                 Ok(_) => self.idle_for().await,
                 Err(error) => {
                     tracing::error!(%error, "delivery dispatch failed");

@@ -97,7 +97,7 @@ impl SledStore {
             secrets: db.open_tree("secrets")?,
         };
         deliveries::upgrade_layout(&db, &trees)?;
-        let counts = counts::QueueCounts::count(&trees.due, &trees.queue)?;
+        let counts = counts::QueueCounts::open(&trees.due, &trees.queue)?;
         Ok(SledStore {
             jobs: trees.jobs.clone(),
             deliveries: trees.deliveries.clone(),

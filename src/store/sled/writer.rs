@@ -123,7 +123,9 @@ impl Trees {
                     secrets,
                     deltas: &deltas,
                 })?;
-                Ok((value, deltas.into_inner()))
+                let deltas = deltas.into_inner();
+                deltas.persist(due, queue)?;
+                Ok((value, deltas))
             },
         ))
     }

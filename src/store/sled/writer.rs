@@ -179,6 +179,10 @@ enum Request {
     Write(Box<dyn Pending>),
 }
 
+/// Requests in one round at most: a sled transaction keeps every write it makes in memory
+/// until it commits, so a burst (a poller round of 1,000 jobs, say) goes in several rounds.
+const ROUND_LIMIT: usize = 256;
+
 #[derive(Clone)]
 pub(crate) struct Writer {
     requests: mpsc::Sender<Request>,
@@ -199,10 +203,17 @@ impl Writer {
                         Request::Write(write) => writes.push(write),
                     };
                     take(first);
-                    inbox.try_iter().for_each(&mut take);
+                    let mut room = ROUND_LIMIT - 1;
+                    let mut take_more = |take: &mut dyn FnMut(Request)| {
+                        for request in inbox.try_iter().take(room) {
+                            room -= 1;
+                            take(request);
+                        }
+                    };
+                    take_more(&mut take);
                     // Whoever is about to ask (a thread waiting for this core) joins this round.
                     thread::yield_now();
-                    inbox.try_iter().for_each(&mut take);
+                    take_more(&mut take);
                     round(&db, &trees, &counts, flushes, writes);
                 }
             })

@@ -16,15 +16,25 @@ use crate::store::{
 };
 use crate::store::{JobTime, UpstreamWebhook};
 
+/// Reads of one store on the blocking pool at once. Without a bound, a burst of concurrent
+/// reads (a poller round of 1,000 jobs each completing, say) would start as many threads, each
+/// with its stack and its own malloc arena; beyond the cores they only wait for each other.
+pub(super) const READERS: usize = 8;
+
 impl SledStore {
-    /// Run `read` on the blocking pool.
+    /// Run `read` on the blocking pool, at most [`READERS`] at a time.
     async fn blocking<T, F>(&self, read: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&SledStore) -> Result<T> + Send + 'static,
     {
+        let permit = self.readers.clone().acquire_owned().await;
         let store = self.clone();
-        match tokio::task::spawn_blocking(move || read(&store)).await {
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            read(&store)
+        });
+        match task.await {
             Ok(result) => result,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(_) => Err(super::StoreError::Unavailable(

@@ -68,6 +68,8 @@ pub struct SledStore {
     secret_cache: cache::ReadCache<SecretSet>,
     /// Entries of the two queues, for metrics (see `counts`).
     counts: counts::QueueCounts,
+    /// Reads running on the blocking pool at once (see `api`).
+    readers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -110,6 +112,7 @@ impl SledStore {
             secrets: trees.secrets.clone(),
             writer: writer::Writer::start(db.clone(), trees, counts.clone()),
             counts,
+            readers: std::sync::Arc::new(tokio::sync::Semaphore::new(api::READERS)),
             in_flight: jobs::InFlight::default(),
             claims: deliveries::Claims::default(),
             subscription_cache: cache::ReadCache::default(),

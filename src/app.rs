@@ -60,7 +60,7 @@ impl Services {
     pub fn build(settings: Settings, clock: SharedClock) -> Result<Services, StartError> {
         let store =
             crate::store::open(&settings.storage).map_err(|source| StartError::Storage {
-                path: settings.storage.path.display().to_string(),
+                path: storage_label(&settings.storage),
                 source,
             })?;
         let budgets = Arc::new(Budgets::new(
@@ -90,6 +90,27 @@ impl Services {
         })
     }
 
+    /// Make the store ready to serve (PostgreSQL: connect, apply the migrations). A failure
+    /// names the storage key and never prints a password.
+    pub async fn prepare_storage(&self) -> Result<(), StartError> {
+        self.store
+            .prepare()
+            .await
+            .map_err(|source| StartError::Storage {
+                path: storage_label(&self.settings.storage),
+                source,
+            })
+    }
+
+    /// Wake this instance's workers when any instance sharing the store writes work.
+    pub fn watch_wakeups(&self) {
+        let signals = self.signals.clone();
+        self.store.watch_wakeups(Arc::new(move |wake| match wake {
+            crate::store::Wakeup::Deliveries => signals.delivery_wake.notify_one(),
+            crate::store::Wakeup::Jobs => signals.poller_wake.notify_one(),
+        }));
+    }
+
     pub fn poller(&self) -> Poller {
         Poller::new(self.lifecycle.clone(), self.signals.clone())
     }
@@ -116,6 +137,7 @@ impl Application {
         let listener =
             TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let services = Services::build(settings, clock)?;
+        services.prepare_storage().await?;
         Self::start(services, listener)
     }
 
@@ -147,6 +169,7 @@ impl Application {
         .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
         .listen(listener)?
         .run();
+        services.watch_wakeups();
         let poller = tokio::spawn(services.poller().run());
         let deliveries = tokio::spawn(
             services
@@ -239,5 +262,17 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// What a storage error at start names: the sled directory, or the PostgreSQL key and URL
+/// (its password hidden).
+fn storage_label(storage: &crate::config::StorageSettings) -> String {
+    match storage.backend {
+        crate::config::StorageBackend::Sled => storage.path.display().to_string(),
+        crate::config::StorageBackend::Postgres => format!(
+            "storage.postgres.url = {}",
+            crate::config::redact_url(&storage.postgres.url)
+        ),
     }
 }

@@ -52,8 +52,57 @@ pub struct ServerSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    #[serde(default)]
+    pub backend: StorageBackend,
     pub path: PathBuf,
     pub cache_bytes: u64,
+    #[serde(default)]
+    pub postgres: PostgresSettings,
+}
+
+/// Which engine keeps the state (`storage.backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Embedded, one process per directory.
+    #[default]
+    Sled,
+    /// A shared PostgreSQL database: several instances on one database.
+    Postgres,
+}
+
+/// `storage.postgres`: used when `storage.backend = "postgres"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`; never printed (see [`redact_url`]).
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(deserialize_with = "duration")]
+    pub delivery_lease: Duration,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings {
+            url: String::new(),
+            max_connections: 16,
+            delivery_lease: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A database URL fit to print: its password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -222,6 +271,17 @@ impl Settings {
         if let (Some(secret), false) = (from_env, explicit) {
             builder = builder.set_override("upstream.api_secret", secret)?;
         }
+        // `DATABASE_URL`, the usual name, unless the key is given explicitly.
+        let database_url = env
+            .iter()
+            .find(|(k, v)| k == "DATABASE_URL" && !v.is_empty())
+            .map(|(_, v)| v.clone());
+        let explicit_url = env
+            .iter()
+            .any(|(k, _)| k == "AGENTHOOK__STORAGE__POSTGRES__URL");
+        if let (Some(url), false) = (database_url, explicit_url) {
+            builder = builder.set_override("storage.postgres.url", url)?;
+        }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -229,6 +289,31 @@ impl Settings {
 
     /// Checks the typed values cannot express.
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.storage.backend == StorageBackend::Postgres {
+            let pg = &self.storage.postgres;
+            if pg.url.is_empty() {
+                return Err(invalid(
+                    "storage.postgres.url",
+                    "is needed with storage.backend = \"postgres\" (or set DATABASE_URL)",
+                ));
+            }
+            match url::Url::parse(&pg.url) {
+                Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {}
+                _ => return Err(invalid("storage.postgres.url", "must be a postgres:// URL")),
+            }
+            if pg.max_connections == 0 {
+                return Err(invalid(
+                    "storage.postgres.max_connections",
+                    "must be at least 1",
+                ));
+            }
+            if pg.delivery_lease <= self.delivery.timeout {
+                return Err(invalid(
+                    "storage.postgres.delivery_lease",
+                    "must be longer than delivery.timeout",
+                ));
+            }
+        }
         if !matches!(self.upstream.base_url.scheme(), "http" | "https") {
             return Err(invalid("upstream.base_url", "must be an http or https URL"));
         }

@@ -5,6 +5,7 @@ mod browser;
 #[path = "../fixtures/mod.rs"]
 mod fixtures;
 mod helpers;
+mod pg;
 mod receiver;
 
 mod dashboard;

@@ -72,7 +72,7 @@ pub enum StorageBackend {
 }
 
 /// `storage.postgres`: used when `storage.backend = "postgres"`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSettings {
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`; never printed (see [`redact_url`]).
@@ -80,6 +80,16 @@ pub struct PostgresSettings {
     pub max_connections: u32,
     #[serde(deserialize_with = "duration")]
     pub delivery_lease: Duration,
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("delivery_lease", &self.delivery_lease)
+            .finish()
+    }
 }
 
 impl Default for PostgresSettings {
@@ -484,5 +494,49 @@ mod tests {
     fn secrets_do_not_show_in_debug_output() {
         let s = load(&[("BITHUMAN_API_SECRET", "super-secret-value")]).unwrap();
         assert!(!format!("{s:?}").contains("super-secret-value"));
+    }
+
+    #[test]
+    fn postgres_takes_its_url_from_the_key_or_database_url_and_never_shows_the_password() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.storage.backend, StorageBackend::Sled);
+        let err = load(&[("AGENTHOOK__STORAGE__BACKEND", "postgres")]).unwrap_err();
+        assert!(err.to_string().contains("storage.postgres.url"), "{err}");
+        let url = "postgres://agenthook:hunter2-secret@127.0.0.1:5432/agenthook";
+        let s = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", url),
+        ])
+        .unwrap();
+        assert_eq!(s.storage.backend, StorageBackend::Postgres);
+        assert_eq!(s.storage.postgres.url, url);
+        assert!(!format!("{s:?}").contains("hunter2-secret"));
+        assert!(!redact_url(url).contains("hunter2-secret"));
+        let explicit = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", url),
+            (
+                "AGENTHOOK__STORAGE__POSTGRES__URL",
+                "postgres://other@127.0.0.1/x",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            explicit.storage.postgres.url,
+            "postgres://other@127.0.0.1/x"
+        );
+        let bad = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", "mysql://x@127.0.0.1/y"),
+        ])
+        .unwrap_err();
+        assert!(bad.to_string().contains("storage.postgres.url"), "{bad}");
+        let short = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", url),
+            ("AGENTHOOK__STORAGE__POSTGRES__DELIVERY_LEASE", "1s"),
+        ])
+        .unwrap_err();
+        assert!(short.to_string().contains("delivery_lease"), "{short}");
     }
 }

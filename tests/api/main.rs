@@ -6,6 +6,7 @@ mod browser;
 mod fixtures;
 mod helpers;
 mod pg;
+mod postgres;
 mod receiver;
 
 mod dashboard;

@@ -63,10 +63,20 @@ impl Services {
                 path: storage_label(&settings.storage),
                 source,
             })?;
-        let budgets = Arc::new(Budgets::new(
-            settings.upstream.generate_per_minute,
-            settings.upstream.read_per_minute,
-        ));
+        // Several instances on one store share the account's budgets through it.
+        let budgets = if store.shares_budgets() {
+            let budgets = Arc::new(Budgets::shared(
+                settings.upstream.generate_per_minute,
+                settings.upstream.read_per_minute,
+            ));
+            budgets.start_refills(store.clone(), clock.clone());
+            budgets
+        } else {
+            Arc::new(Budgets::new(
+                settings.upstream.generate_per_minute,
+                settings.upstream.read_per_minute,
+            ))
+        };
         let upstream = UpstreamClient::new(
             settings.upstream.base_url.clone(),
             settings.upstream.api_secret.clone(),

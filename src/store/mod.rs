@@ -480,6 +480,28 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
     fn watch_wakeups(&self, wake: WakeFn) {
         let _ = wake;
     }
+
+    /// Whether several processes share this store, and with it the upstream budgets (then
+    /// [`Storage::take_budget`] grants every request).
+    fn shares_budgets(&self) -> bool {
+        false
+    }
+
+    /// Grant up to `want` requests of the budget `name` at `now`, from one budget shared by
+    /// every process on this store: requests are granted `spacing` apart, with at most `burst`
+    /// ahead (a GCRA). Returns how many were granted (0: none before the next spacing). A store
+    /// that no one else shares grants nothing ([`Storage::shares_budgets`] is false).
+    async fn take_budget(
+        &self,
+        name: &str,
+        now: Timestamp,
+        spacing: std::time::Duration,
+        burst: u32,
+        want: u32,
+    ) -> Result<u32> {
+        let _ = (name, now, spacing, burst, want);
+        Ok(0)
+    }
 }
 
 /// The enabled subscriptions of a tenant that want this event type.

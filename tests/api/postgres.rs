@@ -343,3 +343,48 @@ async fn two_instances_share_the_work_and_every_job_ends_once_with_one_webhook_i
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_one_budget_never_above_it_and_use_at_least_95_percent() {
+    use agenthook::upstream::{budget::CREDIT_TTL, Budget};
+    let Some((a, url)) = crate::pg::pg_store().await else {
+        return;
+    };
+    let b = second(&url, Duration::from_secs(120));
+    let stores: [Arc<dyn Storage>; 2] = [a, b];
+    for per_minute in [120u32, 720] {
+        let name: &'static str = if per_minute == 120 {
+            "read120"
+        } else {
+            "read720"
+        };
+        let (spacing, burst) = Budget::grant_spacing(per_minute);
+        // Two greedy instances asking every 50 ms of simulated time for 3 minutes.
+        let start = now();
+        let mut grants = Vec::new();
+        let mut t = start;
+        while t < after(start, Duration::from_secs(180)) {
+            for store in &stores {
+                let n = store.take_budget(name, t, spacing, burst, 3).await.unwrap();
+                grants.extend(std::iter::repeat_n(t, n as usize));
+            }
+            t = after(t, Duration::from_millis(50));
+        }
+        // A grant is used within CREDIT_TTL of it: the busiest 60 s of use holds at most the
+        // grants of 60 s + CREDIT_TTL.
+        let span = Duration::from_secs(60) + CREDIT_TTL;
+        let mut busiest = 0;
+        for (i, first) in grants.iter().enumerate() {
+            let end = after(*first, span);
+            busiest = busiest.max(grants[i..].iter().take_while(|g| **g < end).count());
+        }
+        let used = grants.len() as f64 / (3.0 * f64::from(per_minute));
+        eprintln!(
+            "{per_minute}/min shared by 2: {} grants in 3 min ({:.1} %), busiest 61 s: {busiest}",
+            grants.len(),
+            used * 100.0
+        );
+        assert!(busiest <= per_minute as usize, "{busiest} > {per_minute}");
+        assert!(used >= 0.95, "only {:.1} % used", used * 100.0);
+    }
+}

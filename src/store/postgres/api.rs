@@ -265,6 +265,21 @@ impl Storage for PgStore {
         self.migrate().await
     }
 
+    fn shares_budgets(&self) -> bool {
+        true
+    }
+
+    async fn take_budget(
+        &self,
+        name: &str,
+        now: Timestamp,
+        spacing: std::time::Duration,
+        burst: u32,
+        want: u32,
+    ) -> Result<u32> {
+        PgStore::take_budget(self, name, now, spacing, burst, want).await
+    }
+
     fn watch_wakeups(&self, wake: WakeFn) {
         PgStore::watch_wakeups(self, wake, std::time::Duration::from_secs(1))
     }

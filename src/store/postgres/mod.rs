@@ -295,6 +295,42 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// The shared budgets' GCRA, one row per budget: `next_at` is when the next request is
+    /// granted without burst; a grant at `now` is allowed while `next_at - burst_span <= now`
+    /// and moves `next_at` one spacing on. Up to `want` grants in one statement, under the
+    /// row's lock.
+    pub async fn take_budget(
+        &self,
+        name: &str,
+        now: Timestamp,
+        spacing: Duration,
+        burst: u32,
+        want: u32,
+    ) -> Result<u32> {
+        // Microseconds: a spacing rounded to milliseconds would grant a little too fast.
+        let spacing_us = (spacing.as_micros() as i64).max(1);
+        let burst_span = spacing_us * (i64::from(burst.max(1)) - 1);
+        let now_us = now.timestamp_micros();
+        sqlx::query("INSERT INTO budgets (name, next_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(now_us)
+            .execute(&self.pool)
+            .await?;
+        let granted: Option<i64> = sqlx::query_scalar(
+            "WITH cur AS (SELECT GREATEST(next_at, $2) AS nx FROM budgets WHERE name = $1                           FOR UPDATE),              g AS (SELECT nx, CASE WHEN nx - $4 > $2 THEN 0                    ELSE LEAST($5, ($2 - (nx - $4)) / $3 + 1) END AS n FROM cur)              UPDATE budgets b SET next_at = g.nx + g.n * $3 FROM g WHERE b.name = $1              RETURNING g.n",
+        )
+        .bind(name)
+        .bind(now_us)
+        .bind(spacing_us)
+        .bind(burst_span)
+        .bind(i64::from(want))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(granted.unwrap_or(0).max(0) as u32)
+    }
+}
+
 /// An error message with the URL's password taken out, should the driver repeat it.
 fn redact_error(message: &str, url: &str) -> String {
     match url::Url::parse(url)

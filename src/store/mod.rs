@@ -15,6 +15,7 @@
 //! The embedded backend is sled ([`sled`], one process per directory). Nothing outside that
 //! folder names sled (`.ci/run` checks).
 
+pub mod copy;
 mod postgres;
 mod sled;
 

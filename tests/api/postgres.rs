@@ -388,3 +388,95 @@ async fn instances_share_one_budget_never_above_it_and_use_at_least_95_percent()
         assert!(used >= 0.95, "only {:.1} % used", used * 100.0);
     }
 }
+
+fn store_copy(from: &std::path::Path, url: &str, force: bool) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agenthook"));
+    command
+        .args(["store", "copy", "--from"])
+        .arg(format!("sled:{}", from.display()))
+        .arg("--to")
+        .arg(format!("postgres:{url}"));
+    if force {
+        command.arg("--force");
+    }
+    command.output().expect("run agenthook store copy")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_pending_work_from_sled_and_a_postgres_instance_finishes_it() {
+    use crate::helpers::{spawn_app_with, KEY_A};
+    use crate::receiver::Reply;
+    let Some(url) = crate::pg::fresh_database().await else {
+        return;
+    };
+    // On sled: three jobs end and their first attempts fail (retries pending), three more are
+    // still with upstream when the service stops.
+    let app = spawn_app_with(fast_sim_config(), |_| {}).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::status(503));
+    let mut ended = Vec::new();
+    for i in 0..3 {
+        let (status, job) = app
+            .create_job(
+                KEY_A,
+                json!({"prompt": format!("a{i}"), "callback_url": rx.url("/done")}),
+            )
+            .await;
+        assert_eq!(status, 202, "{job}");
+        ended.push(job["id"].as_str().unwrap().to_owned());
+    }
+    rx.wait_for(3, Duration::from_secs(20)).await;
+    app.sim
+        .state
+        .update(|c| c.time_to_ready = Duration::from_secs(3));
+    let mut pending = Vec::new();
+    for i in 0..3 {
+        let (status, job) = app
+            .create_job(
+                KEY_A,
+                json!({"prompt": format!("b{i}"), "callback_url": rx.url("/later")}),
+            )
+            .await;
+        assert_eq!(status, 202, "{job}");
+        pending.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let (sim, dir, settings) = app.stop().await;
+    let data = settings.storage.path.clone();
+
+    let copied = store_copy(&data, &url, false);
+    let said = String::from_utf8_lossy(&copied.stdout).into_owned();
+    assert!(
+        copied.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    eprintln!("{said}");
+    assert!(said.contains("6 jobs (3 pending)"), "{said}");
+    assert!(said.contains("3 deliveries (3 pending)"), "{said}");
+
+    // A second copy into the now non-empty database is refused, unless forced.
+    let again = store_copy(&data, &url, false);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(store_copy(&data, &url, true).status.success());
+
+    // An instance on PostgreSQL finishes the work: the retries and the pending jobs' events.
+    rx.set_default(Reply::ok());
+    let pg = Application::build(pg_settings(&url, settings), clock::system())
+        .await
+        .expect("start on PostgreSQL");
+    let stop = pg.stop_handle();
+    let task = tokio::spawn(async move { pg.run().await.expect("ran") });
+    rx.wait_for_path("/later", 3, Duration::from_secs(30)).await;
+    let done = rx.wait_for_path("/done", 6, Duration::from_secs(30)).await;
+    // The retries keep their webhook-id: three ids on /done, each sent twice (503, then 200).
+    let ids: HashSet<&str> = done.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 3);
+    stop.stop().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    drop((sim, dir));
+}

@@ -81,6 +81,12 @@ async fn put_job(
     Ok(done.rows_affected() == 1)
 }
 
+/// Insert `job` or overwrite the stored one, whatever it is (a copy from another store).
+pub(super) async fn put_job_tx(tx: &mut Transaction<'_, Postgres>, job: &Job) -> Result<()> {
+    put_job(tx, job, false).await?;
+    Ok(())
+}
+
 /// Overwrite a stored pending job; with `claim`, only while that claim is still the job's.
 async fn update_pending<'c, E: sqlx::PgExecutor<'c>>(
     executor: E,

@@ -30,6 +30,7 @@
 
 mod api;
 mod deliveries;
+mod import;
 mod jobs;
 mod subscriptions;
 

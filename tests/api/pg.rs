@@ -23,6 +23,8 @@ pub struct Cluster {
     data: PathBuf,
     pub port: u16,
     user: Option<(u32, u32)>,
+    /// Commits wait for the WAL (see [`Cluster::private`]); the shared cluster does not.
+    durable: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -80,7 +82,34 @@ impl Cluster {
         command
     }
 
+    /// A cluster of its own (not the shared one), stopped and removed when dropped: for tests
+    /// that stop and restart the database. Its commits are durable (`synchronous_commit=on`):
+    /// an immediate stop loses nothing acknowledged.
+    pub fn private() -> Option<Cluster> {
+        Cluster::init_with(true)
+    }
+
     fn start() -> Option<Cluster> {
+        let cluster = Cluster::init()?;
+        // Stopped when the test process exits.
+        extern "C" fn stop_at_exit() {
+            if let Some(Some(cluster)) = CLUSTER.get() {
+                cluster.stop();
+                let _ = std::fs::remove_dir_all(cluster._dir.path());
+            }
+        }
+        // SAFETY: registering a plain extern "C" function.
+        unsafe {
+            libc::atexit(stop_at_exit);
+        }
+        Some(cluster)
+    }
+
+    fn init() -> Option<Cluster> {
+        Cluster::init_with(false)
+    }
+
+    fn init_with(durable: bool) -> Option<Cluster> {
         let Some(bin) = find_bin() else {
             if std::env::var(REQUIRED_ENV).as_deref() == Ok("required") {
                 panic!("{REQUIRED_ENV}=required but PostgreSQL (initdb, pg_ctl) is not installed");
@@ -102,6 +131,7 @@ impl Cluster {
             data,
             port,
             user,
+            durable,
             _dir: dir,
         };
         let out = cluster
@@ -118,27 +148,17 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         cluster.pg_ctl_start();
-        // Stopped when the test process exits.
-        extern "C" fn stop_at_exit() {
-            if let Some(Some(cluster)) = CLUSTER.get() {
-                cluster.stop();
-                let _ = std::fs::remove_dir_all(cluster._dir.path());
-            }
-        }
-        // SAFETY: registering a plain extern "C" function.
-        unsafe {
-            libc::atexit(stop_at_exit);
-        }
         Some(cluster)
     }
 
     fn pg_ctl_start(&self) {
         let socket_dir = self.data.parent().unwrap();
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off \
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit={} \
              -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB",
             self.port,
-            socket_dir.display()
+            socket_dir.display(),
+            if self.durable { "on" } else { "off" }
         );
         let out = self
             .command("pg_ctl")
@@ -173,13 +193,19 @@ impl Cluster {
     }
 
     /// Start it again after [`Cluster::stop`].
-    #[allow(dead_code)] // for the tests of the database as a fault
     pub fn restart(&self) {
         self.pg_ctl_start();
     }
 
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    /// Only private clusters are dropped (the shared one is stopped at exit).
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -212,7 +238,7 @@ pub async fn fresh_database() -> Option<String> {
     panic!("could not create a test database: {last:?}");
 }
 
-async fn sqlx_admin(cluster: &Cluster, sql: &str) -> Result<(), String> {
+pub async fn sqlx_admin(cluster: &Cluster, sql: &str) -> Result<(), String> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&cluster.url("postgres"))
         .await

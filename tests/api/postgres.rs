@@ -480,3 +480,78 @@ async fn store_copy_moves_pending_work_from_sled_and_a_postgres_instance_finishe
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     drop((sim, dir));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_lost_while_running_gives_503_and_everything_resumes_when_it_returns() {
+    use crate::helpers::KEY_A;
+    if crate::pg::cluster().is_none() {
+        return;
+    }
+    let cluster = crate::pg::Cluster::private().expect("a private cluster");
+    crate::pg::sqlx_admin(&cluster, "CREATE DATABASE agenthook")
+        .await
+        .unwrap();
+    let url = cluster.url("agenthook");
+    let sim = spawn_sim(fast_sim_config());
+    let dir = tempfile::tempdir().unwrap();
+    let settings = pg_settings(&url, test_settings(dir.path(), &sim));
+    let app = Application::build(settings, clock::system())
+        .await
+        .expect("start");
+    let base = format!("http://{}", app.addr());
+    let stop = app.stop_handle();
+    let task = tokio::spawn(async move { app.run().await.expect("ran") });
+    let rx = Receiver::start().await;
+    let http = reqwest::Client::new();
+    let submit = |i: usize| {
+        http.post(format!("{base}/v1/jobs"))
+            .bearer_auth(KEY_A)
+            .json(&json!({"prompt": format!("p{i}"), "callback_url": rx.url("/hook")}))
+            .send()
+    };
+    let mut accepted = HashSet::new();
+    for i in 0..3 {
+        let res = submit(i).await.unwrap();
+        assert_eq!(res.status(), 202);
+        let body: serde_json::Value = res.json().await.unwrap();
+        accepted.insert(body["id"].as_str().unwrap().to_owned());
+    }
+
+    cluster.stop();
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "readyz while the database is gone");
+    let refused = submit(100).await.unwrap();
+    assert_eq!(refused.status(), 503, "a write while the database is gone");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.restart();
+
+    // Back by itself: new jobs are accepted, and every accepted job's event arrives.
+    let mut i = 3;
+    while accepted.len() < 6 {
+        let res = submit(i).await.unwrap();
+        if res.status() == 202 {
+            let body: serde_json::Value = res.json().await.unwrap();
+            accepted.insert(body["id"].as_str().unwrap().to_owned());
+            i += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let got = rx.wait_for(6, Duration::from_secs(30)).await;
+    let jobs: HashSet<String> = got
+        .iter()
+        .map(|r| {
+            r.json()["data"]["job_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(jobs, accepted, "every accepted job's event arrived");
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    stop.stop().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}

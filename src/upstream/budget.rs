@@ -292,6 +292,11 @@ impl Budgets {
                     &budgets.generate
                 };
                 if budget.is_shared() {
+                    // The budget table may not exist yet: this starts before `serve` migrates.
+                    // Migrating is idempotent and safe to race (advisory lock).
+                    if let Err(error) = store.prepare().await {
+                        tracing::debug!(%error, "budget refill: the store is not ready yet");
+                    }
                     budget.refill_from(&store, &clock).await;
                 }
             });

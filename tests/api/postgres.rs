@@ -494,7 +494,10 @@ async fn the_database_lost_while_running_gives_503_and_everything_resumes_when_i
     let url = cluster.url("agenthook");
     let sim = spawn_sim(fast_sim_config());
     let dir = tempfile::tempdir().unwrap();
-    let settings = pg_settings(&url, test_settings(dir.path(), &sim));
+    let mut settings = pg_settings(&url, test_settings(dir.path(), &sim));
+    // Work claimed when the database went away waits for its lease: keep them short here.
+    settings.poller.lease = Duration::from_secs(6);
+    settings.storage.postgres.delivery_lease = Duration::from_secs(3);
     let app = Application::build(settings, clock::system())
         .await
         .expect("start");
@@ -539,7 +542,7 @@ async fn the_database_lost_while_running_gives_503_and_everything_resumes_when_i
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let got = rx.wait_for(6, Duration::from_secs(30)).await;
+    let got = rx.wait_for(6, Duration::from_secs(60)).await;
     let jobs: HashSet<String> = got
         .iter()
         .map(|r| {

@@ -14,6 +14,7 @@ use crate::delivery::worker::DeliveryWorker;
 use crate::lifecycle::Lifecycle;
 use crate::maintenance::Maintenance;
 use crate::poller::Poller;
+use crate::push::PushInbox;
 use crate::signals::Signals;
 use crate::store::Store;
 use crate::upstream::{Budgets, UpstreamClient};
@@ -85,11 +86,14 @@ impl Services {
             clock.clone(),
             settings.upstream.rate_limit_backoff,
         );
+        let push = Arc::new(PushInbox::new(settings.poller.max_interval_with_webhooks));
+        push.add_secret(settings.upstream.webhooks.secret.expose());
         let lifecycle = Lifecycle {
             store: store.clone(),
             upstream,
             clock: clock.clone(),
             settings: settings.poller.clone(),
+            push,
         };
         Ok(Services {
             store,
@@ -146,8 +150,21 @@ impl Application {
         let addr = settings.server.bind;
         let listener =
             TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        Self::build_on(settings, clock, listener).await
+    }
+
+    /// As [`Application::build`], on an already-bound listener (whose address may be part of
+    /// `upstream.webhooks.public_url`).
+    pub async fn build_on(
+        settings: Settings,
+        clock: SharedClock,
+        listener: TcpListener,
+    ) -> Result<Application, StartError> {
         let services = Services::build(settings, clock)?;
         services.prepare_storage().await?;
+        if let Some(url) = services.settings.upstream.webhooks.public_url() {
+            crate::push::ensure_registration(&services.lifecycle, url).await;
+        }
         Self::start(services, listener)
     }
 
@@ -180,6 +197,10 @@ impl Application {
         .listen(listener)?
         .run();
         services.watch_wakeups();
+        let heartbeat = tokio::spawn(crate::push::heartbeat(
+            services.lifecycle.clone(),
+            services.signals.clone(),
+        ));
         let poller = tokio::spawn(services.poller().run());
         let deliveries = tokio::spawn(
             services
@@ -192,7 +213,7 @@ impl Application {
             server,
             store: services.store,
             signals: services.signals,
-            workers: vec![poller, deliveries, maintenance],
+            workers: vec![poller, deliveries, maintenance, heartbeat],
             settings,
         })
     }

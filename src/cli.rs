@@ -173,8 +173,8 @@ async fn run_service(settings: &mut Settings) -> ExitCode {
     }
 }
 
-/// Start the simulator on a free loopback port and point the upstream at it. Without
-/// configured API keys, the development key is accepted.
+/// Start the simulator on a free loopback port and point the upstream at it (and its webhooks
+/// at this service). Without configured API keys, the development key is accepted.
 fn start_simulator(settings: &mut Settings) -> std::io::Result<crate::sim::SimServer> {
     let config = crate::sim::SimConfig {
         time_to_ready: std::time::Duration::from_secs(10),
@@ -186,6 +186,14 @@ fn start_simulator(settings: &mut Settings) -> std::io::Result<crate::sim::SimSe
     let sim = crate::sim::spawn(std::net::TcpListener::bind("127.0.0.1:0")?, config)?;
     settings.upstream.base_url = sim.base_url.parse().map_err(std::io::Error::other)?;
     settings.upstream.api_secret = Secret::new(secret);
+    // The simulator plays bitHuman's own webhooks too: register this service's push URL with it.
+    if settings.upstream.webhooks.public_url().is_none() && settings.server.bind.port() != 0 {
+        let mut addr = settings.server.bind;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        settings.upstream.webhooks.public_url = format!("http://{addr}/v1/upstream/webhooks");
+    }
     if settings.auth.keys.is_empty() {
         settings.auth.keys.push(dev_key());
         eprintln!(

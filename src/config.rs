@@ -1,5 +1,6 @@
 //! Settings, layered: the committed defaults → `--config FILE` → `AGENTHOOK__SECTION__KEY`
-//! variables (→ `BITHUMAN_API_SECRET` for the upstream secret). Every key is documented in
+//! variables (→ `BITHUMAN_API_SECRET` for the upstream secret, `BITHUMAN_WEBHOOK_SECRET` for
+//! the upstream webhook secret). Every key is documented in
 //! `config/default.toml`; a bad value stops start-up with a message naming the key.
 
 use std::net::SocketAddr;
@@ -126,6 +127,23 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub rate_limit_backoff: Duration,
+    pub webhooks: UpstreamWebhookSettings,
+}
+
+/// bitHuman's own webhooks (`POST /v1/upstream/webhooks`), a fast path beside polling.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamWebhookSettings {
+    /// The signing secret of a registration made by hand; empty: none.
+    pub secret: Secret,
+    /// The URL bitHuman should push to; when set, `serve` registers it at start. Empty: none.
+    pub public_url: String,
+}
+
+impl UpstreamWebhookSettings {
+    pub fn public_url(&self) -> Option<&str> {
+        Some(self.public_url.trim()).filter(|u| !u.is_empty())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -137,6 +155,8 @@ pub struct PollerSettings {
     pub interval: Duration,
     #[serde(deserialize_with = "duration")]
     pub max_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max_interval_with_webhooks: Duration,
     #[serde(deserialize_with = "duration")]
     pub max_age: Duration,
     pub max_not_found: u32,
@@ -292,6 +312,16 @@ impl Settings {
         if let (Some(url), false) = (database_url, explicit_url) {
             builder = builder.set_override("storage.postgres.url", url)?;
         }
+        let webhook_secret = env
+            .iter()
+            .find(|(k, _)| k == "BITHUMAN_WEBHOOK_SECRET")
+            .map(|(_, v)| v.clone());
+        let explicit = env
+            .iter()
+            .any(|(k, _)| k == "AGENTHOOK__UPSTREAM__WEBHOOKS__SECRET");
+        if let (Some(secret), false) = (webhook_secret, explicit) {
+            builder = builder.set_override("upstream.webhooks.secret", secret)?;
+        }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -347,6 +377,22 @@ impl Settings {
                 "poller.max_interval",
                 "must be at least poller.interval",
             ));
+        }
+        if self.poller.max_interval_with_webhooks < self.poller.interval {
+            return Err(invalid(
+                "poller.max_interval_with_webhooks",
+                "must be at least poller.interval",
+            ));
+        }
+        if let Some(url) = self.upstream.webhooks.public_url() {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| invalid("upstream.webhooks.public_url", format!("not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "upstream.webhooks.public_url",
+                    "must be an http or https URL",
+                ));
+            }
         }
         if self.poller.concurrency == 0 {
             return Err(invalid("poller.concurrency", "must be at least 1"));
@@ -488,6 +534,35 @@ mod tests {
                 "{var}={value}: {err:?} should name {key}"
             );
         }
+    }
+
+    #[test]
+    fn upstream_webhook_keys_have_defaults_and_their_own_variable() {
+        let s = load(&[]).unwrap();
+        assert!(s.upstream.webhooks.secret.is_empty());
+        assert_eq!(s.upstream.webhooks.public_url(), None);
+        assert_eq!(
+            s.poller.max_interval_with_webhooks,
+            Duration::from_secs(600)
+        );
+        let s = load(&[
+            ("BITHUMAN_WEBHOOK_SECRET", "whsec_from_env"),
+            (
+                "AGENTHOOK__UPSTREAM__WEBHOOKS__PUBLIC_URL",
+                "https://hooks.example.com/x",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.upstream.webhooks.secret.expose(), "whsec_from_env");
+        assert_eq!(
+            s.upstream.webhooks.public_url(),
+            Some("https://hooks.example.com/x")
+        );
+        let err = load(&[("AGENTHOOK__UPSTREAM__WEBHOOKS__PUBLIC_URL", "ftp://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.webhooks.public_url"), "{err}");
+        assert!(!format!("{s:?}").contains("whsec_from_env"));
     }
 
     #[test]

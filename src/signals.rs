@@ -12,6 +12,8 @@ pub struct Signals {
     pub delivery_wake: Notify,
     /// Only shutdown: housekeeping sleeps between sweeps.
     pub maintenance_wake: Notify,
+    /// When upstream pushes made jobs due, for the push-to-callback latency.
+    pub pushed: crate::push::PushTimes,
     shutting_down: AtomicBool,
     poller_running: AtomicBool,
     delivery_running: AtomicBool,

@@ -163,11 +163,15 @@ async fn submit_and_store(
     }
     let response = render(&job);
     let id = job.id.clone();
+    let stored = job.clone();
     let saved = state
         .store
         .accept_job(job, held, key.map(|k| (k, response.clone())))
         .await?;
     if saved {
+        if state.lifecycle.after_accepted(&stored) {
+            state.signals.pushed.mark(&stored.id);
+        }
         state.signals.poller_wake.notify_one();
     } else {
         tracing::info!(job_id = %id, "job was cancelled during submission");

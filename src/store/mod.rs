@@ -2,7 +2,8 @@
 //! (the outbox), claim due work, record an attempt. The API is async and knows no backend;
 //! [`Storage`] is what a backend implements and [`Store`] is what the rest of the service holds.
 //!
-//! Promises every backend keeps (the conformance suite in `tests/store/` states each one):
+//! Promises every backend keeps (the conformance suite, `tests/api/store_conformance.rs`,
+//! states each one):
 //! - a write is durable when it returns: there is no separate "flush now" step;
 //! - the outbox is atomic: a job is terminal if and only if its deliveries exist, and a second
 //!   completion writes nothing;
@@ -215,6 +216,8 @@ pub struct DeliveryPage {
 /// once (a backend retries a write that met a concurrent one), so it must only change its
 /// argument.
 pub type DeliveryChange = Box<dyn Fn(&mut Delivery) -> bool + Send + Sync>;
+/// A time computed from a job (when to poll it next, say).
+pub type JobTime = Box<dyn Fn(&Job) -> Timestamp + Send + Sync>;
 /// A change to a stored subscription (may run more than once, as [`DeliveryChange`]).
 pub type SubscriptionChange = Box<dyn Fn(&mut Subscription) + Send + Sync>;
 /// A change to a tenant's callback secrets, given what is stored (`None`: nothing yet): what
@@ -266,6 +269,24 @@ pub struct Counts {
     pub deliveries_fresh: u64,
     /// Deliveries waiting for a retry.
     pub deliveries_retry: u64,
+}
+
+/// The registration agenthook made of its push URL with bitHuman: its id, URL and the
+/// signing secret upstream shows only once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamWebhook {
+    pub id: String,
+    pub url: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for UpstreamWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamWebhook")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a backend does. Every method is a unit of work in domain terms; every write is
@@ -456,6 +477,28 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
         tenant: &Tenant,
         change: SecretsChange,
     ) -> Result<Option<SecretSet>>;
+
+    // --- Upstream push ---
+
+    /// Claim one pending `processing` job for a status read now, wherever it is queued (a
+    /// push made it due), leased until `lease_until`. `None` when the job is unknown, ended,
+    /// or not polled yet.
+    async fn claim_job_for_poll(&self, id: &JobId, lease_until: Timestamp) -> Result<Option<Job>>;
+
+    /// Move up to `limit` polls due after `later_than` to the time `to` gives each (at the
+    /// latest `later_than`): the slowed cadence undone when pushes stop. Returns how many.
+    async fn pull_in_polls(
+        &self,
+        later_than: Timestamp,
+        limit: usize,
+        to: JobTime,
+    ) -> Result<usize>;
+
+    /// agenthook's own webhook registration with bitHuman, if it made one.
+    async fn upstream_webhook(&self) -> Result<Option<UpstreamWebhook>>;
+
+    /// Keep the registration (its secret cannot be asked for again).
+    async fn save_upstream_webhook(&self, webhook: &UpstreamWebhook) -> Result<()>;
 
     // --- Operations ---
 

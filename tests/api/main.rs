@@ -21,3 +21,4 @@ mod restart;
 mod scheduler;
 mod service;
 mod store_conformance;
+mod upstream_push;

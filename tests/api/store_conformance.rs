@@ -608,6 +608,49 @@ pub async fn a_dead_letter_retried_by_hand_is_queued_again(store: Store) {
     );
 }
 
+pub async fn a_pushed_job_is_claimed_at_once_and_slowed_polls_are_pulled_in(store: Store) {
+    let acme = tenant("acme");
+    let t = now();
+    let later = after(t, Duration::from_secs(600));
+    let job = stored_job(&store, &acme, later).await;
+    let lease = after(t, Duration::from_secs(30));
+    let claimed = store.claim_job_for_poll(&job.id, lease).await.unwrap();
+    assert_eq!(claimed.map(|j| j.id), Some(job.id.clone()));
+    assert_eq!(
+        store.next_due_at(WorkKind::Poll).await.unwrap(),
+        Some(lease)
+    );
+    // A job still being submitted is not polled.
+    let submitting = Job::new(acme.clone(), Map::new(), None, Map::new(), t);
+    store.hold_job(&submitting, None).await.unwrap();
+    assert!(store
+        .claim_job_for_poll(&submitting.id, lease)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Polls due after the horizon are moved back to it, at the latest.
+    let slow = stored_job(&store, &acme, after(t, Duration::from_secs(3600))).await;
+    let horizon = after(t, Duration::from_secs(60));
+    let soon = after(t, Duration::from_secs(5));
+    let moved = store
+        .pull_in_polls(horizon, 100, Box::new(move |_| soon))
+        .await
+        .unwrap();
+    assert_eq!(moved, 1, "only the poll due after the horizon");
+    let pulled = store.job(&acme, &slow.id).await.unwrap().unwrap();
+    assert_eq!(pulled.next_poll_at, Some(soon));
+
+    assert!(store.upstream_webhook().await.unwrap().is_none());
+    let registration = agenthook::store::UpstreamWebhook {
+        id: "wh_1".into(),
+        url: "http://127.0.0.1:9/v1/upstream/webhooks".into(),
+        secret: "whsec_upstream".into(),
+    };
+    store.save_upstream_webhook(&registration).await.unwrap();
+    assert_eq!(store.upstream_webhook().await.unwrap(), Some(registration));
+}
+
 /// Run one conformance test against a fresh store of a backend.
 pub async fn with_store<M, F, Fut>(make: fn() -> M, test: F)
 where
@@ -637,6 +680,7 @@ macro_rules! conformance {
                 pages_are_newest_first_and_cursors_cover_everything_once,
                 every_read_and_change_is_scoped_to_its_tenant,
                 a_dead_letter_retried_by_hand_is_queued_again,
+                a_pushed_job_is_claimed_at_once_and_slowed_polls_are_pulled_in,
             );
         }
     };

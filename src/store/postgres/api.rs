@@ -13,9 +13,31 @@ use crate::store::{
     DeliveryUpdate, IdempotencyKey, IdempotentResponse, JobPage, Recorded, Result, SecretsChange,
     Storage, SubscriptionChange, WakeFn, WorkKind,
 };
+use crate::store::{JobTime, UpstreamWebhook};
 
 #[async_trait::async_trait]
 impl Storage for PgStore {
+    async fn claim_job_for_poll(&self, id: &JobId, lease_until: Timestamp) -> Result<Option<Job>> {
+        PgStore::claim_job_for_poll(self, id, lease_until).await
+    }
+
+    async fn pull_in_polls(
+        &self,
+        later_than: Timestamp,
+        limit: usize,
+        to: JobTime,
+    ) -> Result<usize> {
+        PgStore::pull_in_polls(self, later_than, limit, to).await
+    }
+
+    async fn upstream_webhook(&self) -> Result<Option<UpstreamWebhook>> {
+        PgStore::upstream_webhook(self).await
+    }
+
+    async fn save_upstream_webhook(&self, webhook: &UpstreamWebhook) -> Result<()> {
+        PgStore::save_upstream_webhook(self, webhook).await
+    }
+
     async fn begin_job(
         &self,
         job: &Job,

@@ -32,6 +32,7 @@ mod api;
 mod deliveries;
 mod import;
 mod jobs;
+mod push;
 mod subscriptions;
 
 use std::collections::HashMap;

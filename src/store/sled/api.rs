@@ -14,6 +14,7 @@ use crate::store::{
     DeliveryUpdate, IdempotencyKey, IdempotentResponse, JobPage, Recorded, SecretsChange, Storage,
     SubscriptionChange, WorkKind,
 };
+use crate::store::{JobTime, UpstreamWebhook};
 
 impl SledStore {
     /// Run `read` on the blocking pool.
@@ -284,6 +285,35 @@ impl Storage for SledStore {
         change: SecretsChange,
     ) -> Result<Option<SecretSet>> {
         SledStore::update_callback_secrets(self, tenant, change).await
+    }
+
+    async fn claim_job_for_poll(&self, id: &JobId, lease_until: Timestamp) -> Result<Option<Job>> {
+        SledStore::claim_job_for_poll(self, id, lease_until).await
+    }
+
+    async fn pull_in_polls(
+        &self,
+        later_than: Timestamp,
+        limit: usize,
+        to: JobTime,
+    ) -> Result<usize> {
+        let due = self
+            .blocking(move |s| s.polls_due_after(later_than, limit))
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.pull_in(due, later_than, to).await
+    }
+
+    async fn upstream_webhook(&self) -> Result<Option<UpstreamWebhook>> {
+        self.blocking(|s| s.upstream_webhook()).await
+    }
+
+    async fn save_upstream_webhook(&self, webhook: &UpstreamWebhook) -> Result<()> {
+        let webhook = webhook.clone();
+        self.blocking(move |s| s.save_upstream_webhook(&webhook))
+            .await
     }
 
     async fn counts(&self) -> Result<Counts> {

@@ -9,8 +9,8 @@
 //! - `due`: the scheduler's queue, `kind | due millis | job id`
 //! - `queue`: the delivery worker's queue, `fresh|retry | due millis | delivery id`
 //! - `idempotency`: `tenant \0 key` → record; `secrets`: tenant → callback signing secrets
-//! - `meta`: the layout version of the records (see [`SledStore::open`]) and the counts of the
-//!   two queues (see `counts`)
+//! - `meta`: the layout version of the records (see [`SledStore::open`])
+//! - `upstream`: agenthook's webhook registration with bitHuman (`upstream_webhook`)
 //!
 //! Every write goes through the writer thread ([`writer`]), which makes it durable before it
 //! answers. Reads and claims run on tokio's blocking pool ([`api`]), never on a runtime thread:
@@ -30,6 +30,7 @@ mod jobs;
 mod keys;
 mod record;
 mod subscriptions;
+mod upstream_webhook;
 mod writer;
 
 use std::path::Path;
@@ -97,7 +98,7 @@ impl SledStore {
             secrets: db.open_tree("secrets")?,
         };
         deliveries::upgrade_layout(&db, &trees)?;
-        let counts = counts::QueueCounts::count(&trees.due, &trees.queue)?;
+        let counts = counts::QueueCounts::open(&trees.due, &trees.queue)?;
         Ok(SledStore {
             jobs: trees.jobs.clone(),
             deliveries: trees.deliveries.clone(),

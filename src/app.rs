@@ -61,13 +61,23 @@ impl Services {
     pub fn build(settings: Settings, clock: SharedClock) -> Result<Services, StartError> {
         let store =
             crate::store::open(&settings.storage).map_err(|source| StartError::Storage {
-                path: settings.storage.path.display().to_string(),
+                path: storage_label(&settings.storage),
                 source,
             })?;
-        let budgets = Arc::new(Budgets::new(
-            settings.upstream.generate_per_minute,
-            settings.upstream.read_per_minute,
-        ));
+        // Several instances on one store share the account's budgets through it.
+        let budgets = if store.shares_budgets() {
+            let budgets = Arc::new(Budgets::shared(
+                settings.upstream.generate_per_minute,
+                settings.upstream.read_per_minute,
+            ));
+            budgets.start_refills(store.clone(), clock.clone());
+            budgets
+        } else {
+            Arc::new(Budgets::new(
+                settings.upstream.generate_per_minute,
+                settings.upstream.read_per_minute,
+            ))
+        };
         let upstream = UpstreamClient::new(
             settings.upstream.base_url.clone(),
             settings.upstream.api_secret.clone(),
@@ -92,6 +102,27 @@ impl Services {
             clock,
             settings: Arc::new(settings),
         })
+    }
+
+    /// Make the store ready to serve (PostgreSQL: connect, apply the migrations). A failure
+    /// names the storage key and never prints a password.
+    pub async fn prepare_storage(&self) -> Result<(), StartError> {
+        self.store
+            .prepare()
+            .await
+            .map_err(|source| StartError::Storage {
+                path: storage_label(&self.settings.storage),
+                source,
+            })
+    }
+
+    /// Wake this instance's workers when any instance sharing the store writes work.
+    pub fn watch_wakeups(&self) {
+        let signals = self.signals.clone();
+        self.store.watch_wakeups(Arc::new(move |wake| match wake {
+            crate::store::Wakeup::Deliveries => signals.delivery_wake.notify_one(),
+            crate::store::Wakeup::Jobs => signals.poller_wake.notify_one(),
+        }));
     }
 
     pub fn poller(&self) -> Poller {
@@ -130,6 +161,7 @@ impl Application {
         listener: TcpListener,
     ) -> Result<Application, StartError> {
         let services = Services::build(settings, clock)?;
+        services.prepare_storage().await?;
         if let Some(url) = services.settings.upstream.webhooks.public_url() {
             crate::push::ensure_registration(&services.lifecycle, url).await;
         }
@@ -164,6 +196,7 @@ impl Application {
         .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
         .listen(listener)?
         .run();
+        services.watch_wakeups();
         let heartbeat = tokio::spawn(crate::push::heartbeat(
             services.lifecycle.clone(),
             services.signals.clone(),
@@ -260,5 +293,17 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// What a storage error at start names: the sled directory, or the PostgreSQL key and URL
+/// (its password hidden).
+fn storage_label(storage: &crate::config::StorageSettings) -> String {
+    match storage.backend {
+        crate::config::StorageBackend::Sled => storage.path.display().to_string(),
+        crate::config::StorageBackend::Postgres => format!(
+            "storage.postgres.url = {}",
+            crate::config::redact_url(&storage.postgres.url)
+        ),
     }
 }

@@ -53,8 +53,67 @@ pub struct ServerSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    #[serde(default)]
+    pub backend: StorageBackend,
     pub path: PathBuf,
     pub cache_bytes: u64,
+    #[serde(default)]
+    pub postgres: PostgresSettings,
+}
+
+/// Which engine keeps the state (`storage.backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Embedded, one process per directory.
+    #[default]
+    Sled,
+    /// A shared PostgreSQL database: several instances on one database.
+    Postgres,
+}
+
+/// `storage.postgres`: used when `storage.backend = "postgres"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`; never printed (see [`redact_url`]).
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(deserialize_with = "duration")]
+    pub delivery_lease: Duration,
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("delivery_lease", &self.delivery_lease)
+            .finish()
+    }
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings {
+            url: String::new(),
+            max_connections: 16,
+            delivery_lease: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A database URL fit to print: its password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -242,6 +301,17 @@ impl Settings {
         if let (Some(secret), false) = (from_env, explicit) {
             builder = builder.set_override("upstream.api_secret", secret)?;
         }
+        // `DATABASE_URL`, the usual name, unless the key is given explicitly.
+        let database_url = env
+            .iter()
+            .find(|(k, v)| k == "DATABASE_URL" && !v.is_empty())
+            .map(|(_, v)| v.clone());
+        let explicit_url = env
+            .iter()
+            .any(|(k, _)| k == "AGENTHOOK__STORAGE__POSTGRES__URL");
+        if let (Some(url), false) = (database_url, explicit_url) {
+            builder = builder.set_override("storage.postgres.url", url)?;
+        }
         let webhook_secret = env
             .iter()
             .find(|(k, _)| k == "BITHUMAN_WEBHOOK_SECRET")
@@ -259,6 +329,31 @@ impl Settings {
 
     /// Checks the typed values cannot express.
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.storage.backend == StorageBackend::Postgres {
+            let pg = &self.storage.postgres;
+            if pg.url.is_empty() {
+                return Err(invalid(
+                    "storage.postgres.url",
+                    "is needed with storage.backend = \"postgres\" (or set DATABASE_URL)",
+                ));
+            }
+            match url::Url::parse(&pg.url) {
+                Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {}
+                _ => return Err(invalid("storage.postgres.url", "must be a postgres:// URL")),
+            }
+            if pg.max_connections == 0 {
+                return Err(invalid(
+                    "storage.postgres.max_connections",
+                    "must be at least 1",
+                ));
+            }
+            if pg.delivery_lease <= self.delivery.timeout {
+                return Err(invalid(
+                    "storage.postgres.delivery_lease",
+                    "must be longer than delivery.timeout",
+                ));
+            }
+        }
         if !matches!(self.upstream.base_url.scheme(), "http" | "https") {
             return Err(invalid("upstream.base_url", "must be an http or https URL"));
         }
@@ -474,5 +569,49 @@ mod tests {
     fn secrets_do_not_show_in_debug_output() {
         let s = load(&[("BITHUMAN_API_SECRET", "super-secret-value")]).unwrap();
         assert!(!format!("{s:?}").contains("super-secret-value"));
+    }
+
+    #[test]
+    fn postgres_takes_its_url_from_the_key_or_database_url_and_never_shows_the_password() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.storage.backend, StorageBackend::Sled);
+        let err = load(&[("AGENTHOOK__STORAGE__BACKEND", "postgres")]).unwrap_err();
+        assert!(err.to_string().contains("storage.postgres.url"), "{err}");
+        let url = "postgres://agenthook:hunter2-secret@127.0.0.1:5432/agenthook";
+        let s = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", url),
+        ])
+        .unwrap();
+        assert_eq!(s.storage.backend, StorageBackend::Postgres);
+        assert_eq!(s.storage.postgres.url, url);
+        assert!(!format!("{s:?}").contains("hunter2-secret"));
+        assert!(!redact_url(url).contains("hunter2-secret"));
+        let explicit = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", url),
+            (
+                "AGENTHOOK__STORAGE__POSTGRES__URL",
+                "postgres://other@127.0.0.1/x",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            explicit.storage.postgres.url,
+            "postgres://other@127.0.0.1/x"
+        );
+        let bad = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", "mysql://x@127.0.0.1/y"),
+        ])
+        .unwrap_err();
+        assert!(bad.to_string().contains("storage.postgres.url"), "{bad}");
+        let short = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", url),
+            ("AGENTHOOK__STORAGE__POSTGRES__DELIVERY_LEASE", "1s"),
+        ])
+        .unwrap_err();
+        assert!(short.to_string().contains("delivery_lease"), "{short}");
     }
 }

@@ -197,7 +197,15 @@ impl ResponseError for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal(&e)
+        match e {
+            // The backend did not answer (a lost database, say): nothing was written, and the
+            // client may try again. The cause is logged, not returned.
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "storage unavailable");
+                ApiError::unavailable("storage is unavailable; try again shortly")
+            }
+            other => ApiError::internal(&other),
+        }
     }
 }
 

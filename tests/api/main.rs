@@ -5,6 +5,8 @@ mod browser;
 #[path = "../fixtures/mod.rs"]
 mod fixtures;
 mod helpers;
+mod pg;
+mod postgres;
 mod receiver;
 
 mod dashboard;

@@ -25,6 +25,7 @@ mod api;
 mod cache;
 mod counts;
 mod deliveries;
+mod export;
 mod jobs;
 mod keys;
 mod record;

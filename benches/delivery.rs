@@ -216,7 +216,31 @@ fn settings(dir: &std::path::Path, knobs: &Knobs) -> Settings {
 
 fn services(knobs: &Knobs) -> (Services, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let services = Services::build(settings(dir.path(), knobs), clock::system()).expect("services");
+    let mut settings = settings(dir.path(), knobs);
+    // DBENCH_POSTGRES_URL: the same runs on the PostgreSQL backend, on that database (emptied
+    // before each run).
+    let postgres = std::env::var("DBENCH_POSTGRES_URL").ok();
+    if let Some(url) = &postgres {
+        settings.storage.backend = agenthook::config::StorageBackend::Postgres;
+        settings.storage.postgres.url = url.clone();
+        settings.storage.postgres.max_connections = 32;
+    }
+    let services = Services::build(settings, clock::system()).expect("services");
+    if let Some(url) = postgres {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                services.prepare_storage().await.expect("migrate");
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+                sqlx::query(
+                    "TRUNCATE jobs, deliveries, events, idempotency, subscriptions, secrets, budgets",
+                )
+                .execute(&mut conn)
+                .await
+                .expect("empty the database");
+            })
+        });
+    }
     (services, dir)
 }
 

@@ -14,6 +14,7 @@ use crate::delivery::worker::DeliveryWorker;
 use crate::lifecycle::Lifecycle;
 use crate::maintenance::Maintenance;
 use crate::poller::Poller;
+use crate::push::PushInbox;
 use crate::signals::Signals;
 use crate::store::health::Health;
 use crate::store::Store;
@@ -66,7 +67,7 @@ impl Services {
     pub fn build(settings: Settings, clock: SharedClock) -> Result<Services, StartError> {
         let store =
             crate::store::open(&settings.storage).map_err(|source| StartError::Storage {
-                path: settings.storage.path.display().to_string(),
+                path: storage_label(&settings.storage),
                 source,
             })?;
         Ok(Services::with_store(settings, clock, store))
@@ -77,10 +78,20 @@ impl Services {
     pub fn with_store(settings: Settings, clock: SharedClock, store: Store) -> Services {
         let health = Health::new();
         let store: Store = Arc::new(crate::store::health::Watched::new(store, health.clone()));
-        let budgets = Arc::new(Budgets::new(
-            settings.upstream.generate_per_minute,
-            settings.upstream.read_per_minute,
-        ));
+        // Several instances on one store share the account's budgets through it.
+        let budgets = if store.shares_budgets() {
+            let budgets = Arc::new(Budgets::shared(
+                settings.upstream.generate_per_minute,
+                settings.upstream.read_per_minute,
+            ));
+            budgets.start_refills(store.clone(), clock.clone());
+            budgets
+        } else {
+            Arc::new(Budgets::new(
+                settings.upstream.generate_per_minute,
+                settings.upstream.read_per_minute,
+            ))
+        };
         let upstream = UpstreamClient::new(
             settings.upstream.base_url.clone(),
             settings.upstream.api_secret.clone(),
@@ -89,11 +100,14 @@ impl Services {
             clock.clone(),
             settings.upstream.rate_limit_backoff,
         );
+        let push = Arc::new(PushInbox::new(settings.poller.max_interval_with_webhooks));
+        push.add_secret(settings.upstream.webhooks.secret.expose());
         let lifecycle = Lifecycle {
             store: store.clone(),
             upstream,
             clock: clock.clone(),
             settings: settings.poller.clone(),
+            push,
         };
         Services {
             store,
@@ -103,6 +117,27 @@ impl Services {
             clock,
             settings: Arc::new(settings),
         }
+    }
+
+    /// Make the store ready to serve (PostgreSQL: connect, apply the migrations). A failure
+    /// names the storage key and never prints a password.
+    pub async fn prepare_storage(&self) -> Result<(), StartError> {
+        self.store
+            .prepare()
+            .await
+            .map_err(|source| StartError::Storage {
+                path: storage_label(&self.settings.storage),
+                source,
+            })
+    }
+
+    /// Wake this instance's workers when any instance sharing the store writes work.
+    pub fn watch_wakeups(&self) {
+        let signals = self.signals.clone();
+        self.store.watch_wakeups(Arc::new(move |wake| match wake {
+            crate::store::Wakeup::Deliveries => signals.delivery_wake.notify_one(),
+            crate::store::Wakeup::Jobs => signals.poller_wake.notify_one(),
+        }));
     }
 
     pub fn poller(&self) -> Poller {
@@ -131,7 +166,21 @@ impl Application {
         let addr = settings.server.bind;
         let listener =
             TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        Self::build_on(settings, clock, listener).await
+    }
+
+    /// As [`Application::build`], on an already-bound listener (whose address may be part of
+    /// `upstream.webhooks.public_url`).
+    pub async fn build_on(
+        settings: Settings,
+        clock: SharedClock,
+        listener: TcpListener,
+    ) -> Result<Application, StartError> {
         let services = Services::build(settings, clock)?;
+        services.prepare_storage().await?;
+        if let Some(url) = services.settings.upstream.webhooks.public_url() {
+            crate::push::ensure_registration(&services.lifecycle, url).await;
+        }
         Self::start(services, listener)
     }
 
@@ -163,6 +212,11 @@ impl Application {
         .shutdown_timeout(settings.server.shutdown_grace.as_secs().max(1))
         .listen(listener)?
         .run();
+        services.watch_wakeups();
+        let heartbeat = tokio::spawn(crate::push::heartbeat(
+            services.lifecycle.clone(),
+            services.signals.clone(),
+        ));
         let poller = tokio::spawn(services.poller().run());
         let deliveries = tokio::spawn(
             services
@@ -200,7 +254,7 @@ impl Application {
             health: services.health,
             store: services.store,
             signals: services.signals,
-            workers: vec![poller, deliveries, maintenance, watcher],
+            workers: vec![poller, deliveries, maintenance, heartbeat, watcher],
             settings,
         })
     }
@@ -284,5 +338,17 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// What a storage error at start names: the sled directory, or the PostgreSQL key and URL
+/// (its password hidden).
+fn storage_label(storage: &crate::config::StorageSettings) -> String {
+    match storage.backend {
+        crate::config::StorageBackend::Sled => storage.path.display().to_string(),
+        crate::config::StorageBackend::Postgres => format!(
+            "storage.postgres.url = {}",
+            crate::config::redact_url(&storage.postgres.url)
+        ),
     }
 }

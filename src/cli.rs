@@ -1,4 +1,4 @@
-//! The command line: `serve`, `sim`, `verify`, `demo`. `main.rs` only calls [`main`].
+//! The command line: `serve`, `sim`, `verify`, `demo`, `store copy`. `main.rs` only calls [`main`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,11 @@ enum Command {
     /// See it work: the simulator, the service and a local receiver; one job, one signed
     /// webhook, verified.
     Demo,
+    /// Storage chores: `store copy` moves a sled directory into a PostgreSQL database.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Run the bitHuman simulator alone (for docker-compose, tests and trying things out).
     Sim(crate::sim::SimArgs),
     /// Check a received webhook: headers as flags, the exact body on stdin. Exits 0 when the
@@ -57,6 +62,24 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy everything a stopped service stored (jobs, deliveries and their events,
+    /// subscriptions, secrets, idempotency keys) from a sled directory into a PostgreSQL
+    /// database. The target must be empty unless --force.
+    Copy {
+        /// The source: `sled:PATH` (the service using it must be stopped).
+        #[arg(long, value_name = "sled:PATH")]
+        from: String,
+        /// The target: `postgres:URL` or a `postgres://` URL.
+        #[arg(long, value_name = "postgres:URL")]
+        to: String,
+        /// Copy into a database that is not empty (records with the same ids are replaced).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 /// The API key `serve --simulator` uses when none is configured: a development convenience
 /// for a service that talks only to its own simulator.
 pub const DEV_TENANT: &str = "dev";
@@ -71,6 +94,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, simulator } => runtime.block_on(serve(config, simulator)),
         Command::Sim(args) => runtime.block_on(simulate(args)),
+        Command::Store {
+            command: StoreCommand::Copy { from, to, force },
+        } => runtime.block_on(store_copy(&from, &to, force)),
         Command::Demo => runtime.block_on(async {
             match crate::demo::run().await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -147,8 +173,8 @@ async fn run_service(settings: &mut Settings) -> ExitCode {
     }
 }
 
-/// Start the simulator on a free loopback port and point the upstream at it. Without
-/// configured API keys, the development key is accepted.
+/// Start the simulator on a free loopback port and point the upstream at it (and its webhooks
+/// at this service). Without configured API keys, the development key is accepted.
 fn start_simulator(settings: &mut Settings) -> std::io::Result<crate::sim::SimServer> {
     let config = crate::sim::SimConfig {
         time_to_ready: std::time::Duration::from_secs(10),
@@ -160,6 +186,14 @@ fn start_simulator(settings: &mut Settings) -> std::io::Result<crate::sim::SimSe
     let sim = crate::sim::spawn(std::net::TcpListener::bind("127.0.0.1:0")?, config)?;
     settings.upstream.base_url = sim.base_url.parse().map_err(std::io::Error::other)?;
     settings.upstream.api_secret = Secret::new(secret);
+    // The simulator plays bitHuman's own webhooks too: register this service's push URL with it.
+    if settings.upstream.webhooks.public_url().is_none() && settings.server.bind.port() != 0 {
+        let mut addr = settings.server.bind;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        settings.upstream.webhooks.public_url = format!("http://{addr}/v1/upstream/webhooks");
+    }
     if settings.auth.keys.is_empty() {
         settings.auth.keys.push(dev_key());
         eprintln!(
@@ -221,6 +255,56 @@ fn verify(secret: &str, id: &str, timestamp: &str, signature: &str, tolerance: i
         }
         Err(e) => {
             println!("invalid: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `agenthook store copy`: sled → PostgreSQL.
+async fn store_copy(from: &str, to: &str, force: bool) -> ExitCode {
+    let Some(path) = from.strip_prefix("sled:") else {
+        eprintln!("agenthook store copy: --from must be sled:PATH");
+        return ExitCode::from(2);
+    };
+    let url = match to.strip_prefix("postgres:") {
+        Some(rest) if rest.starts_with("postgres://") || rest.starts_with("postgresql://") => rest,
+        _ if to.starts_with("postgres://") || to.starts_with("postgresql://") => to,
+        _ => {
+            eprintln!("agenthook store copy: --to must be postgres:URL (postgres://USER@HOST/DB)");
+            return ExitCode::from(2);
+        }
+    };
+    let shown = crate::config::redact_url(url);
+    let source = match crate::store::SledStore::open(std::path::Path::new(path), 64 << 20) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!(
+                "agenthook store copy: could not open sled:{path} ({e}); is a service still using it?"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let export = match source.export() {
+        Ok(export) => export,
+        Err(e) => {
+            eprintln!("agenthook store copy: reading sled:{path}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let target = match crate::store::PgStore::open(url, 4, std::time::Duration::from_secs(120)) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("agenthook store copy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match target.import(&export, force).await {
+        Ok(()) => {
+            println!("copied {} from sled:{path} to {shown}", export.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agenthook store copy: writing to {shown}: {e}; nothing was copied");
             ExitCode::from(1)
         }
     }

@@ -1,5 +1,6 @@
 //! Settings, layered: the committed defaults → `--config FILE` → `AGENTHOOK__SECTION__KEY`
-//! variables (→ `BITHUMAN_API_SECRET` for the upstream secret). Every key is documented in
+//! variables (→ `BITHUMAN_API_SECRET` for the upstream secret, `BITHUMAN_WEBHOOK_SECRET` for
+//! the upstream webhook secret). Every key is documented in
 //! `config/default.toml`; a bad value stops start-up with a message naming the key.
 
 use std::net::SocketAddr;
@@ -55,11 +56,70 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    #[serde(default)]
+    pub backend: StorageBackend,
     pub path: PathBuf,
     pub cache_bytes: u64,
     /// Finished jobs older than this leave storage with their events, deliveries and attempts.
     #[serde(deserialize_with = "duration")]
     pub retention: Duration,
+    #[serde(default)]
+    pub postgres: PostgresSettings,
+}
+
+/// Which engine keeps the state (`storage.backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Embedded, one process per directory.
+    #[default]
+    Sled,
+    /// A shared PostgreSQL database: several instances on one database.
+    Postgres,
+}
+
+/// `storage.postgres`: used when `storage.backend = "postgres"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`; never printed (see [`redact_url`]).
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(deserialize_with = "duration")]
+    pub delivery_lease: Duration,
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("delivery_lease", &self.delivery_lease)
+            .finish()
+    }
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings {
+            url: String::new(),
+            max_connections: 16,
+            delivery_lease: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A database URL fit to print: its password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -73,6 +133,23 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub rate_limit_backoff: Duration,
+    pub webhooks: UpstreamWebhookSettings,
+}
+
+/// bitHuman's own webhooks (`POST /v1/upstream/webhooks`), a fast path beside polling.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamWebhookSettings {
+    /// The signing secret of a registration made by hand; empty: none.
+    pub secret: Secret,
+    /// The URL bitHuman should push to; when set, `serve` registers it at start. Empty: none.
+    pub public_url: String,
+}
+
+impl UpstreamWebhookSettings {
+    pub fn public_url(&self) -> Option<&str> {
+        Some(self.public_url.trim()).filter(|u| !u.is_empty())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -84,6 +161,8 @@ pub struct PollerSettings {
     pub interval: Duration,
     #[serde(deserialize_with = "duration")]
     pub max_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max_interval_with_webhooks: Duration,
     #[serde(deserialize_with = "duration")]
     pub max_age: Duration,
     pub max_not_found: u32,
@@ -228,6 +307,27 @@ impl Settings {
         if let (Some(secret), false) = (from_env, explicit) {
             builder = builder.set_override("upstream.api_secret", secret)?;
         }
+        // `DATABASE_URL`, the usual name, unless the key is given explicitly.
+        let database_url = env
+            .iter()
+            .find(|(k, v)| k == "DATABASE_URL" && !v.is_empty())
+            .map(|(_, v)| v.clone());
+        let explicit_url = env
+            .iter()
+            .any(|(k, _)| k == "AGENTHOOK__STORAGE__POSTGRES__URL");
+        if let (Some(url), false) = (database_url, explicit_url) {
+            builder = builder.set_override("storage.postgres.url", url)?;
+        }
+        let webhook_secret = env
+            .iter()
+            .find(|(k, _)| k == "BITHUMAN_WEBHOOK_SECRET")
+            .map(|(_, v)| v.clone());
+        let explicit = env
+            .iter()
+            .any(|(k, _)| k == "AGENTHOOK__UPSTREAM__WEBHOOKS__SECRET");
+        if let (Some(secret), false) = (webhook_secret, explicit) {
+            builder = builder.set_override("upstream.webhooks.secret", secret)?;
+        }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -235,6 +335,31 @@ impl Settings {
 
     /// Checks the typed values cannot express.
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.storage.backend == StorageBackend::Postgres {
+            let pg = &self.storage.postgres;
+            if pg.url.is_empty() {
+                return Err(invalid(
+                    "storage.postgres.url",
+                    "is needed with storage.backend = \"postgres\" (or set DATABASE_URL)",
+                ));
+            }
+            match url::Url::parse(&pg.url) {
+                Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {}
+                _ => return Err(invalid("storage.postgres.url", "must be a postgres:// URL")),
+            }
+            if pg.max_connections == 0 {
+                return Err(invalid(
+                    "storage.postgres.max_connections",
+                    "must be at least 1",
+                ));
+            }
+            if pg.delivery_lease <= self.delivery.timeout {
+                return Err(invalid(
+                    "storage.postgres.delivery_lease",
+                    "must be longer than delivery.timeout",
+                ));
+            }
+        }
         if !matches!(self.upstream.base_url.scheme(), "http" | "https") {
             return Err(invalid("upstream.base_url", "must be an http or https URL"));
         }
@@ -258,6 +383,22 @@ impl Settings {
                 "poller.max_interval",
                 "must be at least poller.interval",
             ));
+        }
+        if self.poller.max_interval_with_webhooks < self.poller.interval {
+            return Err(invalid(
+                "poller.max_interval_with_webhooks",
+                "must be at least poller.interval",
+            ));
+        }
+        if let Some(url) = self.upstream.webhooks.public_url() {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| invalid("upstream.webhooks.public_url", format!("not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "upstream.webhooks.public_url",
+                    "must be an http or https URL",
+                ));
+            }
         }
         if self.poller.concurrency == 0 {
             return Err(invalid("poller.concurrency", "must be at least 1"));
@@ -402,8 +543,81 @@ mod tests {
     }
 
     #[test]
+    fn upstream_webhook_keys_have_defaults_and_their_own_variable() {
+        let s = load(&[]).unwrap();
+        assert!(s.upstream.webhooks.secret.is_empty());
+        assert_eq!(s.upstream.webhooks.public_url(), None);
+        assert_eq!(
+            s.poller.max_interval_with_webhooks,
+            Duration::from_secs(600)
+        );
+        let s = load(&[
+            ("BITHUMAN_WEBHOOK_SECRET", "whsec_from_env"),
+            (
+                "AGENTHOOK__UPSTREAM__WEBHOOKS__PUBLIC_URL",
+                "https://hooks.example.com/x",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.upstream.webhooks.secret.expose(), "whsec_from_env");
+        assert_eq!(
+            s.upstream.webhooks.public_url(),
+            Some("https://hooks.example.com/x")
+        );
+        let err = load(&[("AGENTHOOK__UPSTREAM__WEBHOOKS__PUBLIC_URL", "ftp://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.webhooks.public_url"), "{err}");
+        assert!(!format!("{s:?}").contains("whsec_from_env"));
+    }
+
+    #[test]
     fn secrets_do_not_show_in_debug_output() {
         let s = load(&[("BITHUMAN_API_SECRET", "super-secret-value")]).unwrap();
         assert!(!format!("{s:?}").contains("super-secret-value"));
+    }
+
+    #[test]
+    fn postgres_takes_its_url_from_the_key_or_database_url_and_never_shows_the_password() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.storage.backend, StorageBackend::Sled);
+        let err = load(&[("AGENTHOOK__STORAGE__BACKEND", "postgres")]).unwrap_err();
+        assert!(err.to_string().contains("storage.postgres.url"), "{err}");
+        let url = "postgres://agenthook:hunter2-secret@127.0.0.1:5432/agenthook";
+        let s = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", url),
+        ])
+        .unwrap();
+        assert_eq!(s.storage.backend, StorageBackend::Postgres);
+        assert_eq!(s.storage.postgres.url, url);
+        assert!(!format!("{s:?}").contains("hunter2-secret"));
+        assert!(!redact_url(url).contains("hunter2-secret"));
+        let explicit = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", url),
+            (
+                "AGENTHOOK__STORAGE__POSTGRES__URL",
+                "postgres://other@127.0.0.1/x",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            explicit.storage.postgres.url,
+            "postgres://other@127.0.0.1/x"
+        );
+        let bad = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", "mysql://x@127.0.0.1/y"),
+        ])
+        .unwrap_err();
+        assert!(bad.to_string().contains("storage.postgres.url"), "{bad}");
+        let short = load(&[
+            ("AGENTHOOK__STORAGE__BACKEND", "postgres"),
+            ("DATABASE_URL", url),
+            ("AGENTHOOK__STORAGE__POSTGRES__DELIVERY_LEASE", "1s"),
+        ])
+        .unwrap_err();
+        assert!(short.to_string().contains("delivery_lease"), "{short}");
     }
 }

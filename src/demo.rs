@@ -1,7 +1,9 @@
 //! `agenthook demo`: the whole loop on one machine in about ten seconds. The simulator, the
-//! service (temporary data directory) and a local receiver start on loopback; a job is
-//! submitted; the signed `agent.ready` webhook arrives and is verified; then the curl commands
-//! to try next are printed.
+//! service (temporary data directory) and a local receiver start on loopback; the service
+//! registers its upstream push URL with the simulator; a job is submitted; the simulator pushes
+//! `agent.ready` when the agent is done, the service reads its status at once, and the signed
+//! `agent.ready` webhook arrives and is verified; then the curl commands to try next are
+//! printed.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -77,13 +79,18 @@ pub async fn run() -> Result<(), Error> {
         name: DEV_TENANT.into(),
         key: Secret::new(DEV_KEY),
     }];
-    let app = Application::build(settings, clock::system()).await?;
-    let base = format!("http://{}", app.addr());
+    // bitHuman's own webhooks: the service registers its push URL with the simulator at start,
+    // which then pushes `agent.ready` the moment the agent is done.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let base = format!("http://{}", listener.local_addr()?);
+    settings.upstream.webhooks.public_url = format!("{base}/v1/upstream/webhooks");
+    let app = Application::build_on(settings, clock::system(), listener).await?;
     let stop = app.stop_handle();
     let service = tokio::spawn(app.run());
     println!("  simulator  {}", simulator.base_url);
     println!("  agenthook  {base}");
     println!("  receiver   http://{receiver_addr}/webhook");
+    println!("  upstream pushes to {base}/v1/upstream/webhooks (registered at start)");
 
     let http = reqwest::Client::new();
     let callback = format!("http://{receiver_addr}/webhook");
@@ -110,7 +117,7 @@ pub async fn run() -> Result<(), Error> {
         return Err(format!("the job was not accepted: {job}").into());
     }
 
-    step("waiting for the agent to be ready (the simulator takes about 4 s; agenthook polls for you)");
+    step("waiting for the agent to be ready (the simulator takes about 4 s, then pushes agent.ready to agenthook, which reads the status at once; polling is the safety net)");
     let webhook = tokio::time::timeout(Duration::from_secs(60), inbox.recv())
         .await
         .map_err(|_| "no webhook arrived within 60 s")?

@@ -3,7 +3,8 @@
 //! A request flows `api` (parsed at the edge) → `service` → `store` (the job, durably) →
 //! `upstream` (submission); the `poller` drives each pending job to its end and writes the
 //! resulting deliveries in the same transaction; the `delivery` worker signs and sends them.
-//! `ui` serves the dashboard, a client of the API embedded in the binary.
+//! bitHuman's own webhooks (`push`) make a job due for its status read at once. `ui` serves
+//! the dashboard, a client of the API embedded in the binary.
 
 pub mod api;
 pub mod app;
@@ -16,6 +17,7 @@ pub mod domain;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod poller;
+pub mod push;
 pub mod service;
 pub mod signals;
 pub mod sim;

@@ -2,11 +2,13 @@
 //! status answer means for it, and the outbox write of its terminal state. Shared by the API
 //! (immediate submission) and the poller (everything after).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{after, SharedClock, Timestamp};
 use crate::config::PollerSettings;
 use crate::domain::{Delivery, Destination, Event, Job, JobError, JobStatus};
+use crate::push::PushInbox;
 use crate::store::{self, Store, StoreError};
 use crate::upstream::{AgentState, StatusReport, UpstreamClient, UpstreamError};
 
@@ -27,6 +29,8 @@ pub struct Lifecycle {
     pub upstream: UpstreamClient,
     pub clock: SharedClock,
     pub settings: PollerSettings,
+    /// bitHuman's pushes: jobs they made due, and whether they are arriving.
+    pub push: Arc<PushInbox>,
 }
 
 impl Lifecycle {
@@ -85,9 +89,35 @@ impl Lifecycle {
     }
 
     /// The pause before the next poll: the base interval while the job is young, then a
-    /// twelfth of its age, capped: old jobs, which finish rarely, cost little budget.
+    /// twelfth of its age, capped: old jobs, which finish rarely, cost little budget. While
+    /// upstream pushes arrive, `max_interval_with_webhooks`: the push makes the job due when
+    /// it ends, and this poll is only the safety net.
     pub fn poll_interval(&self, job: &Job, now: Timestamp) -> Duration {
+        let normal = self.normal_poll_interval(job, now);
+        if self.push.may_slow(&job.id, now) {
+            normal.max(self.settings.max_interval_with_webhooks)
+        } else {
+            normal
+        }
+    }
+
+    /// The cadence without pushes.
+    pub fn normal_poll_interval(&self, job: &Job, now: Timestamp) -> Duration {
         (job.age(now) / 12).clamp(self.settings.interval, self.settings.max_interval)
+    }
+
+    /// A job was stored with its agent id: if a push for that agent came first (a fast
+    /// upstream), make the job due now. Returns whether it did (the caller wakes the poller).
+    pub fn after_accepted(&self, job: &Job) -> bool {
+        let Some(agent_id) = &job.agent_id else {
+            return false;
+        };
+        if !job.is_pending() || !self.push.take_early(agent_id, self.clock.now()) {
+            return false;
+        }
+        tracing::info!(job_id = %job.id, %agent_id, "applying a push that arrived before its job was stored");
+        self.push.make_due(job.id.clone());
+        true
     }
 
     pub fn is_too_old(&self, job: &Job, now: Timestamp) -> bool {

@@ -21,6 +21,8 @@ use crate::store::{StoreError, WorkKind};
 pub struct StepReport {
     pub submitted: usize,
     pub polled: usize,
+    /// Polls made because an upstream push made the job due (counted in `polled` too).
+    pub pushed: usize,
     /// Jobs that reached `ready` or `failed` in this step.
     pub completed: usize,
     /// Deliveries queued by those completions.
@@ -35,6 +37,8 @@ pub struct Poller {
 
 /// The pause between rounds while storage is failing.
 const FAULT_PAUSE: Duration = Duration::from_secs(1);
+/// After a push whose status read still says running, the next read comes this soon.
+const UNCONFIRMED_RECHECK: Duration = Duration::from_secs(1);
 
 /// The longest the loop sleeps without looking again.
 const MAX_IDLE: Duration = Duration::from_secs(5);
@@ -64,20 +68,38 @@ impl Poller {
                 lease_until,
             )
             .await?;
-        let polls = lc
+        self.pull_in_if_pushes_stopped(now).await?;
+        // Jobs an upstream push made due go first, inside the same read budget.
+        let read_room = budgets.read.available(now, cap);
+        let pushed = self.claim_pushed(read_room, lease_until).await?;
+        let routine = lc
             .store
             .claim_due_jobs(
                 WorkKind::Poll,
                 now,
-                budgets.read.available(now, cap),
+                read_room.saturating_sub(pushed.len()),
                 lease_until,
             )
             .await?;
-        let mut report = StepReport::default();
+        let mut report = StepReport {
+            pushed: pushed.len(),
+            ..StepReport::default()
+        };
+        let submits = submits.into_iter().map(|job| (job, ())).collect();
         let submits = self.expire_too_old(submits, now, &mut report).await?;
+        // Each poll marked with whether a push asked for it.
+        let polls = pushed
+            .into_iter()
+            .map(|job| (job, true))
+            .chain(routine.into_iter().map(|job| (job, false)))
+            .collect();
         let polls = self.expire_too_old(polls, now, &mut report).await?;
-        let submit_results = join_all(submits.into_iter().map(|job| self.submit_one(job)));
-        let poll_results = join_all(polls.into_iter().map(|job| self.poll_one(job, now)));
+        let submit_results = join_all(submits.into_iter().map(|(job, ())| self.submit_one(job)));
+        let poll_results = join_all(
+            polls
+                .into_iter()
+                .map(|(job, pushed)| self.poll_one(job, now, pushed)),
+        );
         let (submit_results, poll_results) = tokio::join!(submit_results, poll_results);
         for outcome in submit_results {
             let outcome = outcome?;
@@ -96,24 +118,71 @@ impl Poller {
     }
 
     /// End the jobs that are past their maximum age (without spending budget on them); return
-    /// the others.
-    async fn expire_too_old(
+    /// the others, each with its mark.
+    async fn expire_too_old<T>(
         &self,
-        jobs: Vec<Job>,
+        jobs: Vec<(Job, T)>,
         now: Timestamp,
         report: &mut StepReport,
-    ) -> Result<Vec<Job>, StoreError> {
+    ) -> Result<Vec<(Job, T)>, StoreError> {
         let lc = &self.lifecycle;
         let mut live = Vec::with_capacity(jobs.len());
-        for mut job in jobs {
+        for (mut job, mark) in jobs {
             if lc.is_too_old(&job, now) {
                 lc.expire(&mut job, now);
                 report.add_completion(&self.finish(&job, false).await?);
             } else {
-                live.push(job);
+                live.push((job, mark));
             }
         }
         Ok(live)
+    }
+
+    /// Claim up to `room` of the jobs upstream pushes made due, oldest push first. Jobs that
+    /// ended or are unknown meanwhile are dropped; the rest wait for room in the budget.
+    async fn claim_pushed(
+        &self,
+        room: usize,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Job>, StoreError> {
+        let lc = &self.lifecycle;
+        let mut claimed = Vec::new();
+        while claimed.len() < room {
+            let ids = lc.push.take_due(room - claimed.len());
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                if let Some(job) = lc.store.claim_job_for_poll(&id, lease_until).await? {
+                    claimed.push(job);
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// When pushes stop arriving, polls slowed to `max_interval_with_webhooks` come back to the
+    /// normal cadence at once instead of at their slowed time.
+    async fn pull_in_if_pushes_stopped(&self, now: Timestamp) -> Result<(), StoreError> {
+        let lc = &self.lifecycle;
+        if !lc.push.stopped_arriving(now) {
+            return Ok(());
+        }
+        let horizon = after(now, lc.settings.max_interval);
+        let cadence = lc.clone();
+        let moved = lc
+            .store
+            .pull_in_polls(
+                horizon,
+                usize::MAX,
+                Box::new(move |job| after(now, cadence.normal_poll_interval(job, now))),
+            )
+            .await?;
+        tracing::warn!(
+            moved,
+            "upstream pushes stopped arriving; polling at the normal cadence again"
+        );
+        Ok(())
     }
 
     async fn submit_one(&self, mut job: Job) -> Result<JobOutcome, StoreError> {
@@ -122,7 +191,11 @@ impl Poller {
             Submission::Accepted => {
                 tracing::info!(job_id = %job.id, agent_id = job.agent_id.as_deref().unwrap_or(""), "submitted upstream");
                 // The agent exists now: its id must be stored, or a later try would make another.
-                crate::lifecycle::land(&self.signals, &job, || lc.store.save_job(&job)).await?;
+                let saved =
+                    crate::lifecycle::land(&self.signals, &job, || lc.store.save_job(&job)).await?;
+                if saved && lc.after_accepted(&job) {
+                    self.signals.pushed.mark(&job.id);
+                }
                 Ok(JobOutcome::touched())
             }
             Submission::Deferred(error) => {
@@ -147,6 +220,7 @@ impl Poller {
         &self,
         mut job: Job,
         claimed_at: Timestamp,
+        pushed: bool,
     ) -> Result<JobOutcome, StoreError> {
         let lc = &self.lifecycle;
         let read = &lc.upstream.budgets().read;
@@ -162,8 +236,17 @@ impl Poller {
             tracing::debug!(job_id = %job.id, %agent_id, %error, "status poll failed");
         }
         let now = lc.clock.now();
+        let answered = result.is_ok();
         if lc.apply_poll(&mut job, result, now) {
             return self.finish(&job, true).await;
+        }
+        if pushed && answered {
+            // Upstream said it ended but its status does not show it yet: look again in a
+            // second, then at the normal cadence (not the slowed one) for a few minutes.
+            lc.push
+                .unconfirmed(&job.id, after(now, lc.settings.max_interval * 2));
+            let soon = after(now, UNCONFIRMED_RECHECK.min(lc.settings.interval));
+            job.next_poll_at = Some(job.next_poll_at.map_or(soon, |t| t.min(soon)));
         }
         lc.store.save_job(&job).await?;
         Ok(JobOutcome::touched())
@@ -197,6 +280,9 @@ impl Poller {
             if let Some(due) = lc.store.next_due_at(kind).await? {
                 wake = wake.min(due.max(budget.next_available_at(now)));
             }
+        }
+        if lc.push.due_len() > 0 {
+            wake = wake.min(budgets.read.next_available_at(now));
         }
         Ok(until(now, wake).max(Duration::from_millis(5)))
     }

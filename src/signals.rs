@@ -14,6 +14,8 @@ pub struct Signals {
     pub maintenance_wake: Notify,
     /// Whoever waits in [`Signals::shutdown_started`].
     shutdown_wake: Notify,
+    /// When upstream pushes made jobs due, for the push-to-callback latency.
+    pub pushed: crate::push::PushTimes,
     shutting_down: AtomicBool,
     poller_running: AtomicBool,
     delivery_running: AtomicBool,

@@ -201,6 +201,9 @@ impl From<StoreError> for ApiError {
     /// whole or absent); the health tracker logs the failure once, not per request.
     fn from(e: StoreError) -> Self {
         match e {
+            // The backend did not answer (a full disk, a lost database): nothing was written, and
+            // the client may try again. The cause says what is wrong; backends keep secrets
+            // (a database URL's password) out of it.
             StoreError::Unavailable(_) => {
                 let mut error = ApiError::unavailable(e.to_string());
                 error.retry_after = Some(5);

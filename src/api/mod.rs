@@ -14,6 +14,7 @@ mod openapi;
 pub mod request;
 pub mod request_id;
 mod subscriptions;
+mod upstream_push;
 mod zapier;
 
 use std::sync::Arc;
@@ -75,7 +76,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(deliveries::list)
                 .service(deliveries::get)
                 .service(deliveries::retry)
-                .service(events::sample),
+                .service(events::sample)
+                .service(upstream_push::receive),
         );
 }
 

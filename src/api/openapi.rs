@@ -39,6 +39,7 @@ use super::{ApiError, ErrorBody};
         (name = "deliveries", description = "Every event sent to every destination, with its attempts"),
         (name = "events", description = "Events in the shape receivers get them (samples for Zapier)"),
         (name = "operations", description = "Probes and this document; no API key"),
+        (name = "upstream", description = "bitHuman's own webhooks; signed by bitHuman, no API key"),
     ),
 )]
 struct ApiDoc;
@@ -206,7 +207,11 @@ mod tests {
         assert_eq!(schemes["api_secret"]["in"], "header");
         assert_eq!(schemes["api_secret"]["name"], "api-secret");
         for (method, path, op) in operations(&doc) {
-            if path.starts_with("/v1/") {
+            if path == "/v1/upstream/webhooks" {
+                // Signed by bitHuman instead of an API key.
+                assert!(op.get("security").is_none(), "{method} {path}");
+                assert!(op["responses"].get("401").is_some(), "{method} {path}");
+            } else if path.starts_with("/v1/") {
                 let expected = serde_json::json!([{ "bearer": [] }, { "api_secret": [] }]);
                 assert_eq!(op["security"], expected, "{method} {path}");
                 assert!(op["responses"].get("401").is_some(), "{method} {path}");

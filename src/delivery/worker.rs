@@ -414,6 +414,14 @@ impl DeliveryWorker {
         if recorded.state == DeliveryState::Succeeded {
             let lag = crate::clock::until(delivery.created_at, finished);
             metrics::histogram!("agenthook_event_to_delivery_seconds").record(lag.as_secs_f64());
+            if let Some(since_push) = delivery
+                .job_id
+                .as_ref()
+                .and_then(|job| self.inner.signals.pushed.take(job))
+            {
+                metrics::histogram!("agenthook_upstream_push_to_callback_seconds")
+                    .record(since_push.as_secs_f64());
+            }
         }
         tracing::info!(
             delivery_id = %delivery.id,
@@ -523,6 +531,9 @@ impl DeliveryWorker {
             let pause = match dispatched {
                 // Storage is failing (its tracker logs that once): look again in a while.
                 _ if self.inner.store.current_fault().is_some() => Duration::from_secs(1),
+                // Every attempt started wakes the worker when it ends: no need to ask storage
+                // when the next delivery is due (a read on the blocking pool) until one has.
+                Ok(started) if !started.is_empty() => Duration::from_secs(1),
                 Ok(_) => self.idle_for().await,
                 Err(error) => {
                     tracing::error!(%error, "delivery dispatch failed");

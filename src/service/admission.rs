@@ -178,6 +178,7 @@ async fn submit_and_store(
     }
     let response = render(&job);
     let id = job.id.clone();
+    let stored = job.clone();
     let idempotency = key.map(|k| (k, response.clone()));
     let saved = match state
         .store
@@ -220,6 +221,9 @@ async fn submit_and_store(
         other => other?,
     };
     if saved {
+        if state.lifecycle.after_accepted(&stored) {
+            state.signals.pushed.mark(&stored.id);
+        }
         state.signals.poller_wake.notify_one();
     } else {
         tracing::info!(job_id = %id, "job was cancelled during submission");

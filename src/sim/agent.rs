@@ -347,6 +347,17 @@ impl Agent {
         }
     }
 
+    /// Once the agent has ended at `now`: the webhook event it causes and, for a failure, the
+    /// reason.
+    pub fn ended(&self, now: Timestamp) -> Option<(&'static str, Option<String>)> {
+        let report = self.report(now);
+        match report.stage {
+            Stage::Ready | Stage::Success => Some(("agent.ready", None)),
+            Stage::Failed => Some(("agent.failed", report.error_message)),
+            Stage::Running(_) => None,
+        }
+    }
+
     fn null_model(&self) -> bool {
         matches!(
             self.ending,

@@ -97,6 +97,25 @@ pub struct SimConfig {
     /// Seed for agent ids and for which agents fail under --failure-ratio.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+
+    /// Push `agent.ready` / `agent.failed` webhooks here, signed with --webhook-secret, as if
+    /// this URL were registered (`POST /v1/webhooks` registers more at run time).
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+
+    /// The signing secret of --webhook-url (a test value, not a real secret).
+    #[arg(long, default_value = "whsec_sim")]
+    pub webhook_secret: String,
+
+    /// Share of webhooks (0.0-1.0) never sent at all, as when bitHuman cannot reach the
+    /// receiver; which agents is fixed by --seed.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
+    pub webhook_drop_ratio: f64,
+
+    /// Delay between an agent ending and its webhook's first attempt, e.g. "200ms".
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[serde(with = "duration_text")]
+    pub webhook_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -113,6 +132,10 @@ impl Default for SimConfig {
             generate_shape: GenerateShape::Top,
             latency: Duration::ZERO,
             seed: 0,
+            webhook_url: None,
+            webhook_secret: "whsec_sim".to_owned(),
+            webhook_drop_ratio: 0.0,
+            webhook_delay: Duration::ZERO,
         }
     }
 }
@@ -132,6 +155,10 @@ impl fmt::Debug for SimConfig {
             .field("generate_shape", &self.generate_shape)
             .field("latency", &self.latency)
             .field("seed", &self.seed)
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_secret", &REDACTED)
+            .field("webhook_drop_ratio", &self.webhook_drop_ratio)
+            .field("webhook_delay", &self.webhook_delay)
             .finish()
     }
 }
@@ -141,7 +168,8 @@ const REDACTED: &str = "[redacted]";
 impl SimConfig {
     /// Checks what the types alone cannot.
     pub fn validate(&self) -> Result<(), String> {
-        check_ratio(self.failure_ratio).map(|_| ())
+        check_ratio(self.failure_ratio)?;
+        check_ratio(self.webhook_drop_ratio).map(|_| ())
     }
 
     /// This configuration with the fields present in `patch` (a JSON object using the field
@@ -163,8 +191,10 @@ impl SimConfig {
     /// The configuration as JSON with the secret blanked out, for `GET /_sim/config`.
     pub fn to_redacted_json(&self) -> Value {
         let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Some(secret) = value.get_mut("api_secret") {
-            *secret = Value::from(REDACTED);
+        for key in ["api_secret", "webhook_secret"] {
+            if let Some(secret) = value.get_mut(key) {
+                *secret = Value::from(REDACTED);
+            }
         }
         value
     }
@@ -193,9 +223,7 @@ fn check_ratio(ratio: f64) -> Result<f64, String> {
     if (0.0..=1.0).contains(&ratio) {
         Ok(ratio)
     } else {
-        Err(format!(
-            "failure_ratio must be between 0.0 and 1.0, got {ratio}"
-        ))
+        Err(format!("a ratio must be between 0.0 and 1.0, got {ratio}"))
     }
 }
 

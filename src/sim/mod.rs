@@ -44,6 +44,12 @@
 //! | `DELETE /_sim/agents/{id}` | forget the agent: status answers 404 |
 //! | `POST /_sim/reset` | forget everything but the configuration |
 //!
+//! # bitHuman's own webhooks
+//! `POST/GET /v1/webhooks` and `DELETE /v1/webhooks/{id}` (authenticated, read bucket) keep
+//! registrations; `POST /v1/webhooks/{id}/test` sends it a `ping`; `--webhook-url` adds one more. When an agent ends, each receiver gets
+//! `agent.ready` / `agent.failed` signed as upstream signs them, attempted at 0, 2 and 5 s,
+//! after `--webhook-delay`; a `--webhook-drop-ratio` share is never sent (see [`webhooks`]).
+//!
 //! The same controls exist in Rust on [`SimState`], reachable as [`SimServer::state`].
 
 mod agent;
@@ -52,6 +58,7 @@ mod limiter;
 mod reply;
 mod routes;
 mod state;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests;
@@ -69,6 +76,7 @@ pub use limiter::SlidingWindowLimiter;
 pub use state::{
     BucketStats, RecordedRequest, RouteStats, SimState, SimStats, REQUEST_LOG_CAPACITY,
 };
+pub use webhooks::WebhookStats;
 
 /// How long `run` lets in-flight requests finish after a shutdown signal.
 const GRACEFUL_SHUTDOWN_SECS: u64 = 5;
@@ -81,6 +89,8 @@ pub struct SimServer {
     pub base_url: String,
     pub state: Arc<SimState>,
     handle: ServerHandle,
+    /// The webhook sender task (see [`webhooks`]).
+    sender: Option<tokio::task::AbortHandle>,
 }
 
 impl SimServer {
@@ -93,6 +103,9 @@ impl SimServer {
 
 impl Drop for SimServer {
     fn drop(&mut self) {
+        if let Some(sender) = &self.sender {
+            sender.abort();
+        }
         // `stop` sends its command before returning the future; nobody needs the reply.
         drop(self.handle.stop(false));
     }
@@ -109,8 +122,13 @@ pub fn spawn(listener: TcpListener, config: SimConfig) -> io::Result<SimServer> 
 pub fn spawn_with_state(listener: TcpListener, state: Arc<SimState>) -> io::Result<SimServer> {
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|e| io::Error::other(format!("the simulator needs a tokio runtime: {e}")))?;
-    let (server, sim) = build(listener, state, 0)?;
+    let (server, mut sim) = build(listener, state, 0)?;
     runtime.spawn(server);
+    sim.sender = Some(
+        runtime
+            .spawn(webhooks::run(sim.state.clone()))
+            .abort_handle(),
+    );
     Ok(sim)
 }
 
@@ -119,9 +137,10 @@ pub async fn run(bind: SocketAddr, config: SimConfig) -> io::Result<()> {
     let listener = TcpListener::bind(bind)?;
     tracing::info!(?config, "simulator configuration");
     let state = Arc::new(SimState::new(config));
-    let (server, sim) = build(listener, state, GRACEFUL_SHUTDOWN_SECS)?;
+    let (server, mut sim) = build(listener, state, GRACEFUL_SHUTDOWN_SECS)?;
     tracing::info!(addr = %sim.addr, base_url = %sim.base_url, "bitHuman simulator listening");
     let served = tokio::spawn(server);
+    sim.sender = Some(tokio::spawn(webhooks::run(sim.state.clone())).abort_handle());
     shutdown_signal().await;
     tracing::info!("shutting the simulator down");
     sim.handle.stop(true).await;
@@ -154,6 +173,7 @@ fn build(
         base_url: base_url(addr),
         state,
         handle: server.handle(),
+        sender: None,
     };
     Ok((server, sim))
 }

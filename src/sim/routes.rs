@@ -23,6 +23,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/agent/generate", web::post().to(generate))
         .route("/v1/agent/status/{agent_id}", web::get().to(status))
         .route("/v1/validate", web::post().to(validate))
+        .route("/v1/webhooks", web::post().to(register_webhook))
+        .route("/v1/webhooks", web::get().to(list_webhooks))
+        .route("/v1/webhooks/{id}", web::delete().to(delete_webhook))
+        .route("/v1/webhooks/{id}/test", web::post().to(test_webhook))
         .default_service(web::to(unknown));
 }
 
@@ -44,6 +48,46 @@ async fn status(
 
 async fn validate(req: HttpRequest, body: web::Bytes, state: web::Data<SimState>) -> HttpResponse {
     upstream(&req, &body, &state, Route::Validate).await
+}
+
+async fn register_webhook(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<SimState>,
+) -> HttpResponse {
+    upstream(&req, &body, &state, Route::RegisterWebhook).await
+}
+
+async fn list_webhooks(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<SimState>,
+) -> HttpResponse {
+    upstream(&req, &body, &state, Route::ListWebhooks).await
+}
+
+async fn delete_webhook(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<SimState>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let route = Route::DeleteWebhook {
+        id: id.into_inner(),
+    };
+    upstream(&req, &body, &state, route).await
+}
+
+async fn test_webhook(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<SimState>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let route = Route::TestWebhook {
+        id: id.into_inner(),
+    };
+    upstream(&req, &body, &state, route).await
 }
 
 /// Any other path outside `/_sim`: recorded, and answered 404 in the configured error shape.

@@ -18,6 +18,7 @@ use super::agent::{generated_id, unlucky, Agent, GenerateRequest, Outcome, Plan}
 use super::config::{GenerateShape, SimConfig, StatusShape};
 use super::limiter::{SlidingWindowLimiter, WindowPeak};
 use super::reply::{Reply, SimError};
+use super::webhooks::{self, Outgoing, Registration, WebhookStats};
 use crate::clock::{self, SharedClock, Timestamp};
 
 /// How long upstream remembers an `Idempotency-Key`.
@@ -79,6 +80,10 @@ pub enum Route {
     Generate,
     Status { agent_id: String },
     Validate,
+    RegisterWebhook,
+    ListWebhooks,
+    DeleteWebhook { id: String },
+    TestWebhook { id: String },
     Unknown,
 }
 
@@ -88,6 +93,10 @@ impl Route {
             Route::Generate => "generate",
             Route::Status { .. } => "status",
             Route::Validate => "validate",
+            Route::RegisterWebhook
+            | Route::ListWebhooks
+            | Route::DeleteWebhook { .. }
+            | Route::TestWebhook { .. } => "webhooks",
             Route::Unknown => "unknown",
         }
     }
@@ -95,7 +104,12 @@ impl Route {
     fn bucket(&self) -> Option<Bucket> {
         match self {
             Route::Generate => Some(Bucket::Generate),
-            Route::Status { .. } | Route::Validate => Some(Bucket::Read),
+            Route::Status { .. }
+            | Route::Validate
+            | Route::RegisterWebhook
+            | Route::ListWebhooks
+            | Route::DeleteWebhook { .. }
+            | Route::TestWebhook { .. } => Some(Bucket::Read),
             Route::Unknown => None,
         }
     }
@@ -288,6 +302,96 @@ impl SimState {
         (reply, inner.config.latency)
     }
 
+    /// Webhook registrations made through `POST /v1/webhooks`, oldest first.
+    pub fn webhook_registrations(&self) -> Vec<Registration> {
+        self.lock().webhooks.registrations.clone()
+    }
+
+    /// What the webhook sender has done so far.
+    pub fn webhook_stats(&self) -> WebhookStats {
+        self.lock().webhooks.stats.clone()
+    }
+
+    /// The webhooks of agents that have ended since the last call (none are sent twice), and
+    /// the configured delay before their first attempt.
+    pub(crate) fn due_webhooks(&self) -> (Vec<Outgoing>, Duration) {
+        let now = self.now();
+        let mut guard = self.lock();
+        let Inner {
+            agents,
+            webhooks: sender,
+            config,
+            ..
+        } = &mut *guard;
+        let mut targets = sender.registrations.clone();
+        if let Some(url) = config.webhook_url.as_ref().filter(|u| !u.is_empty()) {
+            targets.push(Registration {
+                id: "cli".into(),
+                url: url.clone(),
+                events: Vec::new(),
+                secret: config.webhook_secret.clone(),
+            });
+        }
+        let mut outgoing = std::mem::take(&mut sender.pings);
+        if targets.is_empty() {
+            return (outgoing, config.webhook_delay);
+        }
+        for agent in agents.values() {
+            if sender.handled.contains(&agent.id) {
+                continue;
+            }
+            let Some((event, error)) = agent.ended(now) else {
+                continue;
+            };
+            sender.handled.insert(agent.id.clone());
+            let receivers: Vec<&Registration> = targets.iter().filter(|t| t.wants(event)).collect();
+            if webhooks::dropped(config.seed, &agent.id, config.webhook_drop_ratio) {
+                sender.stats.dropped += receivers.len();
+                continue;
+            }
+            for target in receivers {
+                let delivery_id = format!("evt_{}", ulid::Ulid::new());
+                let body = webhooks::body(
+                    &delivery_id,
+                    event,
+                    &agent.id,
+                    error.as_deref(),
+                    now.timestamp(),
+                );
+                sender.stats.queued += 1;
+                outgoing.push(Outgoing {
+                    url: target.url.clone(),
+                    secret: target.secret.clone(),
+                    event,
+                    delivery_id,
+                    body,
+                });
+            }
+        }
+        (outgoing, config.webhook_delay)
+    }
+
+    pub(crate) fn now_for_webhooks(&self) -> Timestamp {
+        self.now()
+    }
+
+    pub(crate) fn note_webhook_attempt(&self, answered_in: Option<Duration>) {
+        let mut inner = self.lock();
+        inner.webhooks.stats.attempts += 1;
+        if let Some(took) = answered_in {
+            inner.webhooks.stats.answer_us.push(took.as_micros() as u64);
+        }
+    }
+
+    pub(crate) fn note_webhook_result(&self, delivered: bool) {
+        let mut inner = self.lock();
+        if delivered {
+            inner.webhooks.stats.delivered += 1;
+        } else {
+            inner.webhooks.stats.failed += 1;
+        }
+    }
+
     fn route_total(&self, route_name: &str) -> usize {
         self.lock()
             .routes
@@ -345,6 +449,7 @@ struct Inner {
     injected: VecDeque<u16>,
     log: VecDeque<RecordedRequest>,
     routes: BTreeMap<&'static str, RouteStats>,
+    webhooks: webhooks::Sender,
 }
 
 impl Inner {
@@ -362,6 +467,7 @@ impl Inner {
             injected: VecDeque::new(),
             log: VecDeque::new(),
             routes: BTreeMap::new(),
+            webhooks: webhooks::Sender::default(),
         }
     }
 
@@ -426,6 +532,45 @@ impl Inner {
             Route::Generate => Ok(self.generate(incoming, now)),
             Route::Status { agent_id } => self.status(agent_id, now),
             Route::Validate => Ok(self.validate(incoming)),
+            Route::RegisterWebhook => self.register_webhook(&incoming.body),
+            Route::ListWebhooks => Ok(Reply::ok(json!({
+                "success": true,
+                "data": self
+                    .webhooks
+                    .registrations
+                    .iter()
+                    .map(Registration::listed)
+                    .collect::<Vec<_>>(),
+            }))),
+            Route::DeleteWebhook { id } => {
+                let before = self.webhooks.registrations.len();
+                self.webhooks.registrations.retain(|r| &r.id != id);
+                if self.webhooks.registrations.len() == before {
+                    Err(SimError::not_found(format!("Webhook {id} not found")))
+                } else {
+                    Ok(Reply::ok(json!({"success": true})))
+                }
+            }
+            Route::TestWebhook { id } => {
+                let Some(target) = self.webhooks.registrations.iter().find(|r| &r.id == id) else {
+                    return Err(SimError::not_found(format!("Webhook {id} not found")));
+                };
+                let delivery_id = format!("evt_{}", ulid::Ulid::new());
+                let body = serde_json::to_vec(&json!({
+                    "id": delivery_id, "event": "ping", "created": now.timestamp(), "data": {}
+                }))
+                .expect("JSON");
+                let ping = Outgoing {
+                    url: target.url.clone(),
+                    secret: target.secret.clone(),
+                    event: "ping",
+                    delivery_id,
+                    body,
+                };
+                self.webhooks.pings.push(ping);
+                self.webhooks.stats.queued += 1;
+                Ok(Reply::ok(json!({"success": true})))
+            }
             Route::Unknown => Err(SimError::not_found("No such route")),
         }
     }
@@ -541,6 +686,38 @@ impl Inner {
             .get(agent_id)
             .ok_or_else(|| SimError::not_found(format!("Agent {agent_id} not found")))?;
         let data = agent.status_data(now, self.config.status_shape);
+        Ok(Reply::ok(json!({"success": true, "data": data})))
+    }
+
+    /// `POST /v1/webhooks` `{"url", "events", "description"}`: the secret is in this answer
+    /// only.
+    fn register_webhook(&mut self, body: &[u8]) -> Result<Reply, SimError> {
+        let request: Value = serde_json::from_slice(body)
+            .map_err(|e| SimError::validation(format!("the body is not valid JSON: {e}")))?;
+        let url = request
+            .get("url")
+            .and_then(Value::as_str)
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .ok_or_else(|| SimError::validation("`url` must be an http(s) URL"))?;
+        let events: Vec<String> = match request.get("events") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|e| e.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| SimError::validation("`events` must be a list of strings"))?,
+            Some(_) => return Err(SimError::validation("`events` must be a list of strings")),
+        };
+        self.webhooks.next_id += 1;
+        let registration = Registration {
+            id: format!("wh_{:04}", self.webhooks.next_id),
+            url: url.to_owned(),
+            events,
+            secret: format!("whsec_{}", ulid::Ulid::new().to_string().to_lowercase()),
+        };
+        let mut data = registration.listed();
+        data["secret"] = Value::from(registration.secret.clone());
+        self.webhooks.registrations.push(registration);
         Ok(Reply::ok(json!({"success": true, "data": data})))
     }
 

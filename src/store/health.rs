@@ -367,6 +367,52 @@ impl Storage for Watched {
         self.write(self.inner.update_callback_secrets(tenant, change).await)
     }
 
+    async fn claim_job_for_poll(&self, id: &JobId, lease_until: Timestamp) -> Result<Option<Job>> {
+        self.write(self.inner.claim_job_for_poll(id, lease_until).await)
+    }
+
+    async fn pull_in_polls(
+        &self,
+        later_than: Timestamp,
+        limit: usize,
+        to: crate::store::JobTime,
+    ) -> Result<usize> {
+        self.write(self.inner.pull_in_polls(later_than, limit, to).await)
+    }
+
+    async fn upstream_webhook(&self) -> Result<Option<crate::store::UpstreamWebhook>> {
+        self.read(self.inner.upstream_webhook().await)
+    }
+
+    async fn save_upstream_webhook(&self, webhook: &crate::store::UpstreamWebhook) -> Result<()> {
+        self.write(self.inner.save_upstream_webhook(webhook).await)
+    }
+
+    async fn prepare(&self) -> Result<()> {
+        self.inner.prepare().await
+    }
+
+    fn watch_wakeups(&self, wake: crate::store::WakeFn) {
+        self.inner.watch_wakeups(wake)
+    }
+
+    fn shares_budgets(&self) -> bool {
+        self.inner.shares_budgets()
+    }
+
+    async fn take_budget(
+        &self,
+        name: &str,
+        now: Timestamp,
+        spacing: std::time::Duration,
+        burst: u32,
+        want: u32,
+    ) -> Result<u32> {
+        self.inner
+            .take_budget(name, now, spacing, burst, want)
+            .await
+    }
+
     async fn counts(&self) -> Result<Counts> {
         self.inner.counts().await
     }

@@ -2,7 +2,8 @@
 //! (the outbox), claim due work, record an attempt. The API is async and knows no backend;
 //! [`Storage`] is what a backend implements and [`Store`] is what the rest of the service holds.
 //!
-//! Promises every backend keeps (the conformance suite in `tests/store/` states each one):
+//! Promises every backend keeps (the conformance suite, `tests/api/store_conformance.rs`,
+//! states each one):
 //! - a write is durable when it returns: there is no separate "flush now" step;
 //! - the outbox is atomic: a job is terminal if and only if its deliveries exist, and a second
 //!   completion writes nothing;
@@ -15,9 +16,12 @@
 //! The embedded backend is sled ([`sled`], one process per directory). Nothing outside that
 //! folder names sled (`.ci/run` checks).
 
+pub mod copy;
 pub mod health;
+mod postgres;
 mod sled;
 
+pub use self::postgres::{PgStore, KEY_HOLD, WAKE_CHANNEL};
 pub use self::sled::{delivery_record_len, SledStore};
 
 use std::any::Any;
@@ -38,13 +42,36 @@ pub const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(
 /// The store the service holds: one backend, shared.
 pub type Store = Arc<dyn Storage>;
 
-/// Open the configured backend.
+/// Open the configured backend. PostgreSQL connects when first used (needs a tokio runtime);
+/// [`Storage::prepare`] connects and migrates.
 pub fn open(settings: &crate::config::StorageSettings) -> Result<Store> {
-    Ok(Arc::new(SledStore::open(
-        &settings.path,
-        settings.cache_bytes,
-    )?))
+    match settings.backend {
+        crate::config::StorageBackend::Sled => Ok(Arc::new(SledStore::open(
+            &settings.path,
+            settings.cache_bytes,
+        )?)),
+        crate::config::StorageBackend::Postgres => {
+            let pg = &settings.postgres;
+            Ok(Arc::new(PgStore::open(
+                &pg.url,
+                pg.max_connections,
+                pg.delivery_lease,
+            )?))
+        }
+    }
 }
+
+/// What to wake when work is written to a shared backend (by this process or another).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Deliveries were queued.
+    Deliveries,
+    /// Jobs are due.
+    Jobs,
+}
+
+/// Called by a shared backend for each [`Wakeup`].
+pub type WakeFn = Arc<dyn Fn(Wakeup) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -190,6 +217,8 @@ pub struct DeliveryPage {
 /// once (a backend retries a write that met a concurrent one), so it must only change its
 /// argument.
 pub type DeliveryChange = Box<dyn Fn(&mut Delivery) -> bool + Send + Sync>;
+/// A time computed from a job (when to poll it next, say).
+pub type JobTime = Box<dyn Fn(&Job) -> Timestamp + Send + Sync>;
 /// A change to a stored subscription (may run more than once, as [`DeliveryChange`]).
 pub type SubscriptionChange = Box<dyn Fn(&mut Subscription) + Send + Sync>;
 /// A change to a tenant's callback secrets, given what is stored (`None`: nothing yet): what
@@ -241,6 +270,24 @@ pub struct Counts {
     pub deliveries_fresh: u64,
     /// Deliveries waiting for a retry.
     pub deliveries_retry: u64,
+}
+
+/// The registration agenthook made of its push URL with bitHuman: its id, URL and the
+/// signing secret upstream shows only once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamWebhook {
+    pub id: String,
+    pub url: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for UpstreamWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamWebhook")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a backend does. Every method is a unit of work in domain terms; every write is
@@ -432,6 +479,28 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
         change: SecretsChange,
     ) -> Result<Option<SecretSet>>;
 
+    // --- Upstream push ---
+
+    /// Claim one pending `processing` job for a status read now, wherever it is queued (a
+    /// push made it due), leased until `lease_until`. `None` when the job is unknown, ended,
+    /// or not polled yet.
+    async fn claim_job_for_poll(&self, id: &JobId, lease_until: Timestamp) -> Result<Option<Job>>;
+
+    /// Move up to `limit` polls due after `later_than` to the time `to` gives each (at the
+    /// latest `later_than`): the slowed cadence undone when pushes stop. Returns how many.
+    async fn pull_in_polls(
+        &self,
+        later_than: Timestamp,
+        limit: usize,
+        to: JobTime,
+    ) -> Result<usize>;
+
+    /// agenthook's own webhook registration with bitHuman, if it made one.
+    async fn upstream_webhook(&self) -> Result<Option<UpstreamWebhook>>;
+
+    /// Keep the registration (its secret cannot be asked for again).
+    async fn save_upstream_webhook(&self, webhook: &UpstreamWebhook) -> Result<()>;
+
     // --- Operations ---
 
     /// Stored counts for metrics, read in constant time.
@@ -442,6 +511,42 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
 
     /// Make everything written so far durable and let go of the backend (shutdown).
     async fn close(&self) -> Result<()>;
+
+    /// Make the backend ready to serve before anything else uses it: PostgreSQL connects and
+    /// applies its migrations (under an advisory lock, so several instances may start at
+    /// once). An embedded backend has nothing to do.
+    async fn prepare(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Call `wake` whenever any process sharing this backend writes work (new deliveries, due
+    /// jobs), so that the workers of every instance pick it up at once. A backend that only
+    /// one process opens never calls it: its writers wake their own workers.
+    fn watch_wakeups(&self, wake: WakeFn) {
+        let _ = wake;
+    }
+
+    /// Whether several processes share this store, and with it the upstream budgets (then
+    /// [`Storage::take_budget`] grants every request).
+    fn shares_budgets(&self) -> bool {
+        false
+    }
+
+    /// Grant up to `want` requests of the budget `name` at `now`, from one budget shared by
+    /// every process on this store: requests are granted `spacing` apart, with at most `burst`
+    /// ahead (a GCRA). Returns how many were granted (0: none before the next spacing). A store
+    /// that no one else shares grants nothing ([`Storage::shares_budgets`] is false).
+    async fn take_budget(
+        &self,
+        name: &str,
+        now: Timestamp,
+        spacing: std::time::Duration,
+        burst: u32,
+        want: u32,
+    ) -> Result<u32> {
+        let _ = (name, now, spacing, burst, want);
+        Ok(0)
+    }
 
     // --- Retention and storage faults ---
 

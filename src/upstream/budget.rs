@@ -6,6 +6,7 @@
 //! budget fully usable: a limiter that allowed the whole minute at once would have pollers
 //! stampede and then idle.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,7 +24,21 @@ pub struct Budget {
     spacing: Duration,
     burst: u32,
     state: Mutex<State>,
+    /// Set when several instances share the budget (see [`Budget::shared`]).
+    shared: Option<Credits>,
 }
+
+/// Grants of a budget shared by several instances: each grant comes from one budget row in the
+/// shared store (`Storage::take_budget`) and must be used within [`CREDIT_TTL`] or is lost.
+#[derive(Debug, Default)]
+struct Credits {
+    /// When each credit held expires, oldest first.
+    held: Mutex<VecDeque<Timestamp>>,
+}
+
+/// How long a shared grant may wait for its request. Requests go out at most this long after
+/// their grant, so a window of 60 s of requests holds at most the grants of 60 s + this.
+pub const CREDIT_TTL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct State {
@@ -48,6 +63,88 @@ impl Budget {
                 next_at: None,
                 paused_until: None,
             }),
+            shared: None,
+        }
+    }
+
+    /// A budget of `per_minute` shared by every instance on one store. The store grants
+    /// requests from one row at a spacing computed for a window of 60 s + [`CREDIT_TTL`] (a
+    /// grant is used within the TTL or lost), so any 60 s of requests of all instances together
+    /// stays within `per_minute`; the refill task ([`Budget::refill_from`]) keeps a few grants
+    /// at hand. Spacing and burst are what [`Budget::grant_spacing`] says.
+    pub fn shared(name: &'static str, per_minute: u32) -> Budget {
+        let mut budget = Budget::per_minute(name, per_minute);
+        let (spacing, burst) = Budget::grant_spacing(per_minute);
+        budget.spacing = spacing;
+        budget.burst = burst;
+        budget.shared = Some(Credits::default());
+        budget
+    }
+
+    /// The spacing and burst of shared grants for `per_minute`.
+    pub fn grant_spacing(per_minute: u32) -> (Duration, u32) {
+        let per_minute = per_minute.max(1);
+        let window = WINDOW + CREDIT_TTL;
+        let spacing = window.mul_f64(SPACING_MARGIN / f64::from(per_minute));
+        let steady = (window.as_secs_f64() / spacing.as_secs_f64()).floor() as u32;
+        // One grant more may fall in the longer window than in 60 s: keep it out of the burst.
+        let burst = per_minute.saturating_sub(steady + 1).max(1);
+        (spacing, burst)
+    }
+
+    /// Whether this budget is shared by several instances.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Credits held now (expired ones dropped); `None` for a local budget.
+    fn credits(&self, now: Timestamp) -> Option<std::sync::MutexGuard<'_, VecDeque<Timestamp>>> {
+        let credits = self.shared.as_ref()?;
+        let mut held = credits.held.lock().unwrap_or_else(|e| e.into_inner());
+        while held.front().is_some_and(|expiry| *expiry <= now) {
+            held.pop_front();
+        }
+        Some(held)
+    }
+
+    /// Keep a few grants of a shared budget at hand, taken from `store`, until the runtime
+    /// ends. Without the store (it fails), no grant: no request goes out, the budget is never
+    /// exceeded, and work waits until the store answers again.
+    pub async fn refill_from(
+        &self,
+        store: &crate::store::Store,
+        clock: &crate::clock::SharedClock,
+    ) {
+        // Grants wanted at hand: what a quarter of the TTL spends, at least one.
+        let want = ((CREDIT_TTL.as_secs_f64() / 4.0) / self.spacing.as_secs_f64()).ceil() as u32;
+        let want = want.clamp(1, self.burst.max(1));
+        let nap = self
+            .spacing
+            .clamp(Duration::from_millis(20), Duration::from_millis(250));
+        loop {
+            let now = clock.now();
+            let held = self.credits(now).map_or(0, |h| h.len()) as u32;
+            if held < want && !self.is_paused(now) {
+                match store
+                    .take_budget(self.name, now, self.spacing, self.burst, want - held)
+                    .await
+                {
+                    Ok(granted) if granted > 0 => {
+                        if let Some(mut credits) = self.credits(now) {
+                            let expiry = after(now, CREDIT_TTL);
+                            credits.extend(std::iter::repeat_n(expiry, granted as usize));
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(budget = self.name, %error, "no grant: the store did not answer");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            tokio::time::sleep(nap).await;
         }
     }
 
@@ -64,6 +161,7 @@ impl Budget {
                 next_at: None,
                 paused_until: None,
             }),
+            shared: None,
         }
     }
 
@@ -77,6 +175,14 @@ impl Budget {
 
     /// Take one request's worth if available at `now`.
     pub fn try_acquire(&self, now: Timestamp) -> bool {
+        if self.is_shared() {
+            if self.is_paused(now) {
+                return false;
+            }
+            return self
+                .credits(now)
+                .is_some_and(|mut held| held.pop_front().is_some());
+        }
         let mut state = self.state.lock().expect("budget lock");
         if state.paused_until.is_some_and(|until| until > now) {
             return false;
@@ -92,6 +198,12 @@ impl Budget {
 
     /// How many requests could be taken at `now`, at most `cap`.
     pub fn available(&self, now: Timestamp, cap: usize) -> usize {
+        if self.is_shared() {
+            if self.is_paused(now) {
+                return 0;
+            }
+            return self.credits(now).map_or(0, |held| held.len()).min(cap);
+        }
         let state = self.state.lock().expect("budget lock");
         if state.paused_until.is_some_and(|until| until > now) {
             return 0;
@@ -104,6 +216,19 @@ impl Budget {
 
     /// When the next request may be taken.
     pub fn next_available_at(&self, now: Timestamp) -> Timestamp {
+        if self.is_shared() {
+            let held = self.credits(now).map_or(0, |held| held.len());
+            let mut at = if held > 0 {
+                now
+            } else {
+                after(now, self.spacing)
+            };
+            let state = self.state.lock().expect("budget lock");
+            if let Some(until) = state.paused_until {
+                at = at.max(until);
+            }
+            return at;
+        }
         let state = self.state.lock().expect("budget lock");
         let next_at = state.next_at.unwrap_or(now).max(now);
         let mut at = (next_at - self.burst_span()).max(now);
@@ -141,6 +266,40 @@ impl Budgets {
         Budgets {
             generate: Budget::per_minute("generate", generate_per_minute),
             read: Budget::per_minute("read", read_per_minute),
+        }
+    }
+
+    /// Budgets shared by every instance on one store (see [`Budget::shared`]).
+    pub fn shared(generate_per_minute: u32, read_per_minute: u32) -> Budgets {
+        Budgets {
+            generate: Budget::shared("generate", generate_per_minute),
+            read: Budget::shared("read", read_per_minute),
+        }
+    }
+
+    /// Start the tasks that keep shared budgets' grants at hand (nothing for local budgets).
+    pub fn start_refills(
+        self: &std::sync::Arc<Self>,
+        store: crate::store::Store,
+        clock: crate::clock::SharedClock,
+    ) {
+        for read in [false, true] {
+            let (budgets, store, clock) = (self.clone(), store.clone(), clock.clone());
+            tokio::spawn(async move {
+                let budget = if read {
+                    &budgets.read
+                } else {
+                    &budgets.generate
+                };
+                if budget.is_shared() {
+                    // The budget table may not exist yet: this starts before `serve` migrates.
+                    // Migrating is idempotent and safe to race (advisory lock).
+                    if let Err(error) = store.prepare().await {
+                        tracing::debug!(%error, "budget refill: the store is not ready yet");
+                    }
+                    budget.refill_from(&store, &clock).await;
+                }
+            });
         }
     }
 }

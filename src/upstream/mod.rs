@@ -2,6 +2,8 @@
 //! refusals (do not retry) and transient failures (retry later). It knows nothing of storage.
 
 pub mod budget;
+pub mod push;
+mod registration;
 pub mod wire;
 
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Map, Value};
 
 pub use budget::{Budget, Budgets};
+pub use registration::WebhookRegistration;
 pub use wire::AgentState;
 
 use crate::clock::{after, SharedClock};

@@ -5,6 +5,8 @@ mod browser;
 #[path = "../fixtures/mod.rs"]
 mod fixtures;
 mod helpers;
+mod pg;
+mod postgres;
 mod receiver;
 
 mod dashboard;
@@ -21,3 +23,4 @@ mod scheduler;
 mod service;
 mod storage_faults;
 mod store_conformance;
+mod upstream_push;

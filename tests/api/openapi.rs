@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every route of the contract, by hand, as SPEC.md's HTTP API section lists it.
-const CONTRACT: [(&str, &str); 25] = [
+const CONTRACT: [(&str, &str); 26] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -36,6 +36,7 @@ const CONTRACT: [(&str, &str); 25] = [
     ("GET", "/v1/deliveries/{id}"),
     ("POST", "/v1/deliveries/{id}/retry"),
     ("GET", "/v1/events/sample"),
+    ("POST", "/v1/upstream/webhooks"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];

@@ -297,6 +297,35 @@ impl Storage for FailingDisk {
         self.write()?;
         self.inner.update_callback_secrets(tenant, change).await
     }
+    async fn claim_job_for_poll(
+        &self,
+        id: &JobId,
+        lease_until: Timestamp,
+    ) -> Result<Option<Job>, StoreError> {
+        self.write()?;
+        self.inner.claim_job_for_poll(id, lease_until).await
+    }
+    async fn pull_in_polls(
+        &self,
+        later_than: Timestamp,
+        limit: usize,
+        to: agenthook::store::JobTime,
+    ) -> Result<usize, StoreError> {
+        self.write()?;
+        self.inner.pull_in_polls(later_than, limit, to).await
+    }
+    async fn upstream_webhook(
+        &self,
+    ) -> Result<Option<agenthook::store::UpstreamWebhook>, StoreError> {
+        self.inner.upstream_webhook().await
+    }
+    async fn save_upstream_webhook(
+        &self,
+        webhook: &agenthook::store::UpstreamWebhook,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.save_upstream_webhook(webhook).await
+    }
     async fn counts(&self) -> Result<Counts, StoreError> {
         self.inner.counts().await
     }

@@ -14,16 +14,27 @@ use crate::store::{
     DeliveryUpdate, IdempotencyKey, IdempotentResponse, JobPage, PurgeReport, Recorded,
     SecretsChange, Storage, StoredTotals, SubscriptionChange, WorkKind, Writable,
 };
+use crate::store::{JobTime, UpstreamWebhook};
+
+/// Reads of one store on the blocking pool at once. Without a bound, a burst of concurrent
+/// reads (a poller round of 1,000 jobs each completing, say) would start as many threads, each
+/// with its stack and its own malloc arena; beyond the cores they only wait for each other.
+pub(super) const READERS: usize = 8;
 
 impl SledStore {
-    /// Run `read` on the blocking pool.
+    /// Run `read` on the blocking pool, at most [`READERS`] at a time.
     async fn blocking<T, F>(&self, read: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&SledStore) -> Result<T> + Send + 'static,
     {
+        let permit = self.readers.clone().acquire_owned().await;
         let store = self.clone();
-        match tokio::task::spawn_blocking(move || read(&store)).await {
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            read(&store)
+        });
+        match task.await {
             Ok(result) => result,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(_) => Err(super::StoreError::Unavailable(
@@ -284,6 +295,35 @@ impl Storage for SledStore {
         change: SecretsChange,
     ) -> Result<Option<SecretSet>> {
         SledStore::update_callback_secrets(self, tenant, change).await
+    }
+
+    async fn claim_job_for_poll(&self, id: &JobId, lease_until: Timestamp) -> Result<Option<Job>> {
+        SledStore::claim_job_for_poll(self, id, lease_until).await
+    }
+
+    async fn pull_in_polls(
+        &self,
+        later_than: Timestamp,
+        limit: usize,
+        to: JobTime,
+    ) -> Result<usize> {
+        let due = self
+            .blocking(move |s| s.polls_due_after(later_than, limit))
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.pull_in(due, later_than, to).await
+    }
+
+    async fn upstream_webhook(&self) -> Result<Option<UpstreamWebhook>> {
+        self.blocking(|s| s.upstream_webhook()).await
+    }
+
+    async fn save_upstream_webhook(&self, webhook: &UpstreamWebhook) -> Result<()> {
+        let webhook = webhook.clone();
+        self.blocking(move |s| s.save_upstream_webhook(&webhook))
+            .await
     }
 
     async fn counts(&self) -> Result<Counts> {

@@ -1,14 +1,23 @@
-//! The counts of the two queues (`due`: jobs by kind; `queue`: deliveries by queue), kept in
-//! memory for `/metrics`. They are counted once when the store opens (the queues hold pending
-//! work only, never history) and then moved by every committed write: the writer collects what
-//! a transaction added to and removed from the queues ([`Deltas`]) and applies it once the
-//! transaction has committed, so a transaction that sled runs again is not counted twice.
+//! The counts of the two queues (`due`: jobs by kind; `queue`: deliveries by queue), for
+//! `/metrics`. Each tree keeps its own under [`COUNT_KEY`] (a key no queue entry can have: entries
+//! begin with their queue's letter), written in the same transaction as the entries it counts,
+//! so it is right after a crash and is read, not counted, when the store opens. The writer
+//! collects what a transaction added to and removed from the queues ([`Deltas`]), writes the
+//! counts inside it, and moves the copy kept in memory once it has committed (a transaction
+//! that sled runs again is not counted twice). A directory written before the counts were kept
+//! is counted once when it is opened.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use sled::transaction::TransactionalTree;
+
+use super::writer::TxResult;
 use super::Result;
 use crate::store::Counts;
+
+/// Where each queue tree keeps the count of its entries: two big-endian i64, one per queue.
+pub(crate) const COUNT_KEY: &[u8] = b"#count";
 
 /// Queue tags, in the order [`Deltas`] keeps them.
 const TAGS: [u8; 4] = [b's', b'p', b'f', b'r'];
@@ -36,21 +45,65 @@ impl Deltas {
             self.0[i] -= 1;
         }
     }
+
+    /// Add these changes to the counts stored in `due` and `queue`, inside the transaction.
+    pub fn persist(&self, due: &TransactionalTree, queue: &TransactionalTree) -> TxResult<()> {
+        for (tree, first) in [(due, 0), (queue, 2)] {
+            let changes = [self.0[first], self.0[first + 1]];
+            if changes == [0, 0] {
+                continue;
+            }
+            let mut stored = decode(tree.get(COUNT_KEY)?.as_deref());
+            stored[0] += changes[0];
+            stored[1] += changes[1];
+            tree.insert(COUNT_KEY, encode(stored).as_slice())?;
+        }
+        Ok(())
+    }
+}
+
+fn decode(raw: Option<&[u8]>) -> [i64; 2] {
+    let mut counts = [0; 2];
+    if let Some(raw) = raw.filter(|r| r.len() == 16) {
+        for (i, count) in counts.iter_mut().enumerate() {
+            let bytes: [u8; 8] = raw[i * 8..i * 8 + 8].try_into().expect("8 bytes");
+            *count = i64::from_be_bytes(bytes);
+        }
+    }
+    counts
+}
+
+fn encode(counts: [i64; 2]) -> [u8; 16] {
+    let mut raw = [0; 16];
+    raw[..8].copy_from_slice(&counts[0].to_be_bytes());
+    raw[8..].copy_from_slice(&counts[1].to_be_bytes());
+    raw
 }
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct QueueCounts(Arc<[AtomicI64; 4]>);
 
 impl QueueCounts {
-    /// Count the entries of the queues as stored.
-    pub fn count(due: &sled::Tree, queue: &sled::Tree) -> Result<QueueCounts> {
+    /// The counts as the queue trees keep them; counted (once, and then kept) in a directory
+    /// written before they were.
+    pub fn open(due: &sled::Tree, queue: &sled::Tree) -> Result<QueueCounts> {
         let counts = QueueCounts::default();
-        for tree in [due, queue] {
-            for entry in tree.iter().keys() {
-                if let Some(i) = slot(&entry?) {
-                    counts.0[i].fetch_add(1, Ordering::Relaxed);
+        for (tree, first) in [(due, 0), (queue, 2)] {
+            let stored = match tree.get(COUNT_KEY)? {
+                Some(raw) => decode(Some(&raw)),
+                None => {
+                    let mut counted = [0; 2];
+                    for entry in tree.iter().keys() {
+                        if let Some(i) = slot(&entry?) {
+                            counted[i - first] += 1;
+                        }
+                    }
+                    tree.insert(COUNT_KEY, encode(counted).as_slice())?;
+                    counted
                 }
-            }
+            };
+            counts.0[first].store(stored[0], Ordering::Relaxed);
+            counts.0[first + 1].store(stored[1], Ordering::Relaxed);
         }
         Ok(counts)
     }

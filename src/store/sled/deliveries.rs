@@ -1063,4 +1063,39 @@ mod tests {
         );
         assert_eq!(claim_ids(&store, soon).1, vec![delivery.id.clone()]);
     }
+
+    #[tokio::test]
+    async fn queue_counts_are_stored_with_the_entries_and_read_back_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::Utc::now();
+        let acme = Tenant::parse("acme").unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8 * 1024 * 1024).unwrap();
+            let three = (0..3).map(|_| due_delivery(&acme, now)).collect();
+            api(&store).insert_deliveries(three).await.unwrap();
+            let claimed = api(&store)
+                .claim_due_deliveries(DeliveryQueue::Fresh, now, 1)
+                .await
+                .unwrap();
+            record_success(&store, claimed.into_iter().next().unwrap()).await;
+            assert_eq!(queued(&store, DeliveryQueue::Fresh), 2);
+        }
+        let store = reopen(dir.path());
+        assert_eq!(
+            queued(&store, DeliveryQueue::Fresh),
+            2,
+            "read back, not lost"
+        );
+        assert_eq!(
+            store.queue.scan_prefix(b"f").count(),
+            2,
+            "the count matches the entries"
+        );
+        // A directory written before counts were kept is counted on open.
+        store.queue.remove(super::super::counts::COUNT_KEY).unwrap();
+        store.flush_now().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(queued(&store, DeliveryQueue::Fresh), 2);
+    }
 }

@@ -11,7 +11,8 @@ use super::{decode, decode_tx, encode, keys, Result, SledStore, StoreError};
 use crate::clock::Timestamp;
 use crate::domain::{Delivery, Job, JobId, JobStatus, Tenant};
 use crate::store::{
-    Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, KeyHold, WorkKind,
+    Admission, Cancellation, IdempotencyKey, IdempotentResponse, JobPage, JobTime, KeyHold,
+    WorkKind,
 };
 
 fn work_tag(kind: WorkKind) -> u8 {
@@ -518,4 +519,81 @@ fn stored_job(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {
 
 fn pending_stored(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {
     Ok(stored_job(jobs, id)?.filter(Job::is_pending))
+}
+
+// Upstream push: a job made due by a push, and the cadence pulled back when pushes stop.
+impl SledStore {
+    /// Claim one pending `processing` job for a status read now, wherever its queue entry is
+    /// (a push made it due): its entry moves to `lease_until`, as a claim of due jobs does.
+    /// `None` when the job is unknown, ended, or not polled yet (still submitting).
+    pub async fn claim_job_for_poll(
+        &self,
+        id: &JobId,
+        lease_until: Timestamp,
+    ) -> Result<Option<Job>> {
+        let id = id.clone();
+        self.writer
+            .write(move |tx| {
+                let Some(stored) = pending_stored(tx.jobs, &id)? else {
+                    return Ok(None);
+                };
+                if WorkKind::of(&stored) != Some(WorkKind::Poll) {
+                    return Ok(None);
+                }
+                let mut job = stored.clone();
+                job.next_poll_at = Some(lease_until);
+                put_job(tx, Some(&stored), &job, &encode(&job))?;
+                Ok(Some(job))
+            })
+            .await
+    }
+
+    /// The queue entries of up to `limit` polls due after `later_than`, with their job ids.
+    pub fn polls_due_after(
+        &self,
+        later_than: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, String)>> {
+        let tag = work_tag(WorkKind::Poll);
+        let start = keys::timed_upper(tag, later_than);
+        let end = [tag + 1];
+        let mut found = Vec::new();
+        for entry in self.due.range(start.as_slice()..end.as_slice()).take(limit) {
+            let (key, _) = entry?;
+            if let Some((_, id)) = keys::parse_timed(&key) {
+                let id = id.to_owned();
+                found.push((key.to_vec(), id));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Move the polls [`SledStore::polls_due_after`] found to the time `to` gives each (at the
+    /// latest `later_than`), in one write; a job that moved on meanwhile is left as it is.
+    /// Returns how many moved.
+    pub async fn pull_in(
+        &self,
+        entries: Vec<(Vec<u8>, String)>,
+        later_than: Timestamp,
+        to: JobTime,
+    ) -> Result<usize> {
+        self.writer
+            .write(move |tx| {
+                let mut moved = 0;
+                for (key, id) in &entries {
+                    let Some(stored) = stored_job(tx.jobs, &JobId::from_stored(id.clone()))? else {
+                        continue;
+                    };
+                    if due_key(&stored).as_deref() != Some(&key[..]) {
+                        continue;
+                    }
+                    let mut job = stored.clone();
+                    job.next_poll_at = Some(to(&stored).min(later_than));
+                    put_job(tx, Some(&stored), &job, &encode(&job))?;
+                    moved += 1;
+                }
+                Ok(moved)
+            })
+            .await
+    }
 }

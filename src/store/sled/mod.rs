@@ -9,8 +9,8 @@
 //! - `due`: the scheduler's queue, `kind | due millis | job id`
 //! - `queue`: the delivery worker's queue, `fresh|retry | due millis | delivery id`
 //! - `idempotency`: `tenant \0 key` → record; `secrets`: tenant → callback signing secrets
-//! - `meta`: the layout version of the records (see [`SledStore::open`]) and the counts of the
-//!   two queues (see `counts`)
+//! - `meta`: the layout version of the records (see [`SledStore::open`])
+//! - `upstream`: agenthook's webhook registration with bitHuman (`upstream_webhook`)
 //!
 //! Every write goes through the writer thread ([`writer`]), which makes it durable before it
 //! answers. Reads and claims run on tokio's blocking pool ([`api`]), never on a runtime thread:
@@ -25,11 +25,13 @@ mod api;
 mod cache;
 mod counts;
 mod deliveries;
+mod export;
 mod jobs;
 mod keys;
 mod record;
 mod retention;
 mod subscriptions;
+mod upstream_webhook;
 mod writer;
 
 use std::path::Path;
@@ -85,6 +87,8 @@ pub struct SledStore {
     counts: counts::QueueCounts,
     /// The database's directory (probed when sled refuses writes, see `retention`).
     path: std::path::PathBuf,
+    /// Reads running on the blocking pool at once (see `api`).
+    readers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -114,7 +118,7 @@ impl SledStore {
             secrets: db.open_tree("secrets")?,
         };
         deliveries::upgrade_layout(&db, &trees)?;
-        let counts = counts::QueueCounts::count(&trees.due, &trees.queue)?;
+        let counts = counts::QueueCounts::open(&trees.due, &trees.queue)?;
         Ok(SledStore {
             jobs: trees.jobs.clone(),
             deliveries: trees.deliveries.clone(),
@@ -127,6 +131,7 @@ impl SledStore {
             secrets: trees.secrets.clone(),
             writer: writer::Writer::start(db.clone(), trees, counts.clone()),
             counts,
+            readers: std::sync::Arc::new(tokio::sync::Semaphore::new(api::READERS)),
             in_flight: jobs::InFlight::default(),
             claims: deliveries::Claims::default(),
             subscription_cache: cache::ReadCache::default(),

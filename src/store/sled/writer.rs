@@ -1,5 +1,9 @@
 //! The writer thread: group commit for every write of the store; each is answered only once it
-//! is durable.
+//! is durable. Three writes are made outside it: two rewrites of records of an earlier layout,
+//! which change no record's meaning (the one-time upgrade when the store opens, before the
+//! writer starts; moving a first-layout record's event body out when it is claimed,
+//! `deliveries::move_bodies_out`), and agenthook's webhook registration with bitHuman, written
+//! once at start in a tree of its own and flushed (`upstream_webhook`).
 //!
 //! sled 0.34 makes each transaction expensive on its own: it seals the log buffer before and
 //! after (two disk writes), and it takes sled's global lock exclusively, which a flush holds
@@ -119,7 +123,9 @@ impl Trees {
                     secrets,
                     deltas: &deltas,
                 })?;
-                Ok((value, deltas.into_inner()))
+                let deltas = deltas.into_inner();
+                deltas.persist(due, queue)?;
+                Ok((value, deltas))
             },
         ))
     }
@@ -173,6 +179,10 @@ enum Request {
     Write(Box<dyn Pending>),
 }
 
+/// Requests in one round at most: a sled transaction keeps every write it makes in memory
+/// until it commits, so a burst (a poller round of 1,000 jobs, say) goes in several rounds.
+const ROUND_LIMIT: usize = 256;
+
 #[derive(Clone)]
 pub(crate) struct Writer {
     requests: mpsc::Sender<Request>,
@@ -193,10 +203,17 @@ impl Writer {
                         Request::Write(write) => writes.push(write),
                     };
                     take(first);
-                    inbox.try_iter().for_each(&mut take);
+                    let mut room = ROUND_LIMIT - 1;
+                    let mut take_more = |take: &mut dyn FnMut(Request)| {
+                        for request in inbox.try_iter().take(room) {
+                            room -= 1;
+                            take(request);
+                        }
+                    };
+                    take_more(&mut take);
                     // Whoever is about to ask (a thread waiting for this core) joins this round.
                     thread::yield_now();
-                    inbox.try_iter().for_each(&mut take);
+                    take_more(&mut take);
                     round(&db, &trees, &counts, flushes, writes);
                 }
             })

@@ -216,23 +216,7 @@ pub async fn retry(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Attempt, ErrorClass, Event};
-
-    fn failed_to(destination: Destination) -> Delivery {
-        let now = chrono::Utc::now();
-        let event = Event::test(Tenant::parse("acme").unwrap(), now);
-        let mut d = Delivery::new(&event, None, destination, now);
-        d.state = DeliveryState::Failed;
-        d.next_attempt_at = None;
-        d.attempts.push(Attempt {
-            at: now,
-            status_code: Some(500),
-            error: Some(ErrorClass::Http),
-            duration_ms: 3,
-            response_body: Some("boom".into()),
-        });
-        d
-    }
+    use crate::service::resend::tests::failed_to;
 
     #[test]
     fn the_detail_view_adds_the_payload_to_the_list_view() {

@@ -111,11 +111,12 @@ pub async fn recover(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::{Attempt, ErrorClass, Event, Format, SecretSet, SubscriptionId};
 
-    fn failed_to(destination: Destination) -> Delivery {
+    /// A delivery to `destination` that failed its one attempt (a 500 answering "boom").
+    pub(crate) fn failed_to(destination: Destination) -> Delivery {
         let now = chrono::Utc::now();
         let event = Event::test(Tenant::parse("acme").unwrap(), now);
         let mut d = Delivery::new(&event, None, destination, now);

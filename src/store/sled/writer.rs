@@ -1,9 +1,10 @@
 //! The writer thread: group commit for every write of the store; each is answered only once it
-//! is durable. Three writes are made outside it: two rewrites of records of an earlier layout,
-//! which change no record's meaning (the one-time upgrade when the store opens, before the
-//! writer starts; moving a first-layout record's event body out when it is claimed,
-//! `deliveries::move_bodies_out`), and agenthook's webhook registration with bitHuman, written
-//! once at start in a tree of its own and flushed (`upstream_webhook`).
+//! is durable. Written outside it: what opening the store does before the writer starts (the
+//! one-time layout upgrade, and the first count of the queues in a directory written before
+//! counts were kept, `counts`); moving a first-layout record's event body out when it is
+//! claimed (`deliveries::move_bodies_out`), which changes no record's meaning; and agenthook's
+//! webhook registration with bitHuman, written once at start in a tree of its own and flushed
+//! (`upstream_webhook`).
 //!
 //! sled 0.34 makes each transaction expensive on its own: it seals the log buffer before and
 //! after (two disk writes), and it takes sled's global lock exclusively, which a flush holds

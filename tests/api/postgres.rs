@@ -389,17 +389,27 @@ async fn instances_share_one_budget_never_above_it_and_use_at_least_95_percent()
     }
 }
 
+/// Run `agenthook store copy`; tried again while the stopped service's threads still hold the
+/// sled directory's lock (they let go of it a moment after `stop` returns).
 fn store_copy(from: &std::path::Path, url: &str, force: bool) -> std::process::Output {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agenthook"));
-    command
-        .args(["store", "copy", "--from"])
-        .arg(format!("sled:{}", from.display()))
-        .arg("--to")
-        .arg(format!("postgres:{url}"));
-    if force {
-        command.arg("--force");
+    for _ in 0..200 {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agenthook"));
+        command
+            .args(["store", "copy", "--from"])
+            .arg(format!("sled:{}", from.display()))
+            .arg("--to")
+            .arg(format!("postgres:{url}"));
+        if force {
+            command.arg("--force");
+        }
+        let output = command.output().expect("run agenthook store copy");
+        let said = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() || !said.contains("could not acquire lock") {
+            return output;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    command.output().expect("run agenthook store copy")
+    panic!("the sled directory {} stayed locked", from.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,7 +38,6 @@ pub struct Health {
 
 impl Health {
     pub fn new() -> Arc<Health> {
-        metrics::gauge!("agenthook_storage_healthy").set(1.0);
         Arc::new(Health::default())
     }
 
@@ -60,7 +59,6 @@ impl Health {
         let mut fault = self.lock();
         if fault.is_none() {
             tracing::error!(error = %message, "storage is failing: new jobs are refused and /readyz answers 503 until it works again");
-            metrics::gauge!("agenthook_storage_healthy").set(0.0);
             *fault = Some(message.to_owned());
             self.failed.notify_one();
         }
@@ -71,7 +69,6 @@ impl Health {
         let mut fault = self.lock();
         if let Some(was) = fault.take() {
             tracing::info!(was = %was, "storage works again");
-            metrics::gauge!("agenthook_storage_healthy").set(1.0);
         }
     }
 

@@ -7,6 +7,12 @@
 //! run in this process. Receivers: one actix-web server on each of 127.0.0.2 … 127.0.0.9,
 //! answering 204 and keeping every `webhook-id` with its arrival instant.
 //!
+//! The service logs at its default level (`info`: a line per attempt) into a sink;
+//! `RBENCH_LOG=warn` leaves the per-attempt lines out.
+//!
+//! `RBENCH_BINARY=path/to/agenthook` runs another build of the service (an earlier commit's,
+//! for a before/after in the same sitting).
+//!
 //! Phases (`RBENCH_PHASES`, comma-separated, all by default):
 //!
 //! 1. `baseline`: a bare client (reqwest, one pool, 64 in flight, 8 per receiver address) POSTs
@@ -38,7 +44,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use agenthook::sim::{SimConfig, SimServer};
-use common::fixtures::{free_port, spawn_sim, Process};
+use common::fixtures::{free_port, spawn_sim, wait_ready, Process};
 use common::{env_usize, mib, percentile};
 use serde_json::{json, Value};
 
@@ -170,8 +176,9 @@ requests_per_minute = 0
 name = "bench"
 key = "{KEY}"
 [log]
-level = "warn"
+level = "{log}"
 "#,
+            log = std::env::var("RBENCH_LOG").unwrap_or_else(|_| "info".into()),
             data = dir.path().join("data").display(),
             upstream = sim.base_url,
             secret = sim.state.config().api_secret,
@@ -180,14 +187,19 @@ level = "warn"
         drop(file);
         let base = format!("http://127.0.0.1:{port}");
         let config = config.display().to_string();
-        let process = Process::start_ready(
-            &["serve", "--config", &config],
-            |c| {
+        // Its log (one line per attempt at the default level) goes to a sink, as to a log
+        // pipeline; `RBENCH_SERVICE_STDERR=1` shows it.
+        let configure = |c: &mut std::process::Command| {
+            if std::env::var_os("RBENCH_SERVICE_STDERR").is_some() {
                 c.stderr(Stdio::inherit());
-            },
-            &format!("{base}/readyz"),
-        )
-        .await;
+            }
+        };
+        let args = ["serve", "--config", config.as_str()];
+        let process = match std::env::var_os("RBENCH_BINARY") {
+            Some(program) => Process::start_program(program.as_ref(), &args, configure),
+            None => Process::start(&args, configure),
+        };
+        wait_ready(&format!("{base}/readyz")).await;
         Service {
             process,
             base,

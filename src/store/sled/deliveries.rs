@@ -381,10 +381,25 @@ impl SledStore {
     /// still holds its body (written by an earlier version) has it moved out first, so that
     /// recording the attempt, which writes the record without it, cannot lose it. Returns the
     /// record's bytes as stored now.
-    fn read_for_claim(&self, id: &str, raw: IVec) -> Result<(IVec, Delivery)> {
+    /// A delivery read for a claim, with its event's body: from `bodies` (the bodies this claim
+    /// read already: the deliveries of a fan-out share one) or read and kept there.
+    fn read_for_claim(
+        &self,
+        id: &str,
+        raw: IVec,
+        bodies: &mut HashMap<String, Payload>,
+    ) -> Result<(IVec, Delivery)> {
         let mut decoded = decode_delivery(&raw)?;
         if decoded.payload.is_absent() {
-            self.attach_body(&mut decoded)?;
+            let event = decoded.event_id.as_str();
+            decoded.payload = match bodies.get(event) {
+                Some(body) => body.clone(),
+                None => {
+                    let body = stored_payload(event, self.events.get(event)?)?;
+                    bodies.insert(event.to_owned(), body.clone());
+                    body
+                }
+            };
             return Ok((raw, decoded));
         }
         move_bodies_out(
@@ -425,6 +440,7 @@ impl SledStore {
         let mut stale = Vec::new();
         let mut state = self.claims.lock();
         let mut scanned = false;
+        let mut bodies = HashMap::new();
         while claimed.len() < limit {
             let Some(key) = state.due(queue).pop_front() else {
                 if scanned {
@@ -444,7 +460,7 @@ impl SledStore {
             state.held_back.remove(id);
             let read = match self.deliveries.get(id)? {
                 None => None,
-                Some(raw) => match self.read_for_claim(id, raw) {
+                Some(raw) => match self.read_for_claim(id, raw, &mut bodies) {
                     Ok(read) => Some(read),
                     Err(StoreError::Corrupt(error)) => {
                         tracing::error!(

@@ -26,9 +26,13 @@
 //!    delivery, creation included. Checked: every (event, subscription) received, each
 //!    `webhook-id` exactly once. Run `RBENCH_ROUNDS` times (3), each on a fresh service; the
 //!    median is reported.
-//! 3. `latency`: `POST /v1/subscriptions/{id}/test` at 200 events/s (`RBENCH_LATENCY_SECS`,
+//! 3. `recover`: `RBENCH_RECOVER` (10,000) dead letters (test events to receivers answering 500,
+//!    a one-attempt retry schedule), then `POST /v1/subscriptions/{id}/recover` for the 8
+//!    subscriptions at once with the receivers back: the API's answer time, the rate from the
+//!    first request to the last receipt, the service's CPU per delivery.
+//! 4. `latency`: `POST /v1/subscriptions/{id}/test` at 200 events/s (`RBENCH_LATENCY_SECS`,
 //!    10): from sending the request to the receipt of its delivery, p50/p90/p99.
-//! 4. `test64`: 64 clients creating test events as fast as the API answers
+//! 5. `test64`: 64 clients creating test events as fast as the API answers
 //!    (`RBENCH_TEST_SECS`, 10): created-and-delivered per second, the service's CPU per
 //!    delivery, the API's p50/p99.
 
@@ -59,6 +63,8 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 #[derive(Default)]
 struct Received {
+    /// While set, requests to `/fail/...` are answered 500.
+    failing: AtomicBool,
     count: AtomicUsize,
     /// Every `webhook-id` with the number of times it came and its first arrival.
     ids: Mutex<HashMap<String, (u32, Instant)>>,
@@ -99,6 +105,9 @@ async fn receive(req: HttpRequest, _body: web::Bytes, rx: web::Data<Received>) -
     }
     *rx.last.lock().unwrap() = Some(now);
     rx.count.fetch_add(1, Ordering::SeqCst);
+    if rx.failing.load(Ordering::SeqCst) && req.path().starts_with("/fail/") {
+        return HttpResponse::InternalServerError().finish();
+    }
     HttpResponse::NoContent().finish()
 }
 
@@ -147,7 +156,8 @@ struct Service {
 }
 
 impl Service {
-    async fn start(sim: &SimServer) -> Service {
+    /// The service with `delivery` (more TOML under `[delivery]`) added to the bench's settings.
+    async fn start(sim: &SimServer, delivery: &str) -> Service {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = dir.path().join("realpath.toml");
@@ -170,6 +180,7 @@ interval = "1s"
 concurrency = 64
 [delivery]
 allow_private_networks = true
+{delivery}
 [auth]
 requests_per_minute = 0
 [[auth.keys]]
@@ -377,7 +388,7 @@ async fn fanout(jobs: usize, subs: usize, receivers: &[SocketAddr], rx: &Receive
         read_per_minute: 1_000_000,
         ..SimConfig::default()
     });
-    let service = Service::start(&sim).await;
+    let service = Service::start(&sim, "").await;
     service.subscribe(subs, receivers).await;
     rx.reset();
     let created = Instant::now();
@@ -572,13 +583,139 @@ async fn test_events(
     }
 }
 
+/// `n` dead letters (one attempt each, to receivers answering 500) over one subscription per
+/// receiver address; then `POST /v1/subscriptions/{id}/recover` for each, all at once, with the
+/// receivers answering 204: the API's answer time, and from the first request to the last
+/// receipt, with the service's CPU per delivery.
+async fn recover(n: usize, receivers: &[SocketAddr], rx: &Arc<Received>) -> (Rate, Vec<Duration>) {
+    let sim = spawn_sim(SimConfig::default());
+    let service = Service::start(&sim, "retry_schedule = [\"0s\"]").await;
+    let mut subs = Vec::new();
+    for (i, addr) in receivers.iter().enumerate() {
+        let (status, body) = service
+            .post(
+                "/v1/subscriptions",
+                json!({"url": format!("http://{addr}/fail/{i}")}),
+            )
+            .await;
+        assert_eq!(status, 201, "create a subscription: {body}");
+        subs.push(body["id"].as_str().expect("subscription id").to_owned());
+    }
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    rx.reset();
+    rx.failing.store(true, Ordering::SeqCst);
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..64)
+        .map(|lane| {
+            let (client, next) = (service.client.clone(), next.clone());
+            let url = format!(
+                "{}/v1/subscriptions/{}/test",
+                service.base,
+                subs[lane % subs.len()]
+            );
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let res = client
+                        .post(&url)
+                        .bearer_auth(KEY)
+                        .send()
+                        .await
+                        .expect("test event");
+                    assert_eq!(res.status().as_u16(), 202);
+                }
+            })
+        })
+        .collect();
+    futures_util::future::join_all(tasks).await;
+    // Every one attempted once, refused, and recorded a dead letter.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let failed: usize = {
+            let metrics = service
+                .client
+                .get(format!("{}/metrics", service.base))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .unwrap_or_default();
+            metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("agenthook_delivery_attempts_total{")
+                        && l.contains("outcome=\"dead_lettered\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as usize
+        };
+        if failed >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead letters stalled at {failed} of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rx.reset();
+    rx.failing.store(false, Ordering::SeqCst);
+    let cpu_before = service.cpu();
+    let started = Instant::now();
+    let answers = futures_util::future::join_all(subs.iter().map(|id| {
+        let service = &service;
+        async move {
+            let t0 = Instant::now();
+            let (status, body) = service
+                .post(
+                    &format!("/v1/subscriptions/{id}/recover"),
+                    json!({"since": since.to_rfc3339()}),
+                )
+                .await;
+            assert_eq!(status, 202, "recover: {body}");
+            (
+                t0.elapsed(),
+                body["recovered"].as_u64().unwrap_or(0) as usize,
+            )
+        }
+    }))
+    .await;
+    let recovered: usize = answers.iter().map(|(_, r)| r).sum();
+    assert_eq!(recovered, n, "every dead letter recovered");
+    while rx.count.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline + DEADLINE,
+            "recovered deliveries stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last = rx.last.lock().unwrap().expect("a receipt");
+    let cpu = service.cpu().saturating_sub(cpu_before);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rx.count.load(Ordering::SeqCst),
+        n,
+        "each recovered delivery sent once"
+    );
+    let mut api: Vec<Duration> = answers.into_iter().map(|(t, _)| t).collect();
+    api.sort();
+    (
+        Rate {
+            deliveries: n,
+            elapsed: last.saturating_duration_since(started),
+            cpu: Some(cpu),
+        },
+        api,
+    )
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 fn main() {
-    let phases =
-        std::env::var("RBENCH_PHASES").unwrap_or_else(|_| "baseline,fanout,latency,test64".into());
+    let phases = std::env::var("RBENCH_PHASES")
+        .unwrap_or_else(|_| "baseline,fanout,recover,latency,test64".into());
     let runs = |p: &str| phases.split(',').any(|x| x.trim() == p);
     let jobs = env_usize("RBENCH_JOBS", 200);
     let subs = env_usize("RBENCH_SUBS", 100);
@@ -635,9 +772,22 @@ fn main() {
                 common::median(cpus).unwrap_or_default(),
             );
         }
+        if runs("recover") {
+            let n = env_usize("RBENCH_RECOVER", 10_000);
+            let (rate, api) = recover(n, &receivers, &rx).await;
+            println!(
+                "recover ({n} dead letters over {HOSTS} subscriptions, recovered at once): {} in {} = {:.0}/s; service CPU {:.1} µs per delivery; recover API answered in {} to {}",
+                rate.deliveries,
+                ms(rate.elapsed),
+                rate.per_second(),
+                rate.cpu_us().unwrap_or_default(),
+                ms(api[0]),
+                ms(*api.last().unwrap()),
+            );
+        }
         if runs("latency") || runs("test64") {
             let sim = spawn_sim(SimConfig::default());
-            let service = Service::start(&sim).await;
+            let service = Service::start(&sim, "").await;
             let ids = service.subscribe(HOSTS, &receivers).await;
             if runs("latency") {
                 let t = test_events(&service, &ids, &rx, 1, Duration::from_millis(5), latency_secs)

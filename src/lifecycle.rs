@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::clock::{after, SharedClock, Timestamp};
 use crate::config::PollerSettings;
-use crate::domain::{Delivery, Destination, Event, Job, JobError, JobStatus};
+use crate::domain::{Delivery, Destination, Event, Job, JobError, JobStatus, Payload};
 use crate::push::PushInbox;
 use crate::store::{self, Store, StoreError};
 use crate::upstream::{AgentState, StatusReport, UpstreamClient, UpstreamError};
@@ -234,23 +234,20 @@ impl Lifecycle {
         event: &Event,
         now: Timestamp,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let mut deliveries = Vec::new();
-        if let Some(url) = &job.callback_url {
-            deliveries.push(Delivery::new(
-                event,
-                Some(job.id.clone()),
-                Destination::Callback { url: url.clone() },
-                now,
-            ));
-        }
-        for sub in store::subscriptions_for(&*self.store, &job.tenant, event.event_type).await? {
-            deliveries.push(Delivery::new(
-                event,
-                Some(job.id.clone()),
-                Destination::subscription(&sub),
-                now,
-            ));
-        }
+        // One body for all of them, rendered once.
+        let payload = Payload::from(event.payload());
+        let subscriptions =
+            store::subscriptions_for(&*self.store, &job.tenant, event.event_type).await?;
+        let callback = job
+            .callback_url
+            .iter()
+            .map(|url| Destination::Callback { url: url.clone() });
+        let destinations = callback.chain(subscriptions.iter().map(Destination::subscription));
+        let deliveries = destinations
+            .map(|destination| {
+                Delivery::with_payload(event, &payload, Some(job.id.clone()), destination, now)
+            })
+            .collect();
         Ok(deliveries)
     }
 }

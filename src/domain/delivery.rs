@@ -152,6 +152,24 @@ impl Delivery {
         destination: Destination,
         now: Timestamp,
     ) -> Self {
+        Delivery::with_payload(
+            event,
+            &Payload::from(event.payload()),
+            job_id,
+            destination,
+            now,
+        )
+    }
+
+    /// [`Delivery::new`] with the event's body already rendered (`Payload::from(event.payload())`):
+    /// the deliveries of one event then share one body, rendered once, however many there are.
+    pub fn with_payload(
+        event: &Event,
+        payload: &Payload,
+        job_id: Option<JobId>,
+        destination: Destination,
+        now: Timestamp,
+    ) -> Self {
         Delivery {
             id: DeliveryId::generate(),
             tenant: event.tenant.clone(),
@@ -160,7 +178,7 @@ impl Delivery {
             job_id,
             message_id: MessageId::generate(),
             destination,
-            payload: Payload::from(event.payload()),
+            payload: payload.clone(),
             state: DeliveryState::Pending,
             attempts: Vec::new(),
             next_attempt_at: Some(now),

@@ -45,13 +45,15 @@ fn queue_key(delivery: &Delivery) -> Option<Vec<u8>> {
 }
 
 /// Store new deliveries (`encoded` are their records): each with its index and queue entries,
-/// and each event's body once, however many deliveries it has.
+/// and each event's body once, however many deliveries it has. The deliveries of one job stored
+/// together get one job index entry for all of them (a fan-out of a hundred writes one).
 pub(super) fn insert_deliveries_tx(
     tx: &Tx<'_>,
     deliveries: &[Delivery],
     encoded: &[Vec<u8>],
 ) -> TxResult<()> {
     let mut bodies_written: HashSet<&str> = HashSet::new();
+    let mut of_job: Vec<(&JobId, Vec<&str>)> = Vec::new();
     for (delivery, bytes) in deliveries.iter().zip(encoded) {
         let id = delivery.id.as_str();
         if bodies_written.insert(delivery.event_id.as_str()) {
@@ -64,7 +66,10 @@ pub(super) fn insert_deliveries_tx(
             &[],
         )?;
         if let Some(job) = &delivery.job_id {
-            index.insert(keys::owned(keys::JOB_DELIVERIES, job.as_str(), id), &[])?;
+            match of_job.iter_mut().find(|(j, _)| *j == job) {
+                Some((_, ids)) => ids.push(id),
+                None => of_job.push((job, vec![id])),
+            }
         }
         if let Some(sub) = delivery.destination.subscription_id() {
             index.insert(
@@ -75,6 +80,16 @@ pub(super) fn insert_deliveries_tx(
         if let Some(key) = queue_key(delivery) {
             tx.put_queued(&key)?;
         }
+    }
+    for (job, ids) in of_job {
+        let key = keys::owned(keys::JOB_DELIVERIES, job.as_str(), ids[0]);
+        // One delivery keeps the one-entry form (an empty value); several share a group.
+        let value = if ids.len() == 1 {
+            Vec::new()
+        } else {
+            keys::id_group(ids)
+        };
+        tx.index.insert(key, value)?;
     }
     Ok(())
 }
@@ -356,7 +371,9 @@ impl SledStore {
     pub async fn insert_deliveries(&self, deliveries: Vec<Delivery>) -> Result<()> {
         let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode_delivery).collect();
         self.writer
-            .write(move |tx| insert_deliveries_tx(tx, &deliveries, &encoded))
+            .write_rows(deliveries.len(), move |tx| {
+                insert_deliveries_tx(tx, &deliveries, &encoded)
+            })
             .await
     }
 
@@ -364,10 +381,25 @@ impl SledStore {
     /// still holds its body (written by an earlier version) has it moved out first, so that
     /// recording the attempt, which writes the record without it, cannot lose it. Returns the
     /// record's bytes as stored now.
-    fn read_for_claim(&self, id: &str, raw: IVec) -> Result<(IVec, Delivery)> {
+    /// A delivery read for a claim, with its event's body: from `bodies` (the bodies this claim
+    /// read already: the deliveries of a fan-out share one) or read and kept there.
+    fn read_for_claim(
+        &self,
+        id: &str,
+        raw: IVec,
+        bodies: &mut HashMap<String, Payload>,
+    ) -> Result<(IVec, Delivery)> {
         let mut decoded = decode_delivery(&raw)?;
         if decoded.payload.is_absent() {
-            self.attach_body(&mut decoded)?;
+            let event = decoded.event_id.as_str();
+            decoded.payload = match bodies.get(event) {
+                Some(body) => body.clone(),
+                None => {
+                    let body = stored_payload(event, self.events.get(event)?)?;
+                    bodies.insert(event.to_owned(), body.clone());
+                    body
+                }
+            };
             return Ok((raw, decoded));
         }
         move_bodies_out(
@@ -408,6 +440,7 @@ impl SledStore {
         let mut stale = Vec::new();
         let mut state = self.claims.lock();
         let mut scanned = false;
+        let mut bodies = HashMap::new();
         while claimed.len() < limit {
             let Some(key) = state.due(queue).pop_front() else {
                 if scanned {
@@ -427,7 +460,7 @@ impl SledStore {
             state.held_back.remove(id);
             let read = match self.deliveries.get(id)? {
                 None => None,
-                Some(raw) => match self.read_for_claim(id, raw) {
+                Some(raw) => match self.read_for_claim(id, raw, &mut bodies) {
                     Ok(read) => Some(read),
                     Err(StoreError::Corrupt(error)) => {
                         tracing::error!(
@@ -491,7 +524,7 @@ impl SledStore {
     /// writes here; this keeps the queue clean whatever happened before).
     pub async fn remove_stale_entries(&self, entries: Vec<StaleEntry>) -> Result<()> {
         self.writer
-            .write(move |tx| {
+            .write_rows(entries.len(), move |tx| {
                 for (key, id) in &entries {
                     let current = match tx.deliveries.get(id.as_str())? {
                         Some(raw) => queue_key(
@@ -624,12 +657,11 @@ impl SledStore {
     fn deliveries_under(&self, prefix: &[u8]) -> Result<Vec<Delivery>> {
         let mut found = Vec::new();
         for entry in self.index.scan_prefix(prefix) {
-            let (key, _) = entry?;
-            let Some(id) = keys::last_part(&key) else {
-                continue;
-            };
-            if let Some(raw) = self.deliveries.get(id)? {
-                found.push(self.read_delivery(&raw)?);
+            let (key, value) = entry?;
+            for id in keys::delivery_ids(&key, &value) {
+                if let Some(raw) = self.deliveries.get(id)? {
+                    found.push(self.read_delivery(&raw)?);
+                }
             }
         }
         Ok(found)
@@ -733,6 +765,99 @@ mod tests {
             .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].delivery.id, delivery.id);
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_has_one_job_index_entry_read_like_one_per_delivery_and_retention_clears_it()
+    {
+        use crate::domain::{Job, JobStatus};
+        let (store, _dir) = temp_store();
+        let start = chrono::Utc::now() - chrono::Duration::hours(2);
+        let acme = Tenant::parse("acme").unwrap();
+        let mut job = Job::new(
+            acme.clone(),
+            Default::default(),
+            None,
+            Default::default(),
+            start,
+        );
+        job.accepted("agent-fan".into(), start, start);
+        assert!(api(&store)
+            .accept_job(job.clone(), false, None)
+            .await
+            .unwrap());
+        let event = Event::test(acme.clone(), start);
+        let fan_out: Vec<Delivery> = (0..3)
+            .map(|i| {
+                let url = format!("http://127.0.0.1:9/r{i}");
+                let mut d = Delivery::new(
+                    &event,
+                    Some(job.id.clone()),
+                    Destination::Callback { url },
+                    start,
+                );
+                d.state = DeliveryState::Succeeded;
+                d.next_attempt_at = None;
+                d
+            })
+            .collect();
+        let mut done = job.clone();
+        done.finish(JobStatus::Ready, None, start);
+        assert!(api(&store)
+            .complete_job(&done, fan_out.clone())
+            .await
+            .unwrap());
+        // A delivery stored later on its own (a resend) keeps the one-entry form.
+        let mut single = failed_delivery(&acme, start);
+        single.job_id = Some(job.id.clone());
+        api(&store)
+            .insert_deliveries(vec![single.clone()])
+            .await
+            .unwrap();
+
+        let prefix = keys::owner_prefix(keys::JOB_DELIVERIES, job.id.as_str());
+        let entries: Vec<(IVec, IVec)> = store
+            .index
+            .scan_prefix(&prefix)
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(
+            entries.len(),
+            2,
+            "one entry for the fan-out, one for the resend"
+        );
+        assert!(entries.iter().any(|(_, v)| v.is_empty()));
+        let mut listed: Vec<DeliveryId> = api(&store)
+            .deliveries_of_job(&job.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        let mut expected: Vec<DeliveryId> = fan_out
+            .iter()
+            .chain([&single])
+            .map(|d| d.id.clone())
+            .collect();
+        listed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(listed, expected);
+
+        let report = api(&store)
+            .purge_finished_before(chrono::Utc::now(), None, 10)
+            .await
+            .unwrap();
+        assert_eq!((report.jobs, report.deliveries), (1, 4));
+        assert_eq!(
+            store.index.scan_prefix(&prefix).count(),
+            0,
+            "no index entry left"
+        );
+        assert!(api(&store)
+            .deliveries_of_job(&job.id)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     fn due_delivery(tenant: &Tenant, now: Timestamp) -> Delivery {

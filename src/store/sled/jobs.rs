@@ -247,7 +247,7 @@ impl SledStore {
             .map(super::record::encode_delivery)
             .collect();
         self.writer
-            .write(move |tx| {
+            .write_rows(deliveries.len() + 1, move |tx| {
                 let Some(stored) = pending_stored(tx.jobs, &job.id)? else {
                     return Ok(false);
                 };
@@ -373,7 +373,7 @@ impl SledStore {
         lease_until: Timestamp,
     ) -> Result<Vec<Job>> {
         self.writer
-            .write(move |tx| {
+            .write_rows(entries.len(), move |tx| {
                 let mut claimed = Vec::with_capacity(entries.len());
                 for (key, id) in &entries {
                     if tx.due.get(key)?.is_none() {
@@ -447,7 +447,7 @@ impl SledStore {
         ttl: std::time::Duration,
     ) -> Result<usize> {
         self.writer
-            .write(move |tx| {
+            .write_rows(keys.len(), move |tx| {
                 let mut removed = 0;
                 for key in &keys {
                     let Some(raw) = tx.idempotency.get(key)? else {
@@ -578,7 +578,7 @@ impl SledStore {
         to: JobTime,
     ) -> Result<usize> {
         self.writer
-            .write(move |tx| {
+            .write_rows(entries.len(), move |tx| {
                 let mut moved = 0;
                 for (key, id) in &entries {
                     let Some(stored) = stored_job(tx.jobs, &JobId::from_stored(id.clone()))? else {

@@ -29,6 +29,9 @@ pub fn owned(prefix: &str, owner: &str, id: &str) -> Vec<u8> {
 pub const TENANT_JOBS: &str = "jt";
 pub const TENANT_SUBSCRIPTIONS: &str = "st";
 pub const TENANT_DELIVERIES: &str = "dt";
+/// A job's deliveries: one entry per delivery (`dj \0 job \0 delivery`, empty value), or, for
+/// the deliveries stored together (a completion's fan-out), one entry for all of them, keyed by
+/// the first one's id, with their ids in its value ([`delivery_ids`]).
 pub const JOB_DELIVERIES: &str = "dj";
 pub const SUBSCRIPTION_DELIVERIES: &str = "ds";
 
@@ -62,6 +65,31 @@ pub fn parse_timed(key: &[u8]) -> Option<(u64, &str)> {
 
 pub fn idempotency(tenant: &str, key: &str) -> Vec<u8> {
     join(&[tenant.as_bytes(), key.as_bytes()])
+}
+
+/// The ids a group entry holds in its value.
+pub fn id_group<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut value = Vec::new();
+    for id in ids {
+        if !value.is_empty() {
+            value.push(b',');
+        }
+        value.extend_from_slice(id.as_bytes());
+    }
+    value
+}
+
+/// The delivery ids an index entry names: its key's last part when its value is empty (one
+/// entry per delivery), else the ids its value holds ([`id_group`]).
+pub fn delivery_ids<'a>(key: &'a [u8], value: &'a [u8]) -> Vec<&'a str> {
+    if value.is_empty() {
+        return last_part(key).into_iter().collect();
+    }
+    value
+        .split(|b| *b == b',')
+        .filter_map(|id| std::str::from_utf8(id).ok())
+        .filter(|id| !id.is_empty())
+        .collect()
 }
 
 /// The id at the end of an `owned` key.

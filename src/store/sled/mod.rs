@@ -105,6 +105,7 @@ impl SledStore {
             .path(path)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
             .open()?;
         let trees = writer::Trees {
             jobs: db.open_tree("jobs")?,

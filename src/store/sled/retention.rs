@@ -18,10 +18,11 @@ use crate::store::{PurgeReport, StoredTotals, Writable};
 /// Jobs looked at per call at most (kept or not), so one call is always short.
 const SCAN_PER_CALL: usize = 1024;
 
-/// A finished job to delete, with the deliveries found for it.
+/// A finished job to delete, with the deliveries found for it and its job index entries.
 struct Doomed {
     job: JobId,
     deliveries: Vec<String>,
+    index_keys: Vec<Vec<u8>>,
 }
 
 impl SledStore {
@@ -63,28 +64,29 @@ impl SledStore {
                 continue;
             }
             let mut deliveries = Vec::new();
+            let mut index_keys = Vec::new();
             let mut pending = false;
-            for entry in self
+            'entries: for entry in self
                 .index
                 .scan_prefix(keys::owner_prefix(keys::JOB_DELIVERIES, id.as_str()))
-                .keys()
             {
-                let key = entry?;
-                let Some(delivery_id) = keys::last_part(&key) else {
-                    continue;
-                };
-                if let Some(raw) = self.deliveries.get(delivery_id)? {
-                    if decode_delivery(&raw).map(|d| d.state == DeliveryState::Pending)? {
-                        pending = true;
-                        break;
+                let (key, value) = entry?;
+                for delivery_id in keys::delivery_ids(&key, &value) {
+                    if let Some(raw) = self.deliveries.get(delivery_id)? {
+                        if decode_delivery(&raw).map(|d| d.state == DeliveryState::Pending)? {
+                            pending = true;
+                            break 'entries;
+                        }
                     }
+                    deliveries.push(delivery_id.to_owned());
                 }
-                deliveries.push(delivery_id.to_owned());
+                index_keys.push(key.to_vec());
             }
             if !pending {
                 doomed.push(Doomed {
                     job: id,
                     deliveries,
+                    index_keys,
                 });
             }
         }
@@ -111,9 +113,10 @@ impl SledStore {
                 ..PurgeReport::default()
             });
         }
+        let rows = doomed.iter().map(|d| 1 + d.deliveries.len()).sum();
         let (jobs, deliveries) = self
             .writer
-            .write(move |tx| {
+            .write_rows(rows, move |tx| {
                 let (mut jobs, mut deliveries) = (0, 0);
                 for d in &doomed {
                     if let Some(n) = delete_job_tx(tx, d, cutoff)? {
@@ -221,17 +224,14 @@ fn delete_job_tx(tx: &Tx<'_>, doomed: &Doomed, cutoff: Timestamp) -> TxResult<Op
             delivery.tenant.as_str(),
             id,
         ))?;
-        tx.index
-            .remove(keys::owned(keys::JOB_DELIVERIES, job.id.as_str(), id))?;
         if let Some(sub) = delivery.destination.subscription_id() {
             tx.index
                 .remove(keys::owned(keys::SUBSCRIPTION_DELIVERIES, sub.as_str(), id))?;
         }
     }
-    // Index entries of deliveries whose record was already gone.
-    for id in &doomed.deliveries {
-        tx.index
-            .remove(keys::owned(keys::JOB_DELIVERIES, job.id.as_str(), id))?;
+    // The job's index entries (one per delivery, or one per group stored together).
+    for key in &doomed.index_keys {
+        tx.index.remove(key.as_slice())?;
     }
     tx.jobs.remove(job.id.as_str())?;
     tx.index.remove(keys::owned(

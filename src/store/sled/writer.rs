@@ -11,10 +11,12 @@
 //! shared through its whole write and fsync. Transactions made on many threads therefore queue
 //! behind each other and behind every flush, and each costs its own I/O.
 //!
-//! Here one thread does all of it, in rounds: take every request queued while the previous
-//! round ran; run every write of the round inside ONE transaction, in arrival order; flush once;
-//! answer everyone. A round's writes never overlap a flush, and under load one transaction and
-//! one fsync carry dozens of requests.
+//! Here one thread does all of it, in rounds: take the requests queued while the previous
+//! round ran, up to [`ROUND_ROWS`] rows (small writes such as an attempt's record ahead of bulk
+//! ones such as a completion's fan-out, see [`RoundOf::fill`]); run every write of the round
+//! inside ONE transaction; flush once; answer everyone. A round's writes never overlap a flush,
+//! and under load one transaction and one fsync carry dozens of requests. Requests of one
+//! caller keep their order (a caller waits for each answer before it writes again).
 //!
 //! A write is a closure over [`Tx`] that sled may run more than once (on a conflict with a
 //! transaction made elsewhere), so it must only read and write through `tx`. It returns its
@@ -23,6 +25,7 @@
 //! or leave half of itself behind.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::thread;
 
@@ -138,10 +141,13 @@ trait Pending: Send {
     fn apply(&self, tx: &Tx<'_>) -> TxResult<()>;
     /// Hand the kept answer over, or `error` if the round failed.
     fn answer(self: Box<Self>, error: Option<StoreError>);
+    /// About how many rows it writes (see [`ROUND_ROWS`]).
+    fn rows(&self) -> usize;
 }
 
 struct Write<T, F> {
     write: F,
+    rows: usize,
     result: RefCell<Option<T>>,
     reply: oneshot::Sender<Result<T>>,
 }
@@ -162,6 +168,7 @@ where
             write,
             result,
             reply,
+            ..
         } = *self;
         // What the write holds (a delivery's claim, say) is let go before its caller hears back.
         drop(write);
@@ -172,6 +179,10 @@ where
         };
         let _ = reply.send(outcome);
     }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
 }
 
 enum Request {
@@ -180,9 +191,74 @@ enum Request {
     Write(Box<dyn Pending>),
 }
 
-/// Requests in one round at most: a sled transaction keeps every write it makes in memory
-/// until it commits, so a burst (a poller round of 1,000 jobs, say) goes in several rounds.
-const ROUND_LIMIT: usize = 256;
+impl Request {
+    /// The rows it writes, as its caller declared them (at least one).
+    fn rows(&self) -> usize {
+        match self {
+            Request::Flush(_) => 0,
+            Request::Write(write) => write.rows(),
+        }
+    }
+}
+
+/// The requests of one round.
+#[derive(Default)]
+struct RoundOf {
+    flushes: Vec<oneshot::Sender<Result<()>>>,
+    writes: Vec<Box<dyn Pending>>,
+    rows: usize,
+}
+
+impl RoundOf {
+    /// Fill the round from `waiting` (in arrival order). Small writes (an attempt's record, a
+    /// job's save) go first, up to half the round, ahead of bulk writes that came before them:
+    /// a burst of completions then never holds up the attempts recorded meanwhile. The rest
+    /// goes in arrival order while it fits. A flush is never taken ahead of a write that came
+    /// before it (it answers once everything written before it is on disk).
+    fn fill(waiting: &mut VecDeque<Request>) -> RoundOf {
+        let mut round = RoundOf::default();
+        let barrier = waiting
+            .iter()
+            .position(|r| matches!(r, Request::Flush(_)))
+            .unwrap_or(waiting.len());
+        let (mut i, mut end) = (0, barrier);
+        while i < end && round.rows < ROUND_ROWS / 2 {
+            if waiting[i].rows() == 1 {
+                round.take(waiting.remove(i).expect("in range"));
+                end -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        while let Some(next) = waiting.front() {
+            let fits = round.rows + next.rows() <= ROUND_ROWS;
+            if !fits && !round.is_empty() {
+                break;
+            }
+            round.take(waiting.pop_front().expect("a front"));
+        }
+        round
+    }
+
+    fn is_empty(&self) -> bool {
+        self.flushes.is_empty() && self.writes.is_empty()
+    }
+
+    fn take(&mut self, request: Request) {
+        self.rows += request.rows();
+        match request {
+            Request::Flush(reply) => self.flushes.push(reply),
+            Request::Write(write) => self.writes.push(write),
+        }
+    }
+}
+
+/// Rows written in one round at most (a request counts as the rows it declares, at least
+/// one): a sled transaction keeps every write it makes in memory until it commits, and nothing
+/// else is written meanwhile, so a burst (a poller round that completes dozens of jobs with a
+/// hundred deliveries each, or saves 1,000 jobs) goes in several rounds, and the attempts
+/// recorded meanwhile get theirs in between instead of waiting behind the whole burst.
+const ROUND_ROWS: usize = 512;
 
 #[derive(Clone)]
 pub(crate) struct Writer {
@@ -196,26 +272,24 @@ impl Writer {
         thread::Builder::new()
             .name("agenthook-writer".into())
             .spawn(move || {
-                while let Ok(first) = inbox.recv() {
-                    let mut flushes = Vec::new();
-                    let mut writes = Vec::new();
-                    let mut take = |request| match request {
-                        Request::Flush(reply) => flushes.push(reply),
-                        Request::Write(write) => writes.push(write),
-                    };
-                    take(first);
-                    let mut room = ROUND_LIMIT - 1;
-                    let mut take_more = |take: &mut dyn FnMut(Request)| {
-                        for request in inbox.try_iter().take(room) {
-                            room -= 1;
-                            take(request);
+                // Requests taken from the inbox and not yet in a round, in arrival order.
+                let mut waiting: VecDeque<Request> = VecDeque::new();
+                loop {
+                    if waiting.is_empty() {
+                        match inbox.recv() {
+                            Ok(request) => waiting.push_back(request),
+                            Err(_) => return,
                         }
-                    };
-                    take_more(&mut take);
-                    // Whoever is about to ask (a thread waiting for this core) joins this round.
-                    thread::yield_now();
-                    take_more(&mut take);
-                    round(&db, &trees, &counts, flushes, writes);
+                    }
+                    waiting.extend(inbox.try_iter());
+                    if waiting.len() < ROUND_ROWS {
+                        // Whoever is about to ask (a thread waiting for this core) joins
+                        // this round.
+                        thread::yield_now();
+                        waiting.extend(inbox.try_iter());
+                    }
+                    let round_of = RoundOf::fill(&mut waiting);
+                    round(&db, &trees, &counts, round_of.flushes, round_of.writes);
                 }
             })
             .expect("spawn the storage writer thread");
@@ -237,9 +311,20 @@ impl Writer {
         T: Send + 'static,
         F: Fn(&Tx<'_>) -> TxResult<T> + Send + 'static,
     {
+        self.write_rows(1, write).await
+    }
+
+    /// [`Writer::write`] for a write of about `rows` records (a completion's deliveries, a
+    /// batch of jobs), so that rounds stay small.
+    pub async fn write_rows<T, F>(&self, rows: usize, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Tx<'_>) -> TxResult<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let pending = Write {
             write,
+            rows: rows.max(1),
             result: RefCell::new(None),
             reply,
         };
@@ -311,6 +396,62 @@ fn flush_failed(error: String) -> StoreError {
 mod tests {
     use super::*;
     use crate::store::sled::test_support::temp_store;
+
+    /// A write of `rows` rows that writes nothing, for the round's arithmetic.
+    fn write_of(rows: usize) -> Request {
+        let (reply, _) = oneshot::channel::<Result<()>>();
+        Request::Write(Box::new(Write {
+            write: |_: &Tx<'_>| Ok(()),
+            rows,
+            result: RefCell::new(None),
+            reply,
+        }))
+    }
+
+    fn flush_request() -> Request {
+        Request::Flush(oneshot::channel().0)
+    }
+
+    fn rows_of(round: &RoundOf) -> Vec<usize> {
+        round.writes.iter().map(|w| w.rows()).collect()
+    }
+
+    #[test]
+    fn small_writes_go_ahead_of_a_burst_and_a_round_stays_within_its_rows() {
+        let mut waiting: VecDeque<Request> = [
+            write_of(300),
+            write_of(1),
+            write_of(1),
+            write_of(300),
+            write_of(1),
+        ]
+        .into_iter()
+        .collect();
+        let first = RoundOf::fill(&mut waiting);
+        assert_eq!(rows_of(&first), [1, 1, 1, 300], "the small ones first");
+        assert_eq!(first.rows, 303);
+        let second = RoundOf::fill(&mut waiting);
+        assert_eq!(rows_of(&second), [300]);
+        assert!(waiting.is_empty());
+
+        // A write larger than a round goes alone.
+        let mut waiting: VecDeque<Request> = [write_of(2_000), write_of(5)].into_iter().collect();
+        assert_eq!(rows_of(&RoundOf::fill(&mut waiting)), [2_000]);
+    }
+
+    #[test]
+    fn a_flush_never_goes_ahead_of_a_write_that_came_before_it() {
+        let mut waiting: VecDeque<Request> =
+            [write_of(400), write_of(400), flush_request(), write_of(1)]
+                .into_iter()
+                .collect();
+        let first = RoundOf::fill(&mut waiting);
+        assert_eq!(rows_of(&first), [400]);
+        assert!(first.flushes.is_empty(), "the second write is not in yet");
+        let second = RoundOf::fill(&mut waiting);
+        assert_eq!(rows_of(&second), [400, 1]);
+        assert_eq!(second.flushes.len(), 1);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_rounds_and_each_gets_its_own_answer() {

@@ -491,7 +491,7 @@ async fn fresh_report(label: &str, sent: &[(String, Instant, Duration)], rx: &Re
         .filter_map(|(id, t0, _)| Some((rx.arrival(id)?.saturating_duration_since(*t0), *t0)))
         .collect();
     let start = sent.iter().map(|(_, t0, _)| *t0).min();
-    timed.sort_by(|a, b| b.0.cmp(&a.0));
+    timed.sort_by_key(|t| std::cmp::Reverse(t.0));
     let slowest: Vec<String> = timed
         .iter()
         .take(5)

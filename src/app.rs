@@ -71,7 +71,7 @@ impl Services {
                 source,
             })?;
         // Opening sled builds its page table beside the snapshot it reads: give that back.
-        crate::memory::release_free();
+        crate::memory::release_now();
         Ok(Services::with_store(settings, clock, store))
     }
 

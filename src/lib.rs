@@ -16,7 +16,7 @@ pub mod demo;
 pub mod domain;
 pub mod lifecycle;
 pub mod maintenance;
-pub mod memory;
+mod memory;
 pub mod poller;
 pub mod push;
 pub mod service;

@@ -1,27 +1,108 @@
-//! The C allocator's part in the process's resident memory (glibc only; elsewhere nothing).
+//! Memory freed by a burst of work, given back to the operating system.
 //!
-//! Measured with a million pending deliveries (`benches/backlog.rs`): glibc keeps up to eight
-//! malloc arenas per core, and the threads that read and write storage spread sled's nodes over
-//! several of them, each holding freed memory of its own; and opening sled builds its page table
-//! beside the snapshot it reads, whose freed memory stays resident between the table's entries.
-//! Two arenas and one trim after opening took ~40 MiB off at start and ~55 MiB off the growth
-//! while the backlog was retried.
+//! glibc's malloc keeps what is freed in the arena it came from, for later allocations there,
+//! and gives back only what lies at the very end of an arena. Each thread allocates in an
+//! arena of its own (up to 8 per core), and storage works on threads of its own (the writer,
+//! the blocking pool's readers), so the service spreads over more arenas than its runtime
+//! threads: a poller round of 1,000 jobs (1,000 upstream requests at once, their connections,
+//! 1,000 writes) leaves tens of MiB free but resident, spread over arenas that the next such
+//! round may not reuse. `malloc_trim` walks every arena and hands each whole free page back.
+//! BENCHMARKS.md, "The storage boundary (issue 12)", has the figures.
 
-/// Cap the malloc arenas at two (call before any thread starts).
-pub fn limit_arenas() {
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Jobs handled in one poller round that make it a burst, followed by a trim.
+pub(crate) const BURST: usize = 256;
+
+/// At most one trim this often: under bursts one after the other, what one frees the next
+/// reuses, and a trim costs 1-20 ms of a blocking-pool thread (and holds each arena's lock
+/// while it walks it).
+const MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When the last trim was made.
+struct Pacing(Mutex<Option<Instant>>);
+
+impl Pacing {
+    /// Whether a trim may be made now (and if so, it counts as made).
+    fn take(&self, now: Instant) -> bool {
+        // An `Option<Instant>` is whole after any panic: poisoning is ignored.
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.saturating_duration_since(t) < MIN_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+static PACING: Pacing = Pacing(Mutex::new(None));
+
+/// After a burst of work, once its memory is freed: give the free pages of every malloc arena
+/// back to the system (on the blocking pool), unless that was done within [`MIN_INTERVAL`].
+pub(crate) async fn release_after_burst() {
+    if PACING.take(Instant::now()) {
+        let _ = tokio::task::spawn_blocking(trim).await;
+    }
+}
+
+/// Give the free pages back now, on this thread: after opening the store, whose page table
+/// sled builds beside the snapshot it reads (with a million pending deliveries, 184 → 147 MiB
+/// after opening; BENCHMARKS.md, "Bench 3c").
+pub(crate) fn release_now() {
+    trim();
+}
+
+/// Cap glibc's malloc arenas at two (call before any thread starts). With up to 8 per core,
+/// sled's nodes read on the blocking pool's threads and written on the writer's spread over
+/// many arenas, each keeping its own free memory: with a million pending deliveries retried
+/// against a down receiver, two arenas held RSS at 288 MiB where the default reached 345 MiB
+/// after 15 s (BENCHMARKS.md, "Bench 3c").
+pub(crate) fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    // SAFETY: `mallopt` only sets a parameter of glibc's allocator; called before other
+    // threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
-/// Hand memory the allocator holds free back to the system (after a large transient use,
-/// such as opening the store).
-pub fn release_free() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: `malloc_trim` takes no pointer and only works on glibc's own bookkeeping; it is
+    // safe to call from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators (musl, macOS) give memory back by themselves, or offer no such call.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trim_is_made_at_most_once_per_interval() {
+        let pacing = Pacing(Mutex::new(None));
+        let t0 = Instant::now();
+        assert!(pacing.take(t0), "the first burst is trimmed");
+        assert!(
+            !pacing.take(t0 + MIN_INTERVAL / 2),
+            "too soon after the last"
+        );
+        assert!(pacing.take(t0 + MIN_INTERVAL), "once the interval is over");
+        assert!(
+            !pacing.take(t0),
+            "a clock read before the last trim is too soon"
+        );
+    }
+
+    #[tokio::test]
+    async fn release_after_burst_returns() {
+        release_after_burst().await;
+        release_after_burst().await;
     }
 }

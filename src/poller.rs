@@ -94,6 +94,7 @@ impl Poller {
             .chain(routine.into_iter().map(|job| (job, false)))
             .collect();
         let polls = self.expire_too_old(polls, now, &mut report).await?;
+        let handled = submits.len() + polls.len();
         let submit_results = join_all(submits.into_iter().map(|(job, ())| self.submit_one(job)));
         let poll_results = join_all(
             polls
@@ -113,6 +114,10 @@ impl Poller {
         }
         if report.deliveries > 0 {
             self.signals.delivery_wake.notify_one();
+        }
+        if handled >= crate::memory::BURST {
+            // A wide round: what its requests, connections and writes held is free now.
+            crate::memory::release_after_burst().await;
         }
         Ok(report)
     }

@@ -70,6 +70,8 @@ impl Services {
                 path: storage_label(&settings.storage),
                 source,
             })?;
+        // Opening sled builds its page table beside the snapshot it reads: give that back.
+        crate::memory::release_now();
         Ok(Services::with_store(settings, clock, store))
     }
 

@@ -26,11 +26,19 @@ const JOB_BATCH: usize = 64;
 /// How often a sweep runs (more often when the retention is shorter than a few minutes).
 const EVERY: Duration = Duration::from_secs(60);
 
+/// A count of the stored records is made again only once this many times as long as the last
+/// one took has passed: sled counts a tree by walking it, which at a million pending deliveries
+/// takes seconds of CPU and passes every record through the page cache (a quick count is made
+/// at every sweep).
+const TOTALS_COST_FACTOR: u32 = 100;
+
 pub struct Maintenance {
     store: Store,
     clock: SharedClock,
     signals: Arc<Signals>,
     retention: Duration,
+    /// When the stored totals may be counted again (see [`TOTALS_COST_FACTOR`]).
+    totals_after: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// What one sweep removed.
@@ -48,6 +56,7 @@ impl Maintenance {
             clock,
             signals,
             retention: crate::config::DEFAULT_RETENTION,
+            totals_after: std::sync::Mutex::new(None),
         }
     }
 
@@ -119,9 +128,18 @@ impl Maintenance {
         Ok((jobs, deliveries))
     }
 
-    /// Set the stored totals' gauges (left as they were if storage cannot count now).
+    /// Set the stored totals' gauges (left as they were if storage cannot count now, or if the
+    /// last count was too costly to make again yet).
     async fn publish_totals(&self) {
-        match self.store.stored_totals().await {
+        let after = *self.totals_after.lock().expect("totals lock");
+        let started = std::time::Instant::now();
+        if after.is_some_and(|after| started < after) {
+            return;
+        }
+        let counted = self.store.stored_totals().await;
+        *self.totals_after.lock().expect("totals lock") =
+            Some(started + started.elapsed() * TOTALS_COST_FACTOR);
+        match counted {
             Ok(totals) => {
                 for (kind, count) in [
                     ("jobs", totals.jobs),

@@ -87,7 +87,6 @@ pub const DEV_KEY: &str = "dev-key-for-the-simulator-only";
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::memory::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

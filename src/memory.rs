@@ -53,20 +53,6 @@ pub(crate) fn release_now() {
     trim();
 }
 
-/// Cap glibc's malloc arenas at two (call before any thread starts). With up to 8 per core,
-/// sled's nodes read on the blocking pool's threads and written on the writer's spread over
-/// many arenas, each keeping its own free memory: with a million pending deliveries retried
-/// against a down receiver, two arenas held RSS at 288 MiB where the default reached 345 MiB
-/// after 15 s (BENCHMARKS.md, "Bench 3c").
-pub(crate) fn limit_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets a parameter of glibc's allocator; called before other
-    // threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim() {
     // SAFETY: `malloc_trim` takes no pointer and only works on glibc's own bookkeeping; it is

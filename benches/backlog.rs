@@ -35,7 +35,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -43,14 +42,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use agenthook::domain::{
     Attempt, Delivery, DeliveryState, Destination, ErrorClass, Event, EventId, EventType, Format,
     SecretSet, Subscription, SubscriptionId, Tenant,
 };
 use agenthook::store::Store;
 use common::fixtures::{free_port, spawn_sim};
-use common::{env_usize, mib, percentile};
+use common::receivers::{self, Received};
+use common::{child_cpu, child_rss, env_usize, mib, percentile};
 use serde_json::{json, Value};
 
 const KEY: &str = "backlog-bench-key-0123456789abcdef";
@@ -62,90 +61,6 @@ const DEADLINE: Duration = Duration::from_secs(600);
 
 // ---------------------------------------------------------------------------------------------
 // Receivers
-
-#[derive(Default)]
-struct Received {
-    count: AtomicUsize,
-    /// Every `webhook-id` with the times it came and its first arrival.
-    ids: Mutex<HashMap<String, (u32, Instant)>>,
-    /// Arrivals per 100 ms since `origin`.
-    timeline: Mutex<Vec<u32>>,
-    origin: Mutex<Option<Instant>>,
-    last: Mutex<Option<Instant>>,
-}
-
-impl Received {
-    fn duplicates(&self) -> usize {
-        self.ids
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|(n, _)| *n > 1)
-            .count()
-    }
-
-    fn distinct(&self) -> usize {
-        self.ids.lock().unwrap().len()
-    }
-
-    fn arrival(&self, id: &str) -> Option<Instant> {
-        self.ids.lock().unwrap().get(id).map(|(_, at)| *at)
-    }
-}
-
-async fn receive(req: HttpRequest, _body: web::Bytes, rx: web::Data<Received>) -> HttpResponse {
-    let now = Instant::now();
-    if let Some(id) = req
-        .headers()
-        .get("webhook-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        let mut ids = rx.ids.lock().unwrap();
-        let entry = ids.entry(id.to_owned()).or_insert((0, now));
-        entry.0 += 1;
-    }
-    if let Some(origin) = *rx.origin.lock().unwrap() {
-        let slot = now.saturating_duration_since(origin).as_millis() as usize / 100;
-        let mut timeline = rx.timeline.lock().unwrap();
-        if timeline.len() <= slot {
-            timeline.resize(slot + 1, 0);
-        }
-        timeline[slot] += 1;
-    }
-    *rx.last.lock().unwrap() = Some(now);
-    rx.count.fetch_add(1, Ordering::SeqCst);
-    HttpResponse::NoContent().finish()
-}
-
-/// A receiver on each of `addrs`, on a thread of its own (one worker per address).
-fn spawn_receivers(addrs: Vec<SocketAddr>, rx: Arc<Received>) {
-    let (tx, bound) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("receivers".into())
-        .spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let data = web::Data::from(rx);
-                let mut servers = Vec::new();
-                for addr in addrs {
-                    let data = data.clone();
-                    let server = HttpServer::new(move || {
-                        App::new()
-                            .app_data(data.clone())
-                            .default_service(web::to(receive))
-                    })
-                    .workers(1)
-                    .backlog(1024)
-                    .bind(addr)
-                    .expect("bind a receiver");
-                    servers.push(server.run());
-                }
-                tx.send(()).unwrap();
-                futures_util::future::join_all(servers).await;
-            })
-        })
-        .expect("receiver thread");
-    bound.recv().expect("receivers bound");
-}
 
 // ---------------------------------------------------------------------------------------------
 // The backlog
@@ -326,20 +241,11 @@ impl Service {
     }
 
     fn rss(&self) -> u64 {
-        proc_rss(self.pid())
+        child_rss(self.pid())
     }
 
     fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-            .unwrap_or(0);
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_micros(ticks * 1_000_000 / hz.max(1))
+        child_cpu(self.pid())
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -372,17 +278,6 @@ impl Service {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
-}
-
-fn proc_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
 }
 
 fn load_average() -> String {
@@ -619,7 +514,7 @@ level = "warn"
         drop(file);
         let healthy_port = free_port();
         let healthy_rx = Arc::new(Received::default());
-        spawn_receivers(
+        receivers::spawn(
             vec![format!("{HEALTHY}:{healthy_port}").parse().unwrap()],
             healthy_rx.clone(),
         );
@@ -639,7 +534,7 @@ level = "warn"
             let (sampler, sampling, pid) = (sampler.clone(), sampling.clone(), service.pid());
             tokio::spawn(async move {
                 while sampling.load(Ordering::Relaxed) {
-                    sampler.note(proc_rss(pid));
+                    sampler.note(child_rss(pid));
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             });
@@ -693,7 +588,7 @@ level = "warn"
         let cpu_drain = service.cpu();
         let up = Instant::now();
         *backlog_rx.origin.lock().unwrap() = Some(up);
-        spawn_receivers(down_addrs.clone(), backlog_rx.clone());
+        receivers::spawn(down_addrs.clone(), backlog_rx.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let fresh = fresh_events(&service, &healthy_sub, fresh_rate, stop.clone());
         let mut quiet_since = Instant::now();

@@ -38,18 +38,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use agenthook::sim::{SimConfig, SimServer};
 use common::fixtures::{free_port, spawn_sim, wait_ready, Process};
-use common::{env_usize, mib, percentile};
+use common::receivers::{self, Received};
+use common::{child_cpu, child_rss, env_usize, mib, percentile};
 use serde_json::{json, Value};
 
 const KEY: &str = "realpath-key-0123456789abcdef";
@@ -60,90 +59,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------------
 // Receivers
-
-#[derive(Default)]
-struct Received {
-    /// While set, requests to `/fail/...` are answered 500.
-    failing: AtomicBool,
-    count: AtomicUsize,
-    /// Every `webhook-id` with the number of times it came and its first arrival.
-    ids: Mutex<HashMap<String, (u32, Instant)>>,
-    last: Mutex<Option<Instant>>,
-}
-
-impl Received {
-    fn reset(&self) {
-        self.count.store(0, Ordering::SeqCst);
-        self.ids.lock().unwrap().clear();
-        *self.last.lock().unwrap() = None;
-    }
-
-    fn duplicates(&self) -> usize {
-        self.ids
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|(n, _)| *n > 1)
-            .count()
-    }
-
-    fn arrival(&self, id: &str) -> Option<Instant> {
-        self.ids.lock().unwrap().get(id).map(|(_, at)| *at)
-    }
-}
-
-async fn receive(req: HttpRequest, _body: web::Bytes, rx: web::Data<Received>) -> HttpResponse {
-    let now = Instant::now();
-    if let Some(id) = req
-        .headers()
-        .get("webhook-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        let mut ids = rx.ids.lock().unwrap();
-        let entry = ids.entry(id.to_owned()).or_insert((0, now));
-        entry.0 += 1;
-    }
-    *rx.last.lock().unwrap() = Some(now);
-    rx.count.fetch_add(1, Ordering::SeqCst);
-    if rx.failing.load(Ordering::SeqCst) && req.path().starts_with("/fail/") {
-        return HttpResponse::InternalServerError().finish();
-    }
-    HttpResponse::NoContent().finish()
-}
-
-/// One receiver server on each loopback address, on its own thread (one worker each).
-fn spawn_receivers(rx: Arc<Received>) -> Vec<SocketAddr> {
-    let port = free_port();
-    let (tx, addrs) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("receivers".into())
-        .spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let data = web::Data::from(rx);
-                let mut bound = Vec::new();
-                let mut servers = Vec::new();
-                for host in 0..HOSTS {
-                    let addr: SocketAddr = format!("127.0.0.{}:{port}", host + 2).parse().unwrap();
-                    let data = data.clone();
-                    let server = HttpServer::new(move || {
-                        App::new()
-                            .app_data(data.clone())
-                            .default_service(web::to(receive))
-                    })
-                    .workers(1)
-                    .backlog(1024)
-                    .bind(addr)
-                    .expect("bind a receiver");
-                    bound.push(server.addrs()[0]);
-                    servers.push(server.run());
-                }
-                tx.send(bound).unwrap();
-                futures_util::future::join_all(servers).await;
-            })
-        })
-        .expect("receiver thread");
-    addrs.recv().expect("receivers bound")
-}
 
 // ---------------------------------------------------------------------------------------------
 // The service
@@ -224,28 +139,11 @@ level = "{log}"
 
     /// User plus system CPU time the service has used.
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id()))
-            .unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is the 14th field.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-            .unwrap_or(0);
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_micros(ticks * 1_000_000 / hz.max(1))
+        child_cpu(self.process.id())
     }
 
     fn rss(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.process.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
+        child_rss(self.process.id())
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -724,7 +622,13 @@ fn main() {
     let rounds = env_usize("RBENCH_ROUNDS", 3).max(1);
 
     let rx = Arc::new(Received::default());
-    let receivers = spawn_receivers(rx.clone());
+    let port = free_port();
+    let receivers = receivers::spawn(
+        (0..HOSTS)
+            .map(|host| SocketAddr::from(([127, 0, 0, host as u8 + 2], port)))
+            .collect(),
+        rx.clone(),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bench")

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use agenthook::sim::SimConfig;
 use common::fixtures::{free_port, spawn_sim, Process};
-use common::mib;
+use common::{child_rss, mib};
 use serde_json::json;
 
 /// Seconds, accepted, callbacks, stored jobs, disk MiB, RSS MiB, sled's size MiB, jobs/s.
@@ -50,17 +50,6 @@ fn disk_bytes(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-fn child_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
 }
 
 /// A gauge's value from Prometheus text, by its full series name.

@@ -10,6 +10,37 @@ use std::time::Duration;
 #[path = "../../tests/fixtures/mod.rs"]
 pub mod fixtures;
 
+/// Loopback webhook receivers.
+pub mod receivers;
+
+/// Resident memory of another process (a child running the real binary), in bytes.
+pub fn child_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// User plus system CPU time another process has used, from `/proc/<pid>/stat`.
+pub fn child_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses): utime and stime are the 12th and
+    // 13th of those.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz.max(1))
+}
+
 /// Resident memory of this process, from `/proc/self/status` (`VmRSS`), in bytes.
 pub fn rss_bytes() -> u64 {
     status_kib("VmRSS:") * 1024

@@ -17,6 +17,9 @@ use crate::store::{
     Claimed, DeliveryChange, DeliveryPage, DeliveryQueue, DeliveryUpdate, Lease, Recorded,
 };
 
+/// Event bodies read during one read of several deliveries, by event id.
+type Bodies = HashMap<String, Payload>;
+
 /// A queue entry found stale by a claim, with its delivery's id.
 pub type StaleEntry = (Vec<u8>, String);
 
@@ -380,26 +383,11 @@ impl SledStore {
     /// The delivery `id` stored as `raw`, with its event's body, to be claimed: a record that
     /// still holds its body (written by an earlier version) has it moved out first, so that
     /// recording the attempt, which writes the record without it, cannot lose it. Returns the
-    /// record's bytes as stored now.
-    /// A delivery read for a claim, with its event's body: from `bodies` (the bodies this claim
-    /// read already: the deliveries of a fan-out share one) or read and kept there.
-    fn read_for_claim(
-        &self,
-        id: &str,
-        raw: IVec,
-        bodies: &mut HashMap<String, Payload>,
-    ) -> Result<(IVec, Delivery)> {
+    /// record's bytes as stored now. `bodies` are the event bodies this claim read already.
+    fn read_for_claim(&self, id: &str, raw: IVec, bodies: &mut Bodies) -> Result<(IVec, Delivery)> {
         let mut decoded = decode_delivery(&raw)?;
         if decoded.payload.is_absent() {
-            let event = decoded.event_id.as_str();
-            decoded.payload = match bodies.get(event) {
-                Some(body) => body.clone(),
-                None => {
-                    let body = stored_payload(event, self.events.get(event)?)?;
-                    bodies.insert(event.to_owned(), body.clone());
-                    body
-                }
-            };
+            self.attach_body(&mut decoded, bodies)?;
             return Ok((raw, decoded));
         }
         move_bodies_out(
@@ -410,19 +398,29 @@ impl SledStore {
         Ok((IVec::from(encode_delivery(&decoded)), decoded))
     }
 
-    /// The delivery stored as `raw`, with its event's body.
-    fn read_delivery(&self, raw: &[u8]) -> Result<Delivery> {
+    /// The delivery stored as `raw`, with its event's body (from `bodies`, the ones this read
+    /// has met already, or stored, then kept there).
+    fn read_delivery(&self, raw: &[u8], bodies: &mut Bodies) -> Result<Delivery> {
         let mut delivery = decode_delivery(raw)?;
-        self.attach_body(&mut delivery)?;
+        self.attach_body(&mut delivery, bodies)?;
         Ok(delivery)
     }
 
-    /// Put a delivery's event body back, unless its record held it.
-    fn attach_body(&self, delivery: &mut Delivery) -> Result<()> {
-        if delivery.payload.is_absent() {
-            let event = delivery.event_id.as_str();
-            delivery.payload = stored_payload(event, self.events.get(event)?)?;
+    /// Put a delivery's event body back, unless its record held it: the one in `bodies`, or the
+    /// stored one, read once and kept there (the deliveries of a fan-out share one body).
+    fn attach_body(&self, delivery: &mut Delivery, bodies: &mut Bodies) -> Result<()> {
+        if !delivery.payload.is_absent() {
+            return Ok(());
         }
+        let event = delivery.event_id.as_str();
+        delivery.payload = match bodies.get(event) {
+            Some(body) => body.clone(),
+            None => {
+                let body = stored_payload(event, self.events.get(event)?)?;
+                bodies.insert(event.to_owned(), body.clone());
+                body
+            }
+        };
         Ok(())
     }
 
@@ -440,7 +438,7 @@ impl SledStore {
         let mut stale = Vec::new();
         let mut state = self.claims.lock();
         let mut scanned = false;
-        let mut bodies = HashMap::new();
+        let mut bodies = Bodies::new();
         while claimed.len() < limit {
             let Some(key) = state.due(queue).pop_front() else {
                 if scanned {
@@ -596,7 +594,7 @@ impl SledStore {
         let found: Option<Delivery> = self
             .deliveries
             .get(id.as_str())?
-            .map(|raw| self.read_delivery(&raw))
+            .map(|raw| self.read_delivery(&raw, &mut Bodies::new()))
             .transpose()?;
         Ok(found.filter(|d| &d.tenant == tenant))
     }
@@ -620,6 +618,7 @@ impl SledStore {
         };
         let mut deliveries: Vec<Delivery> = Vec::new();
         let mut next = None;
+        let mut bodies = Bodies::new();
         for entry in self.index.range(prefix.as_slice()..upper.as_slice()).rev() {
             let (key, _) = entry?;
             let Some(id) = keys::last_part(&key) else {
@@ -628,7 +627,7 @@ impl SledStore {
             let Some(raw) = self.deliveries.get(id)? else {
                 continue;
             };
-            let delivery = self.read_delivery(&raw)?;
+            let delivery = self.read_delivery(&raw, &mut bodies)?;
             if state.is_some_and(|s| s != delivery.state) {
                 continue;
             }
@@ -656,11 +655,12 @@ impl SledStore {
 
     fn deliveries_under(&self, prefix: &[u8]) -> Result<Vec<Delivery>> {
         let mut found = Vec::new();
+        let mut bodies = Bodies::new();
         for entry in self.index.scan_prefix(prefix) {
             let (key, value) = entry?;
             for id in keys::delivery_ids(&key, &value) {
                 if let Some(raw) = self.deliveries.get(id)? {
-                    found.push(self.read_delivery(&raw)?);
+                    found.push(self.read_delivery(&raw, &mut bodies)?);
                 }
             }
         }

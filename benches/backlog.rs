@@ -30,7 +30,8 @@
 //!    come due again 5-6 minutes later and are waited for; then every backlog delivery must
 //!    have arrived, each `webhook-id` exactly once.
 //!
-//! Other knobs: `BBENCH_CACHE_BYTES` (the service's `storage.cache_bytes`; default setting's
+//! Other knobs: `BBENCH_BINARY` (another build of the service, for before/after),
+//! `BBENCH_CACHE_BYTES` (the service's `storage.cache_bytes`; default setting's
 //! 32 MiB when unset).
 
 mod common;
@@ -204,7 +205,9 @@ impl Service {
             .unwrap();
         for attempt in 1..=20 {
             let spawned = Instant::now();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_agenthook"))
+            let binary = std::env::var_os("BBENCH_BINARY")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_agenthook").into());
+            let mut child = Command::new(binary)
                 .args(["serve", "--config", config])
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())

@@ -2,6 +2,7 @@
 
 pub mod format;
 pub mod pacing;
+mod parking;
 pub mod policy;
 pub mod retry;
 pub mod signature;

@@ -1194,6 +1194,44 @@ async fn fresh_events_to_a_healthy_receiver_are_not_starved_by_a_down_one() {
 }
 
 #[tokio::test]
+async fn deliveries_waiting_for_a_slow_destination_hold_no_room_from_others_for_long() {
+    const HANG: Duration = Duration::from_secs(3);
+    let app = spawn_app_with(fast_sim_config(), |s| {
+        s.delivery.concurrency = 4;
+        s.delivery.per_destination_concurrency = 2;
+        s.delivery.timeout = Duration::from_secs(10);
+    })
+    .await;
+    let slow = Receiver::start().await;
+    slow.set_default(Reply::ok().delay(HANG));
+    let healthy = Receiver::start().await;
+    let slow_sub = create_subscription(&app, KEY_A, json!({"url": slow.url("/slow")})).await;
+    let healthy_sub = create_subscription(&app, KEY_A, json!({"url": healthy.url("/up")})).await;
+    // First attempts only (the fresh queue): the slow destination takes its 2 slots and the
+    // worker claims further deliveries to it that must wait, holding the other 2.
+    for _ in 0..20 {
+        send_test_event(&app, KEY_A, &id_of(&slow_sub)).await;
+    }
+    slow.wait_for(2, WAIT).await;
+
+    let sent = Instant::now();
+    send_test_event(&app, KEY_A, &id_of(&healthy_sub)).await;
+    let arrived = healthy.wait_for(1, WAIT).await.remove(0);
+    let latency = arrived.at - sent;
+    // Had the waiting deliveries kept their room until the slow destination answered, the
+    // healthy event would have waited for a HANG.
+    assert!(
+        latency < ms(1000),
+        "the event to a healthy receiver took {latency:?} behind a slow destination's"
+    );
+    assert_eq!(
+        slow.requests().len(),
+        2,
+        "the slow destination never gets more than its limit at once"
+    );
+}
+
+#[tokio::test]
 async fn first_attempts_are_not_starved_by_retries_piling_up_for_down_receivers() {
     const HANG: Duration = Duration::from_millis(2000);
     let app = spawn_app_with(fast_sim_config(), |s| {

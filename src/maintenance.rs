@@ -32,13 +32,33 @@ const EVERY: Duration = Duration::from_secs(60);
 /// at every sweep).
 const TOTALS_COST_FACTOR: u32 = 100;
 
+/// When the stored totals may be counted again: a count that took `d` is made again only after
+/// [`TOTALS_COST_FACTOR`] × `d`, so counting takes at most 1 % of a core however much is stored
+/// (a store that counts in milliseconds is counted at every sweep).
+#[derive(Default)]
+struct CountPacing(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl CountPacing {
+    fn may_count(&self, now: std::time::Instant) -> bool {
+        // An `Option<Instant>` is whole whatever panicked while it was held.
+        let after = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        after.is_none_or(|after| now >= after)
+    }
+
+    /// A count began at `started` and took `took`.
+    fn counted(&self, started: std::time::Instant, took: Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(started + took * TOTALS_COST_FACTOR);
+    }
+}
+
 pub struct Maintenance {
     store: Store,
     clock: SharedClock,
     signals: Arc<Signals>,
     retention: Duration,
-    /// When the stored totals may be counted again (see [`TOTALS_COST_FACTOR`]).
-    totals_after: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the stored totals may be counted again.
+    totals: CountPacing,
 }
 
 /// What one sweep removed.
@@ -56,7 +76,7 @@ impl Maintenance {
             clock,
             signals,
             retention: crate::config::DEFAULT_RETENTION,
-            totals_after: std::sync::Mutex::new(None),
+            totals: CountPacing::default(),
         }
     }
 
@@ -131,14 +151,12 @@ impl Maintenance {
     /// Set the stored totals' gauges (left as they were if storage cannot count now, or if the
     /// last count was too costly to make again yet).
     async fn publish_totals(&self) {
-        let after = *self.totals_after.lock().expect("totals lock");
         let started = std::time::Instant::now();
-        if after.is_some_and(|after| started < after) {
+        if !self.totals.may_count(started) {
             return;
         }
         let counted = self.store.stored_totals().await;
-        *self.totals_after.lock().expect("totals lock") =
-            Some(started + started.elapsed() * TOTALS_COST_FACTOR);
+        self.totals.counted(started, started.elapsed());
         match counted {
             Ok(totals) => {
                 for (kind, count) in [
@@ -181,5 +199,31 @@ impl Maintenance {
                 _ = wake => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_costly_count_is_made_again_only_after_a_hundred_times_as_long() {
+        let pacing = CountPacing::default();
+        let t0 = Instant::now();
+        assert!(pacing.may_count(t0), "the first sweep counts");
+
+        // A count of a million records: 3 s.
+        pacing.counted(t0, Duration::from_secs(3));
+        for later in [Duration::from_secs(60), Duration::from_secs(299)] {
+            assert!(!pacing.may_count(t0 + later), "not {later:?} after it");
+        }
+        assert!(pacing.may_count(t0 + Duration::from_secs(300)));
+
+        // A quick count (2 ms) allows the next sweep's, a minute later.
+        let t1 = t0 + Duration::from_secs(300);
+        pacing.counted(t1, Duration::from_millis(2));
+        assert!(!pacing.may_count(t1 + Duration::from_millis(100)));
+        assert!(pacing.may_count(t1 + EVERY));
     }
 }

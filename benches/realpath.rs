@@ -30,9 +30,11 @@
 //!    a one-attempt retry schedule), then `POST /v1/subscriptions/{id}/recover` for the 8
 //!    subscriptions at once with the receivers back: the API's answer time, the rate from the
 //!    first request to the last receipt, the service's CPU per delivery.
-//! 4. `latency`: `POST /v1/subscriptions/{id}/test` at 200 events/s (`RBENCH_LATENCY_SECS`,
+//! 4. `retry64`: as many dead letters, each sent again by its own
+//!    `POST /v1/deliveries/{id}/retry`, from 64 clients: the same figures, and the API's p50/p99.
+//! 5. `latency`: `POST /v1/subscriptions/{id}/test` at 200 events/s (`RBENCH_LATENCY_SECS`,
 //!    10): from sending the request to the receipt of its delivery, p50/p90/p99.
-//! 5. `test64`: 64 clients creating test events as fast as the API answers
+//! 6. `test64`: 64 clients creating test events as fast as the API answers
 //!    (`RBENCH_TEST_SECS`, 10): created-and-delivered per second, the service's CPU per
 //!    delivery, the API's p50/p99.
 
@@ -481,11 +483,24 @@ async fn test_events(
     }
 }
 
+/// How dead letters are sent again.
+#[derive(Clone, Copy, PartialEq)]
+enum Resend {
+    /// `POST /v1/subscriptions/{id}/recover` for each subscription, all at once.
+    Recover,
+    /// `POST /v1/deliveries/{id}/retry` for each dead letter, from 64 clients.
+    RetryEach,
+}
+
 /// `n` dead letters (one attempt each, to receivers answering 500) over one subscription per
-/// receiver address; then `POST /v1/subscriptions/{id}/recover` for each, all at once, with the
-/// receivers answering 204: the API's answer time, and from the first request to the last
-/// receipt, with the service's CPU per delivery.
-async fn recover(n: usize, receivers: &[SocketAddr], rx: &Arc<Received>) -> (Rate, Vec<Duration>) {
+/// receiver address; then sent again (`how`) with the receivers answering 204: the API's answer
+/// times, and from the first request to the last receipt, with the service's CPU per delivery.
+async fn resend(
+    n: usize,
+    how: Resend,
+    receivers: &[SocketAddr],
+    rx: &Arc<Received>,
+) -> (Rate, Vec<Duration>) {
     let sim = spawn_sim(SimConfig::default());
     let service = Service::start(&sim, "retry_schedule = [\"0s\"]").await;
     let mut subs = Vec::new();
@@ -512,6 +527,7 @@ async fn recover(n: usize, receivers: &[SocketAddr], rx: &Arc<Received>) -> (Rat
                 subs[lane % subs.len()]
             );
             tokio::spawn(async move {
+                let mut ids = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < n {
                     let res = client
                         .post(&url)
@@ -520,11 +536,18 @@ async fn recover(n: usize, receivers: &[SocketAddr], rx: &Arc<Received>) -> (Rat
                         .await
                         .expect("test event");
                     assert_eq!(res.status().as_u16(), 202);
+                    let body: Value = res.json().await.expect("the queued delivery");
+                    ids.push(body["id"].as_str().expect("delivery id").to_owned());
                 }
+                ids
             })
         })
         .collect();
-    futures_util::future::join_all(tasks).await;
+    let dead_letters: Vec<String> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|ids| ids.expect("a client"))
+        .collect();
     // Every one attempted once, refused, and recorded a dead letter.
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -560,7 +583,47 @@ async fn recover(n: usize, receivers: &[SocketAddr], rx: &Arc<Received>) -> (Rat
     rx.failing.store(false, Ordering::SeqCst);
     let cpu_before = service.cpu();
     let started = Instant::now();
-    let answers = futures_util::future::join_all(subs.iter().map(|id| {
+    let answers = match how {
+        Resend::Recover => recover_each(&service, &subs, since).await,
+        Resend::RetryEach => retry_each(&service, dead_letters).await,
+    };
+    let recovered: usize = answers.iter().map(|(_, r)| r).sum();
+    assert_eq!(recovered, n, "every dead letter sent again");
+    while rx.count.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline + DEADLINE,
+            "resent deliveries stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last = rx.last.lock().unwrap().expect("a receipt");
+    let cpu = service.cpu().saturating_sub(cpu_before);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rx.count.load(Ordering::SeqCst),
+        n,
+        "each resent delivery sent once"
+    );
+    let mut api: Vec<Duration> = answers.into_iter().map(|(t, _)| t).collect();
+    api.sort();
+    (
+        Rate {
+            deliveries: n,
+            elapsed: last.saturating_duration_since(started),
+            cpu: Some(cpu),
+        },
+        api,
+    )
+}
+
+/// `POST /v1/subscriptions/{id}/recover` for every subscription at once: each answer's time and
+/// how many it recovered.
+async fn recover_each(
+    service: &Service,
+    subs: &[String],
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<(Duration, usize)> {
+    futures_util::future::join_all(subs.iter().map(|id| {
         let service = &service;
         async move {
             let t0 = Instant::now();
@@ -577,34 +640,41 @@ async fn recover(n: usize, receivers: &[SocketAddr], rx: &Arc<Received>) -> (Rat
             )
         }
     }))
-    .await;
-    let recovered: usize = answers.iter().map(|(_, r)| r).sum();
-    assert_eq!(recovered, n, "every dead letter recovered");
-    while rx.count.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline + DEADLINE,
-            "recovered deliveries stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let last = rx.last.lock().unwrap().expect("a receipt");
-    let cpu = service.cpu().saturating_sub(cpu_before);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        rx.count.load(Ordering::SeqCst),
-        n,
-        "each recovered delivery sent once"
-    );
-    let mut api: Vec<Duration> = answers.into_iter().map(|(t, _)| t).collect();
-    api.sort();
-    (
-        Rate {
-            deliveries: n,
-            elapsed: last.saturating_duration_since(started),
-            cpu: Some(cpu),
-        },
-        api,
-    )
+    .await
+}
+
+/// `POST /v1/deliveries/{id}/retry` for each of `ids`, from 64 clients: each answer's time
+/// (and 1, the delivery it queued).
+async fn retry_each(service: &Service, ids: Vec<String>) -> Vec<(Duration, usize)> {
+    let ids = Arc::new(std::sync::Mutex::new(ids));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, base, ids) = (service.client.clone(), service.base.clone(), ids.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                loop {
+                    let Some(id) = ids.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let t0 = Instant::now();
+                    let res = client
+                        .post(format!("{base}/v1/deliveries/{id}/retry"))
+                        .bearer_auth(KEY)
+                        .send()
+                        .await
+                        .expect("retry");
+                    assert_eq!(res.status().as_u16(), 202, "retry {id}");
+                    answers.push((t0.elapsed(), 1));
+                }
+                answers
+            })
+        })
+        .collect();
+    futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|answers| answers.expect("a client"))
+        .collect()
 }
 
 fn ms(d: Duration) -> String {
@@ -613,7 +683,7 @@ fn ms(d: Duration) -> String {
 
 fn main() {
     let phases = std::env::var("RBENCH_PHASES")
-        .unwrap_or_else(|_| "baseline,fanout,recover,latency,test64".into());
+        .unwrap_or_else(|_| "baseline,fanout,recover,retry64,latency,test64".into());
     let runs = |p: &str| phases.split(',').any(|x| x.trim() == p);
     let jobs = env_usize("RBENCH_JOBS", 200);
     let subs = env_usize("RBENCH_SUBS", 100);
@@ -678,7 +748,7 @@ fn main() {
         }
         if runs("recover") {
             let n = env_usize("RBENCH_RECOVER", 10_000);
-            let (rate, api) = recover(n, &receivers, &rx).await;
+            let (rate, api) = resend(n, Resend::Recover, &receivers, &rx).await;
             println!(
                 "recover ({n} dead letters over {HOSTS} subscriptions, recovered at once): {} in {} = {:.0}/s; service CPU {:.1} µs per delivery; recover API answered in {} to {}",
                 rate.deliveries,
@@ -687,6 +757,19 @@ fn main() {
                 rate.cpu_us().unwrap_or_default(),
                 ms(api[0]),
                 ms(*api.last().unwrap()),
+            );
+        }
+        if runs("retry64") {
+            let n = env_usize("RBENCH_RECOVER", 10_000);
+            let (rate, api) = resend(n, Resend::RetryEach, &receivers, &rx).await;
+            println!(
+                "retry64 ({n} dead letters, each retried by its own request from 64 clients): {} in {} = {:.0}/s; service CPU {:.1} µs per delivery; API p50 {} p99 {}",
+                rate.deliveries,
+                ms(rate.elapsed),
+                rate.per_second(),
+                rate.cpu_us().unwrap_or_default(),
+                ms(percentile(&api, 0.50)),
+                ms(percentile(&api, 0.99)),
             );
         }
         if runs("latency") || runs("test64") {

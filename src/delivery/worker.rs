@@ -85,7 +85,7 @@ enum Room {
     /// Its destination is at its limit: it is parked (see `parking`).
     DestinationBusy,
     /// Its queue has no free slot.
-    None,
+    QueueFull,
 }
 
 type AttemptTask = JoinHandle<Result<Option<AttemptReport>, StoreError>>;
@@ -189,7 +189,7 @@ impl DeliveryWorker {
                                 .park(queue, claimed, destination, Instant::now());
                         }
                         // Room was counted above, and only this loop takes these permits.
-                        Room::None => claimed.put_back(now),
+                        Room::QueueFull => claimed.put_back(now),
                     }
                 }
                 if paced > 0 {
@@ -215,7 +215,7 @@ impl DeliveryWorker {
         let taken = inner.parking.take(queue, Instant::now(), |parked| {
             match self.room_for(slots, &parked.destination) {
                 Room::Go(permits) => Some(permits),
-                Room::DestinationBusy | Room::None => None,
+                Room::DestinationBusy | Room::QueueFull => None,
             }
         });
         let now = inner.clock.now();
@@ -242,7 +242,7 @@ impl DeliveryWorker {
             .ok()
             .zip(slots.clone().try_acquire_owned().ok());
         let Some((attempt, slot)) = permits else {
-            return Room::None;
+            return Room::QueueFull;
         };
         match self.destination_slot(destination) {
             Some(destination) => Room::Go(Permits {

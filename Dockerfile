@@ -26,8 +26,7 @@ ARG RUST_VERSION=1.89
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 
 # The image already has gcc and libc headers. aws-lc-sys (rustls' crypto) compiles C with the
-# cc crate; cmake is its build path on targets the cc path does not cover. tikv-jemalloc-sys
-# (the allocator, src/memory.rs) runs jemalloc's configure and make (build-essential).
+# cc crate; cmake is its build path on targets the cc path does not cover.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential cmake \
     && rm -rf /var/lib/apt/lists/*

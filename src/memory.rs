@@ -1,34 +1,13 @@
-//! The allocator, and memory freed by a burst of work given back to the operating system.
+//! Memory freed by a burst of work, given back to the operating system.
 //!
-//! With the `jemalloc` feature (the default), jemalloc is the global allocator. Its background
-//! thread gives back pages left free for [`MALLOC_CONF`]'s decay time, whichever thread freed
-//! them; after a burst, and after opening the store, they are given back at once
-//! (`arena.<all>.purge`; 4096 is jemalloc's `MALLCTL_ARENAS_ALL`). It also costs less CPU than
-//! glibc's malloc on the delivery path (sled's copy-on-write pages are many small allocations
-//! made on one thread and freed on another): 94-107 µs per delivery on the real-path fan-out
-//! against 125-132, and a backlog of a million drained twice as fast with a quarter less RSS
-//! (BENCHMARKS.md, "Bench 3b" and "Bench 3c").
-//!
-//! Without it, glibc's malloc keeps what is freed in the arena it came from, for later
-//! allocations there, and gives back only what lies at the very end of an arena. Each thread
-//! allocates in an arena of its own (up to 8 per core), and storage works on threads of its own
-//! (the writer, the blocking pool's readers), so the service spreads over more arenas than its
-//! runtime threads: a poller round of 1,000 jobs leaves tens of MiB free but resident.
-//! `malloc_trim` walks every arena and hands each whole free page back, after such a burst and
-//! once after opening the store. BENCHMARKS.md, "The storage boundary (issue 12)", has the
-//! figures.
-
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's settings, read once when it starts (`_RJEM_MALLOC_CONF` in the environment
-/// overrides them): a background thread returns pages that stayed free for a second, so a
-/// burst's memory goes back without any call on the hot path.
-#[cfg(feature = "jemalloc")]
-#[used]
-#[export_name = "_rjem_malloc_conf"]
-static MALLOC_CONF: &[u8; 43] = b"background_thread:true,dirty_decay_ms:1000\0";
+//! glibc's malloc keeps what is freed in the arena it came from, for later allocations there,
+//! and gives back only what lies at the very end of an arena. Each thread allocates in an
+//! arena of its own (up to 8 per core), and storage works on threads of its own (the writer,
+//! the blocking pool's readers), so the service spreads over more arenas than its runtime
+//! threads: a poller round of 1,000 jobs (1,000 upstream requests at once, their connections,
+//! 1,000 writes) leaves tens of MiB free but resident, spread over arenas that the next such
+//! round may not reuse. `malloc_trim` walks every arena and hands each whole free page back.
+//! BENCHMARKS.md, "The storage boundary (issue 12)", has the figures.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -74,7 +53,7 @@ pub(crate) fn release_now() {
     trim();
 }
 
-#[cfg(all(not(feature = "jemalloc"), target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim() {
     // SAFETY: `malloc_trim` takes no pointer and only works on glibc's own bookkeeping; it is
     // safe to call from any thread at any time.
@@ -83,28 +62,8 @@ fn trim() {
     }
 }
 
-#[cfg(feature = "jemalloc")]
-fn trim() {
-    // The background thread would return these pages within a second; a burst's are returned
-    // at once, so that its memory is not counted as the service's meanwhile.
-    // SAFETY: a NUL-terminated name, and no value read or written: `arena.<all>.purge` only
-    // asks jemalloc to give back every arena's unused dirty pages.
-    unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"arena.4096.purge".as_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        );
-    }
-}
-
-/// Other system allocators (musl, macOS) give memory back by themselves, or offer no such call.
-#[cfg(all(
-    not(feature = "jemalloc"),
-    not(all(target_os = "linux", target_env = "gnu"))
-))]
+/// Other allocators (musl, macOS) give memory back by themselves, or offer no such call.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 
 pub mod format;
 pub mod pacing;
-mod parking;
 pub mod policy;
 pub mod retry;
 pub mod signature;

@@ -17,7 +17,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::pacing::{self, Pacer};
-use super::parking::{ParkingLot, PARK_LIMIT};
 use super::retry::{self, RetryPolicy, Verdict};
 use super::{format, policy, signature};
 use crate::clock::{after, SharedClock, Timestamp};
@@ -60,8 +59,6 @@ struct Inner {
     attempts: Arc<Semaphore>,
     attempt_capacity: usize,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Claimed deliveries waiting for their destination to have room.
-    parking: ParkingLot,
     /// Secrets as parsed for signing (base64 decoded, HMAC keyed), by their stored text. The
     /// secrets themselves are looked up for every attempt (the store keeps them in memory and
     /// forgets them when they are written), so a rotation applies at once.
@@ -70,23 +67,6 @@ struct Inner {
 
 /// Parsed signing secrets kept at most; past that the cache starts over.
 const KEY_CACHE_LIMIT: usize = 4096;
-
-/// What an attempt holds: its place among the attempts not yet recorded, a request slot of its
-/// queue and one of its destination.
-struct Permits {
-    attempt: OwnedSemaphorePermit,
-    slot: OwnedSemaphorePermit,
-    destination: OwnedSemaphorePermit,
-}
-
-/// Whether a claimed delivery may go now.
-enum Room {
-    Go(Permits),
-    /// Its destination is at its limit: it is parked (see `parking`).
-    DestinationBusy,
-    /// Its queue has no free slot.
-    QueueFull,
-}
 
 type AttemptTask = JoinHandle<Result<Option<AttemptReport>, StoreError>>;
 
@@ -128,7 +108,6 @@ impl DeliveryWorker {
                 signals,
                 client,
                 destinations: Mutex::new(HashMap::new()),
-                parking: ParkingLot::default(),
                 keys: Mutex::new(HashMap::new()),
             }),
         })
@@ -149,9 +128,8 @@ impl DeliveryWorker {
         Ok(reports)
     }
 
-    /// Start the parked deliveries whose destination has room, then claim due deliveries while
-    /// there are free slots, and start sending each. Claims are held in memory: this reads
-    /// storage and writes nothing.
+    /// Claim due deliveries while there are free slots, and start sending each. Claims are
+    /// held in memory: this reads storage and writes nothing.
     async fn dispatch(&self) -> Result<Vec<AttemptTask>, StoreError> {
         let inner = &self.inner;
         let mut started = Vec::new();
@@ -163,12 +141,10 @@ impl DeliveryWorker {
             (DeliveryQueue::Fresh, &inner.fresh_slots),
             (DeliveryQueue::Retry, &inner.retry_slots),
         ] {
-            self.unpark(queue, slots, &mut started).await;
             // Deliveries that must wait for their lane (see `pacing`) take no slot: claim
             // again, so a paced backlog never stands in front of other destinations.
             for _ in 0..MAX_CLAIM_ROUNDS {
-                // Parked deliveries will take room as soon as their destination has some.
-                let free = self.room(slots).saturating_sub(inner.parking.len(queue));
+                let free = self.room(slots);
                 if free == 0 {
                     break;
                 }
@@ -177,20 +153,35 @@ impl DeliveryWorker {
                 let claimed_all_room = batch.len() >= free;
                 let mut paced = 0;
                 for claimed in batch {
-                    let destination = destination_key(claimed.delivery.destination.url());
-                    match self.room_for(slots, destination) {
-                        Room::Go(permits) => {
-                            paced += u64::from(!self.go(claimed, permits, now, &mut started).await);
-                        }
-                        Room::DestinationBusy => {
-                            let destination = destination.to_owned();
-                            inner
-                                .parking
-                                .park(queue, claimed, destination, Instant::now());
-                        }
-                        // Room was counted above, and only this loop takes these permits.
-                        Room::QueueFull => claimed.put_back(now),
+                    // Room was counted above (only this loop takes these permits); a
+                    // destination at its limit is looked at again a little later.
+                    let permits = inner
+                        .attempts
+                        .clone()
+                        .try_acquire_owned()
+                        .ok()
+                        .zip(slots.clone().try_acquire_owned().ok());
+                    let Some((attempt, slot)) = permits else {
+                        claimed.put_back(now);
+                        continue;
+                    };
+                    let Some(destination_slot) = self.destination_slot(&claimed.delivery) else {
+                        claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
+                        continue;
+                    };
+                    if let Err(not_before) = self.pace(&claimed.delivery, now).await {
+                        claimed.put_back(not_before);
+                        paced += 1;
+                        continue;
                     }
+                    let request_slots = (slot, destination_slot);
+                    let worker = self.clone();
+                    started.push(tokio::spawn(async move {
+                        let report = worker.attempt(claimed, request_slots).await;
+                        drop(attempt);
+                        worker.inner.signals.delivery_wake.notify_one();
+                        report
+                    }));
                 }
                 if paced > 0 {
                     metrics::counter!("agenthook_delivery_paced_total").increment(paced);
@@ -201,85 +192,6 @@ impl DeliveryWorker {
             }
         }
         Ok(started)
-    }
-
-    /// Start the parked deliveries of `queue` whose destination has room now, oldest first;
-    /// those parked too long are put back, to be claimed again a little later.
-    async fn unpark(
-        &self,
-        queue: DeliveryQueue,
-        slots: &Arc<Semaphore>,
-        started: &mut Vec<AttemptTask>,
-    ) {
-        let inner = &self.inner;
-        let taken = inner.parking.take(queue, Instant::now(), |parked| {
-            match self.room_for(slots, &parked.destination) {
-                Room::Go(permits) => Some(permits),
-                Room::DestinationBusy | Room::QueueFull => None,
-            }
-        });
-        let now = inner.clock.now();
-        for parked in taken.expired {
-            parked.claimed.put_back(after(now, BUSY_DESTINATION_DELAY));
-        }
-        let mut paced = 0;
-        for (parked, permits) in taken.ready {
-            paced += u64::from(!self.go(parked.claimed, permits, now, started).await);
-        }
-        if paced > 0 {
-            metrics::counter!("agenthook_delivery_paced_total").increment(paced);
-        }
-    }
-
-    /// The permits an attempt to `destination` from the queue with these `slots` needs, if
-    /// they are free.
-    fn room_for(&self, slots: &Arc<Semaphore>, destination: &str) -> Room {
-        let inner = &self.inner;
-        let permits = inner
-            .attempts
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .zip(slots.clone().try_acquire_owned().ok());
-        let Some((attempt, slot)) = permits else {
-            return Room::QueueFull;
-        };
-        match self.destination_slot(destination) {
-            Some(destination) => Room::Go(Permits {
-                attempt,
-                slot,
-                destination,
-            }),
-            None => Room::DestinationBusy,
-        }
-    }
-
-    /// Start sending `claimed` with `permits`, unless its lane makes it wait (then it is put
-    /// back until its time, and this returns false).
-    async fn go(
-        &self,
-        claimed: Claimed,
-        permits: Permits,
-        now: Timestamp,
-        started: &mut Vec<AttemptTask>,
-    ) -> bool {
-        if let Err(not_before) = self.pace(&claimed.delivery, now).await {
-            claimed.put_back(not_before);
-            return false;
-        }
-        let Permits {
-            attempt,
-            slot,
-            destination,
-        } = permits;
-        let worker = self.clone();
-        started.push(tokio::spawn(async move {
-            let report = worker.attempt(claimed, (slot, destination)).await;
-            drop(attempt);
-            worker.inner.signals.delivery_wake.notify_one();
-            report
-        }));
-        true
     }
 
     /// Whether the delivery may go at `now` in its lanes (its subscription's Slack or Discord
@@ -331,8 +243,9 @@ impl DeliveryWorker {
             .collect()
     }
 
-    /// A request slot of `key`'s destination (see [`destination_key`]), if one is free.
-    fn destination_slot(&self, key: &str) -> Option<OwnedSemaphorePermit> {
+    /// A request slot of the delivery's destination (scheme, host and port), if one is free.
+    fn destination_slot(&self, delivery: &Delivery) -> Option<OwnedSemaphorePermit> {
+        let key = destination_key(delivery.destination.url());
         let semaphore = {
             let mut map = self.inner.destinations.lock().expect("destinations lock");
             map.retain(|_, s| {
@@ -627,12 +540,6 @@ impl DeliveryWorker {
                     Duration::from_secs(1)
                 }
             };
-            // A parked delivery is put back once parked too long, even if nothing ends.
-            let pause = if self.inner.parking.is_empty() {
-                pause
-            } else {
-                pause.min(PARK_LIMIT)
-            };
             // Shutdown wakes only a worker already waiting: be one before looking.
             let wake = signals.delivery_wake.notified();
             tokio::pin!(wake);
@@ -648,11 +555,6 @@ impl DeliveryWorker {
                     tokio::task::yield_now().await;
                 }
             }
-        }
-        // Parked deliveries were never sent: their claims end now.
-        let now = self.inner.clock.now();
-        for parked in self.inner.parking.take_all() {
-            parked.claimed.put_back(now);
         }
         let drained = self
             .inner

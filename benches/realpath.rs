@@ -149,16 +149,7 @@ level = "{log}"
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let res = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(KEY)
-            .json(&body)
-            .send()
-            .await
-            .expect("request the service");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        common::post_json(&self.client, format!("{}{path}", self.base), KEY, &body).await
     }
 
     async fn get(&self, path: &str) -> Value {

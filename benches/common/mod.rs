@@ -13,6 +13,25 @@ pub mod fixtures;
 /// Loopback webhook receivers.
 pub mod receivers;
 
+/// POST `body` as JSON to `url` with `key` as the bearer token: the status and the JSON answer
+/// (null when the answer is not JSON).
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    key: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let res = client
+        .post(url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("request the service");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// Resident memory of another process (a child running the real binary), in bytes.
 pub fn child_rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

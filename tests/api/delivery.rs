@@ -1207,8 +1207,8 @@ async fn deliveries_waiting_for_a_slow_destination_hold_no_room_from_others_for_
     let healthy = Receiver::start().await;
     let slow_sub = create_subscription(&app, KEY_A, json!({"url": slow.url("/slow")})).await;
     let healthy_sub = create_subscription(&app, KEY_A, json!({"url": healthy.url("/up")})).await;
-    // First attempts only (the fresh queue): the slow destination takes its 2 slots and the
-    // worker claims further deliveries to it that must wait, holding the other 2.
+    // First attempts only (the fresh queue): the slow destination takes its 2 slots, and the
+    // further deliveries to it, due too, must wait for them.
     for _ in 0..20 {
         send_test_event(&app, KEY_A, &id_of(&slow_sub)).await;
     }

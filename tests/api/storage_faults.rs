@@ -714,7 +714,7 @@ impl Drop for SmallDisk {
 /// Run alone, in a process of its own (`.ci/run` does; `cargo test -- --ignored on_a_full_disk`):
 /// once the disk is full, sled can leave a flush waiting forever while it holds sled's
 /// process-wide lock, and every other sled store in the process then waits behind it (seen in
-/// 2 of 7 clean-clone CI runs, with unrelated tests hanging).
+/// 2 of 8 clean-clone CI runs, with unrelated tests hanging).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run alone: a full disk can wedge sled's process-wide lock for other tests"]
 async fn on_a_full_disk_no_agent_is_made_without_a_job_and_a_restart_finds_every_job() {

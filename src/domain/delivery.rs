@@ -26,6 +26,15 @@ pub enum Destination {
     },
 }
 
+/// The `scheme://host[:port]` of a URL (see [`Destination::host`]).
+fn host_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    &url[..end]
+}
+
 impl Destination {
     /// A subscription as it is now: its URL and format.
     pub fn subscription(sub: &Subscription) -> Destination {
@@ -40,6 +49,14 @@ impl Destination {
         match self {
             Destination::Callback { url } | Destination::Subscription { url, .. } => url,
         }
+    }
+
+    /// Where its requests go, `scheme://host[:port]`, for the per-destination limit: the text
+    /// of the URL before the path. Destination URLs are stored as the URL parser writes them
+    /// (lower-case scheme and host, no default port, no userinfo), so one destination has one
+    /// spelling.
+    pub fn host(&self) -> &str {
+        host_of(self.url())
     }
 
     pub fn format(&self) -> Format {
@@ -311,5 +328,21 @@ mod tests {
         let read: Holder = serde_json::from_str(&record).unwrap();
         assert_eq!(read.payload.json(), value.to_string());
         assert_eq!(read.payload.value(), &value);
+    }
+
+    #[test]
+    fn a_destination_is_the_scheme_host_and_port_of_its_url() {
+        for (url, key) in [
+            ("http://127.0.0.1:8080/hook?x=1", "http://127.0.0.1:8080"),
+            (
+                "https://hooks.example.com/services/T/B/X",
+                "https://hooks.example.com",
+            ),
+            ("https://example.com", "https://example.com"),
+            ("https://example.com?q#f", "https://example.com"),
+            ("http://[::1]:9/a", "http://[::1]:9"),
+        ] {
+            assert_eq!(host_of(url), key, "{url}");
+        }
     }
 }

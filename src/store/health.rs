@@ -264,9 +264,14 @@ impl Storage for Watched {
         queue: DeliveryQueue,
         now: Timestamp,
         limit: usize,
+        room: Room,
     ) -> Result<Vec<Claimed>> {
         // A delivery claim writes nothing in every backend we have: a read.
-        self.read(self.inner.claim_due_deliveries(queue, now, limit).await)
+        self.read(
+            self.inner
+                .claim_due_deliveries(queue, now, limit, room)
+                .await,
+        )
     }
 
     async fn next_delivery_due_at(&self, queue: DeliveryQueue) -> Result<Option<Timestamp>> {

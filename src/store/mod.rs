@@ -234,6 +234,52 @@ pub trait Lease: Any + Send + Sync {
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
+/// How many more requests the worker can send to each destination (its `scheme://host[:port]`,
+/// [`Destination::host`](crate::domain::Destination::host)) now. A claim takes no more
+/// deliveries to a destination than its room; a backend that knows the destination of each
+/// queued delivery passes over the others without reading them.
+#[derive(Clone, Debug)]
+pub struct Room {
+    /// The room of the destinations with requests in flight.
+    free: std::collections::HashMap<String, usize>,
+    /// The room of every other destination.
+    idle: usize,
+}
+
+impl Room {
+    /// `idle` for a destination with nothing in flight, `free` for the others.
+    pub fn new(idle: usize, free: impl IntoIterator<Item = (String, usize)>) -> Room {
+        Room {
+            free: free.into_iter().collect(),
+            idle,
+        }
+    }
+
+    /// No limit: every destination has room.
+    pub fn unlimited() -> Room {
+        Room::new(usize::MAX, [])
+    }
+
+    /// The room of `destination`.
+    pub fn of(&self, destination: &str) -> usize {
+        self.free.get(destination).copied().unwrap_or(self.idle)
+    }
+
+    /// Take one request of `destination`'s room, if it has any.
+    pub fn take(&mut self, destination: &str) -> bool {
+        let idle = self.idle;
+        let free = match self.free.get_mut(destination) {
+            Some(free) => free,
+            None => self.free.entry(destination.to_owned()).or_insert(idle),
+        };
+        if *free == 0 {
+            return false;
+        }
+        *free = free.saturating_sub(1);
+        true
+    }
+}
+
 /// A delivery the worker holds. Dropping it releases the claim; recording its attempt
 /// ([`Storage::update_claimed`]) ends it. The delivery is shared, so the worker keeps it while
 /// the claim goes to the storage backend.
@@ -387,12 +433,14 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
     /// How many jobs of `kind` are due at `now`, counting at most `cap`.
     async fn count_due(&self, kind: WorkKind, now: Timestamp, cap: usize) -> Result<usize>;
 
-    /// Claim up to `limit` deliveries from `queue` that are due at `now`.
+    /// Claim up to `limit` deliveries from `queue` that are due at `now`, to destinations with
+    /// `room` (a backend may leave that check to the worker).
     async fn claim_due_deliveries(
         &self,
         queue: DeliveryQueue,
         now: Timestamp,
         limit: usize,
+        room: Room,
     ) -> Result<Vec<Claimed>>;
 
     /// When the earliest delivery of `queue` that is not claimed may be claimed.

@@ -10,7 +10,9 @@ use agenthook::app::{Application, Services};
 use agenthook::clock::{self, after};
 use agenthook::config::{Settings, StorageBackend};
 use agenthook::domain::{Delivery, Destination, Event, Job, Tenant};
-use agenthook::store::{Admission, DeliveryQueue, IdempotencyKey, PgStore, Storage, WorkKind};
+use agenthook::store::{
+    Admission, DeliveryQueue, IdempotencyKey, PgStore, Room, Storage, WorkKind,
+};
 use serde_json::{json, Map};
 
 use crate::helpers::{fast_sim_config, spawn_sim, test_settings, KEY_A};
@@ -47,7 +49,7 @@ async fn a_delivery_claim_whose_lease_ran_out_goes_to_the_next_instance_and_the_
 
     // A claims it and "dies" holding it: its claim is never released.
     let mut claimed = a
-        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10)
+        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10, Room::unlimited())
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -55,14 +57,14 @@ async fn a_delivery_claim_whose_lease_ran_out_goes_to_the_next_instance_and_the_
     // Before A's lease (120 s) ends, B cannot take it.
     let soon = after(t, Duration::from_secs(60));
     assert!(b
-        .claim_due_deliveries(DeliveryQueue::Fresh, soon, 10)
+        .claim_due_deliveries(DeliveryQueue::Fresh, soon, 10, Room::unlimited())
         .await
         .unwrap()
         .is_empty());
     // After it, B does.
     let later = after(t, Duration::from_secs(121));
     let mut taken = b
-        .claim_due_deliveries(DeliveryQueue::Fresh, later, 10)
+        .claim_due_deliveries(DeliveryQueue::Fresh, later, 10, Room::unlimited())
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);

@@ -21,7 +21,7 @@ use agenthook::domain::{
 use agenthook::sim::SimConfig;
 use agenthook::store::{
     Admission, Cancellation, Claimed, Counts, DeliveryChange, DeliveryPage, DeliveryQueue,
-    DeliveryUpdate, IdempotencyKey, IdempotentResponse, JobPage, PurgeReport, Recorded,
+    DeliveryUpdate, IdempotencyKey, IdempotentResponse, JobPage, PurgeReport, Recorded, Room,
     SecretsChange, Storage, Store, StoreError, StoredTotals, SubscriptionChange, WorkKind,
     Writable,
 };
@@ -184,9 +184,12 @@ impl Storage for FailingDisk {
         queue: DeliveryQueue,
         now: Timestamp,
         limit: usize,
+        room: Room,
     ) -> Result<Vec<Claimed>, StoreError> {
         self.claims.fetch_add(1, Ordering::SeqCst);
-        self.inner.claim_due_deliveries(queue, now, limit).await
+        self.inner
+            .claim_due_deliveries(queue, now, limit, room)
+            .await
     }
     async fn next_delivery_due_at(
         &self,

@@ -13,7 +13,7 @@ use agenthook::domain::{
 };
 use agenthook::store::{
     Admission, Cancellation, DeliveryQueue, DeliveryUpdate, IdempotencyKey, IdempotentResponse,
-    PurgeReport, Store, WorkKind, Writable,
+    PurgeReport, Room, Store, WorkKind, Writable,
 };
 use serde_json::{json, Map};
 
@@ -360,7 +360,7 @@ pub async fn two_claimers_never_get_the_same_delivery(store: Store) {
             let mut held = Vec::new();
             loop {
                 let batch = store
-                    .claim_due_deliveries(DeliveryQueue::Fresh, t, 4)
+                    .claim_due_deliveries(DeliveryQueue::Fresh, t, 4, Room::unlimited())
                     .await
                     .unwrap();
                 if batch.is_empty() {
@@ -385,7 +385,7 @@ pub async fn two_claimers_never_get_the_same_delivery(store: Store) {
     let released_id = released.delivery.id.clone();
     drop(released);
     let again = store
-        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10)
+        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10, Room::unlimited())
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -412,13 +412,13 @@ pub async fn two_claimers_never_get_the_same_delivery(store: Store) {
     back.put_back(later);
     drop(held);
     let before = store
-        .claim_due_deliveries(DeliveryQueue::Fresh, t, 100)
+        .claim_due_deliveries(DeliveryQueue::Fresh, t, 100, Room::unlimited())
         .await
         .unwrap();
     assert_eq!(before.len(), 58, "all but the one put back");
     assert!(before.iter().all(|c| c.delivery.id != back_id));
     let at = store
-        .claim_due_deliveries(DeliveryQueue::Fresh, later, 100)
+        .claim_due_deliveries(DeliveryQueue::Fresh, later, 100, Room::unlimited())
         .await
         .unwrap();
     assert_eq!(at.len(), 1);
@@ -580,7 +580,7 @@ pub async fn a_dead_letter_retried_by_hand_is_queued_again(store: Store) {
     dead.next_attempt_at = None;
     store.insert_deliveries(vec![dead.clone()]).await.unwrap();
     assert!(store
-        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10)
+        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10, Room::unlimited())
         .await
         .unwrap()
         .is_empty());
@@ -598,7 +598,7 @@ pub async fn a_dead_letter_retried_by_hand_is_queued_again(store: Store) {
         .unwrap();
     assert!(matches!(update, DeliveryUpdate::Updated(_)));
     let claimed = store
-        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10)
+        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10, Room::unlimited())
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -763,7 +763,7 @@ pub async fn retention_deletes_a_finished_job_with_all_it_caused_and_keeps_pendi
     );
     assert_eq!(store.counts().await.unwrap(), counts_before);
     let due = store
-        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10)
+        .claim_due_deliveries(DeliveryQueue::Fresh, t, 10, Room::unlimited())
         .await
         .unwrap();
     assert_eq!(due.len(), 1, "the retrying delivery is still queued");

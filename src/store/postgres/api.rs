@@ -13,7 +13,7 @@ use crate::store::{
     DeliveryUpdate, IdempotencyKey, IdempotentResponse, JobPage, Recorded, Result, SecretsChange,
     Storage, SubscriptionChange, WakeFn, WorkKind,
 };
-use crate::store::{JobTime, PurgeReport, StoredTotals, UpstreamWebhook, Writable};
+use crate::store::{JobTime, PurgeReport, Room, StoredTotals, UpstreamWebhook, Writable};
 
 #[async_trait::async_trait]
 impl Storage for PgStore {
@@ -159,7 +159,10 @@ impl Storage for PgStore {
         queue: DeliveryQueue,
         now: Timestamp,
         limit: usize,
+        _room: Room,
     ) -> Result<Vec<Claimed>> {
+        // Every worker of every instance claims from one table: the worker checks each
+        // destination's room after the claim.
         PgStore::claim_due_deliveries(self, queue, now, limit).await
     }
 

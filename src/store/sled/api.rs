@@ -14,7 +14,7 @@ use crate::store::{
     DeliveryUpdate, IdempotencyKey, IdempotentResponse, JobPage, PurgeReport, Recorded,
     SecretsChange, Storage, StoredTotals, SubscriptionChange, WorkKind, Writable,
 };
-use crate::store::{JobTime, UpstreamWebhook};
+use crate::store::{JobTime, Room, UpstreamWebhook};
 
 /// Reads of one store on the blocking pool at once. Without a bound, a burst of concurrent
 /// reads (a poller round of 1,000 jobs each completing, say) would start as many threads, each
@@ -169,9 +169,10 @@ impl Storage for SledStore {
         queue: DeliveryQueue,
         now: Timestamp,
         limit: usize,
+        room: Room,
     ) -> Result<Vec<Claimed>> {
         let (claimed, stale) = self
-            .blocking(move |s| s.claim_due_deliveries(queue, now, limit))
+            .blocking(move |s| s.claim_due_deliveries(queue, now, limit, room))
             .await?;
         if !stale.is_empty() {
             self.remove_stale_entries(stale).await?;

@@ -14,7 +14,7 @@ use super::{keys, tx_result, Result, SledStore, StoreError};
 use crate::clock::Timestamp;
 use crate::domain::{Delivery, DeliveryId, DeliveryState, JobId, Payload, SubscriptionId, Tenant};
 use crate::store::{
-    Claimed, DeliveryChange, DeliveryPage, DeliveryQueue, DeliveryUpdate, Lease, Recorded,
+    Claimed, DeliveryChange, DeliveryPage, DeliveryQueue, DeliveryUpdate, Lease, Recorded, Room,
 };
 
 /// Event bodies read during one read of several deliveries, by event id.
@@ -22,6 +22,36 @@ type Bodies = HashMap<String, Payload>;
 
 /// A queue entry found stale by a claim, with its delivery's id.
 pub type StaleEntry = (Vec<u8>, String);
+
+/// Whether a claim scans its queue again when the entries it found run out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rescan {
+    /// Not yet scanned.
+    Once,
+    /// The last scan found all it looked for: again if an entry was set waiting since.
+    IfWaiting,
+    /// Again: an entry was set waiting since a full scan.
+    Yes,
+    No,
+}
+
+impl Rescan {
+    fn after_waiting(self) -> Rescan {
+        match self {
+            Rescan::IfWaiting => Rescan::Yes,
+            other => other,
+        }
+    }
+}
+
+/// What one claim has found so far.
+struct Claim {
+    claimed: Vec<Claimed>,
+    stale: Vec<StaleEntry>,
+    /// The event bodies it has read.
+    bodies: Bodies,
+    now: Timestamp,
+}
 
 /// The due time of a queue entry (its millis) as a timestamp.
 fn from_millis(ms: u64) -> Timestamp {
@@ -33,6 +63,13 @@ fn queue_tag(queue: DeliveryQueue) -> u8 {
         DeliveryQueue::Fresh => b'f',
         DeliveryQueue::Retry => b'r',
     }
+}
+
+/// A pending delivery's queue entry: its key ([`queue_key`]) and its destination
+/// ([`Destination::host`](crate::domain::Destination::host)) as its value, so that a claim can
+/// pass over a destination without room without reading the delivery.
+fn queue_entry(delivery: &Delivery) -> Option<(Vec<u8>, &str)> {
+    Some((queue_key(delivery)?, delivery.destination.host()))
 }
 
 fn queue_key(delivery: &Delivery) -> Option<Vec<u8>> {
@@ -80,8 +117,8 @@ pub(super) fn insert_deliveries_tx(
                 &[],
             )?;
         }
-        if let Some(key) = queue_key(delivery) {
-            tx.put_queued(&key)?;
+        if let Some((key, destination)) = queue_entry(delivery) {
+            tx.put_queued(&key, destination)?;
         }
     }
     for (job, ids) in of_job {
@@ -214,13 +251,13 @@ fn update_delivery_tx(
     if !change(&mut changed) {
         return Ok(DeliveryUpdate::Unchanged(stored.into_owned()));
     }
-    let (old_key, new_key) = (queue_key(&stored), queue_key(&changed));
-    if old_key != new_key {
-        if let Some(key) = old_key {
+    let (old_entry, new_entry) = (queue_entry(&stored), queue_entry(&changed));
+    if old_entry != new_entry {
+        if let Some((key, _)) = old_entry {
             tx.remove_queued(&key)?;
         }
-        if let Some(key) = new_key {
-            tx.put_queued(&key)?;
+        if let Some((key, destination)) = new_entry {
+            tx.put_queued(&key, destination)?;
         }
     }
     tx.deliveries
@@ -259,6 +296,11 @@ fn with_body_tx(
 /// sound because only one process can open a sled directory: no one else claims. After a
 /// crash, the entries of interrupted attempts are due at once: they are sent again, with the
 /// same `webhook-id` (at least once).
+///
+/// A queue entry names its delivery's destination (its value, see [`queue_entry`]). A claim
+/// passes over a due entry whose destination has no room without reading the delivery: the
+/// entry waits in memory, with the others of its destination, oldest first, and the next claim
+/// that finds room there takes it before anything further in the queue.
 #[derive(Clone, Default)]
 pub(super) struct Claims(Arc<Mutex<ClaimState>>);
 
@@ -268,16 +310,46 @@ struct ClaimState {
     sending: HashSet<String>,
     /// Deliveries put back for want of room, by id: not to be claimed before the time given.
     held_back: HashMap<String, Timestamp>,
-    /// Queue entries found due by the last scan of each queue (fresh, retry), in order, not
-    /// yet taken: claims take from here and scan the queue again only when it runs out, so a
-    /// backlog is scanned once per [`PREFETCH`] claims, not once per dispatch (a scan walks
-    /// past every claimed entry at the head of the queue). Each is checked against the
-    /// stored delivery when taken.
-    due: [VecDeque<IVec>; 2],
+    /// Deliveries waiting for their destination's room, by id (see [`Waiting`]).
+    waiting: HashSet<String>,
+    /// Fresh, then retry.
+    queues: [QueueState; 2],
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Queue entries found due by the last scan, in order, not yet taken: claims take from
+    /// here and scan the queue again only when it runs out, so a backlog is scanned once per
+    /// [`PREFETCH`] claims, not once per dispatch (a scan walks past every claimed entry at the
+    /// head of the queue). Each is checked against the stored delivery when taken.
+    due: VecDeque<DueEntry>,
+    /// Entries passed over for want of room, by destination, oldest first.
+    waiting: HashMap<String, VecDeque<IVec>>,
+    /// Entries in `waiting`.
+    waiting_len: usize,
+    /// The last claim stopped at an entry it could neither take nor set waiting
+    /// ([`WAITING_LIMIT`]): nothing further in this queue is claimed before an attempt ends.
+    blocked: bool,
+}
+
+/// A due queue entry: its key and the destination its value names (empty in an entry written
+/// before entries named one).
+struct DueEntry {
+    key: IVec,
+    destination: IVec,
+}
+
+/// Where [`ClaimState::queues`] keeps `queue`'s state.
+fn slot(queue: DeliveryQueue) -> usize {
+    usize::from(queue == DeliveryQueue::Retry)
 }
 
 /// Due queue entries kept beyond what a claim asked for.
 const PREFETCH: usize = 256;
+/// Entries waiting for room, at most, per queue. Past that a claim stops at the first entry
+/// whose destination has none, and the queue waits for an attempt to end: a destination with
+/// more than this many due deliveries keeps those behind them waiting too, as its own do.
+const WAITING_LIMIT: usize = 4096;
 
 impl Claims {
     fn lock(&self) -> std::sync::MutexGuard<'_, ClaimState> {
@@ -288,8 +360,8 @@ impl Claims {
 }
 
 impl ClaimState {
-    fn due(&mut self, queue: DeliveryQueue) -> &mut VecDeque<IVec> {
-        &mut self.due[usize::from(queue == DeliveryQueue::Retry)]
+    fn queue(&mut self, queue: DeliveryQueue) -> &mut QueueState {
+        &mut self.queues[slot(queue)]
     }
 
     /// Whether the entry `key` may be claimed at `now`.
@@ -321,9 +393,10 @@ impl ClaimState {
         Ok(earliest)
     }
 
-    /// When the entry for `id`, due at `due`, may be claimed; `None` while it is being sent.
+    /// When the entry for `id`, due at `due`, may be claimed; `None` while it is being sent or
+    /// waits for its destination's room (an attempt that ends makes room, and wakes the worker).
     fn claimable_at(&self, id: &str, due: Timestamp) -> Option<Timestamp> {
-        if self.sending.contains(id) {
+        if self.sending.contains(id) || self.waiting.contains(id) {
             return None;
         }
         Some(
@@ -331,6 +404,46 @@ impl ClaimState {
                 .get(id)
                 .map_or(due, |until| (*until).max(due)),
         )
+    }
+
+    /// Let the entry `key` of `queue` wait for `destination`'s room; `false` when the queue has
+    /// [`WAITING_LIMIT`] waiting already.
+    fn wait(&mut self, queue: DeliveryQueue, destination: &str, key: IVec) -> bool {
+        let Some((_, id)) = keys::parse_timed(&key) else {
+            return true;
+        };
+        let id = id.to_owned();
+        let state = self.queue(queue);
+        if state.waiting_len >= WAITING_LIMIT {
+            return false;
+        }
+        state.waiting_len += 1;
+        match state.waiting.get_mut(destination) {
+            Some(keys) => keys.push_back(key),
+            None => {
+                state
+                    .waiting
+                    .insert(destination.to_owned(), VecDeque::from([key]));
+            }
+        }
+        self.waiting.insert(id);
+        true
+    }
+
+    /// The oldest entry of `queue` waiting for `destination`, no longer waiting.
+    fn take_waiting(&mut self, queue: DeliveryQueue, destination: &str) -> Option<IVec> {
+        let state = self.queue(queue);
+        let keys = state.waiting.get_mut(destination)?;
+        let key = keys.pop_front();
+        if keys.is_empty() {
+            state.waiting.remove(destination);
+        }
+        let key = key?;
+        state.waiting_len -= 1;
+        if let Some((_, id)) = keys::parse_timed(&key) {
+            self.waiting.remove(id);
+        }
+        Some(key)
     }
 }
 
@@ -424,77 +537,160 @@ impl SledStore {
         Ok(())
     }
 
-    /// Claim up to `limit` deliveries from `queue` that are due at `now` (see [`Claims`]). A
-    /// claim writes nothing; queue entries their deliveries no longer have are returned, for
-    /// [`SledStore::remove_stale_entries`], and a record of the first layout has its body moved
-    /// out.
+    /// Claim up to `limit` deliveries from `queue` that are due at `now`, to destinations with
+    /// `room` (see [`Claims`]). A claim writes nothing; queue entries their deliveries no longer
+    /// have are returned, for [`SledStore::remove_stale_entries`], and a record of the first
+    /// layout has its body moved out.
     pub fn claim_due_deliveries(
         &self,
         queue: DeliveryQueue,
         now: Timestamp,
         limit: usize,
+        mut room: Room,
     ) -> Result<(Vec<Claimed>, Vec<StaleEntry>)> {
-        let mut claimed = Vec::with_capacity(limit.min(PREFETCH));
-        let mut stale = Vec::new();
+        let mut claim = Claim {
+            claimed: Vec::with_capacity(limit.min(PREFETCH)),
+            stale: Vec::new(),
+            bodies: Bodies::new(),
+            now,
+        };
         let mut state = self.claims.lock();
-        let mut scanned = false;
-        let mut bodies = Bodies::new();
-        while claimed.len() < limit {
-            let Some(key) = state.due(queue).pop_front() else {
-                if scanned {
+        state.queue(queue).blocked = false;
+        // First the entries waiting for destinations that have room now.
+        let ready: Vec<String> = state
+            .queue(queue)
+            .waiting
+            .keys()
+            .filter(|destination| room.of(destination) > 0)
+            .cloned()
+            .collect();
+        for destination in ready {
+            while claim.claimed.len() < limit && room.of(&destination) > 0 {
+                let Some(key) = state.take_waiting(queue, &destination) else {
+                    break;
+                };
+                if !state.may_claim(&key, now) {
+                    continue;
+                }
+                if let Some((raw, delivery)) = self.read_entry(&mut state, &key, &mut claim)? {
+                    room.take(&destination);
+                    let claimed = self.lease(&mut state, raw, delivery);
+                    claim.claimed.push(claimed);
+                }
+            }
+        }
+        // Then further along the queue. The queue is scanned again when the entries found run
+        // out, once, or for as long as each scan finds as many as it looked for and some of
+        // them were set waiting (the claim makes progress, and ends with every due entry
+        // looked at, taken, or the queue blocked).
+        let mut scan = Rescan::Once;
+        while claim.claimed.len() < limit {
+            let Some(entry) = state.queue(queue).due.pop_front() else {
+                if matches!(scan, Rescan::No | Rescan::IfWaiting) {
                     break;
                 }
-                scanned = true;
-                let found = self.scan_due(&state, queue, now, limit - claimed.len() + PREFETCH)?;
-                *state.due(queue) = found;
+                let want = limit - claim.claimed.len() + PREFETCH;
+                let found = self.scan_due(&state, queue, now, want)?;
+                scan = if found.len() == want {
+                    Rescan::IfWaiting
+                } else {
+                    Rescan::No
+                };
+                state.queue(queue).due = found;
                 continue;
             };
-            if !state.may_claim(&key, now) {
+            if !state.may_claim(&entry.key, now) {
                 continue;
             }
-            let Some((_, id)) = keys::parse_timed(&key) else {
-                continue;
-            };
-            state.held_back.remove(id);
-            let read = match self.deliveries.get(id)? {
-                None => None,
-                Some(raw) => match self.read_for_claim(id, raw, &mut bodies) {
-                    Ok(read) => Some(read),
-                    Err(StoreError::Corrupt(error)) => {
-                        tracing::error!(
-                            delivery_id = id,
-                            %error,
-                            "a stored delivery cannot be read; tried again in a minute"
-                        );
-                        let until = crate::clock::after(now, UNREADABLE_HOLD);
-                        state.held_back.insert(id.to_owned(), until);
-                        continue;
-                    }
-                    Err(other) => return Err(other),
-                },
-            };
-            let Some((raw, delivery)) = read else {
-                stale.push((key.to_vec(), id.to_owned()));
-                continue;
-            };
-            if queue_key(&delivery).as_deref() != Some(&key[..]) {
-                // Moved since the scan (a manual retry, say), or an entry left behind.
-                if self.queue.contains_key(&key)? {
-                    stale.push((key.to_vec(), id.to_owned()));
+            let named = std::str::from_utf8(&entry.destination).unwrap_or_default();
+            if !named.is_empty() && room.of(named) == 0 {
+                if !state.wait(queue, named, entry.key.clone()) {
+                    let queue_state = state.queue(queue);
+                    queue_state.due.push_front(entry);
+                    queue_state.blocked = true;
+                    break;
                 }
+                scan = scan.after_waiting();
                 continue;
             }
-            state.sending.insert(id.to_owned());
-            claimed.push(Claimed {
-                delivery: Arc::new(delivery),
-                lease: Box::new(SledLease {
-                    id: id.to_owned(),
-                    stored: raw,
-                    claims: self.claims.clone(),
-                }),
-            });
+            let Some((raw, delivery)) = self.read_entry(&mut state, &entry.key, &mut claim)? else {
+                continue;
+            };
+            // An entry that names no destination (written by an earlier version) is read
+            // first: its delivery's destination decides.
+            if !room.take(delivery.destination.host()) {
+                if !state.wait(queue, delivery.destination.host(), entry.key.clone()) {
+                    let queue_state = state.queue(queue);
+                    queue_state.due.push_front(entry);
+                    queue_state.blocked = true;
+                    break;
+                }
+                scan = scan.after_waiting();
+                continue;
+            }
+            let claimed = self.lease(&mut state, raw, delivery);
+            claim.claimed.push(claimed);
         }
-        Ok((claimed, stale))
+        Ok((claim.claimed, claim.stale))
+    }
+
+    /// The delivery of the due entry `key`, read to be claimed, with its record's bytes;
+    /// `None` if it cannot be now: its record is gone or has moved on (the entry goes to
+    /// `claim.stale` if it is still stored) or cannot be read (then it is held back for a
+    /// minute).
+    fn read_entry(
+        &self,
+        state: &mut ClaimState,
+        key: &IVec,
+        claim: &mut Claim,
+    ) -> Result<Option<(IVec, Delivery)>> {
+        let Some((_, id)) = keys::parse_timed(key) else {
+            return Ok(None);
+        };
+        state.held_back.remove(id);
+        let read = match self.deliveries.get(id)? {
+            None => None,
+            Some(raw) => match self.read_for_claim(id, raw, &mut claim.bodies) {
+                Ok(read) => Some(read),
+                Err(StoreError::Corrupt(error)) => {
+                    tracing::error!(
+                        delivery_id = id,
+                        %error,
+                        "a stored delivery cannot be read; tried again in a minute"
+                    );
+                    let until = crate::clock::after(claim.now, UNREADABLE_HOLD);
+                    state.held_back.insert(id.to_owned(), until);
+                    return Ok(None);
+                }
+                Err(other) => return Err(other),
+            },
+        };
+        let Some((raw, delivery)) = read else {
+            claim.stale.push((key.to_vec(), id.to_owned()));
+            return Ok(None);
+        };
+        if queue_key(&delivery).as_deref() != Some(&key[..]) {
+            // Moved since the scan (a manual retry, say), or an entry left behind.
+            if self.queue.contains_key(key)? {
+                claim.stale.push((key.to_vec(), id.to_owned()));
+            }
+            return Ok(None);
+        }
+        Ok(Some((raw, delivery)))
+    }
+
+    /// Claim a delivery read by [`SledStore::read_entry`].
+    fn lease(&self, state: &mut ClaimState, raw: IVec, delivery: Delivery) -> Claimed {
+        let id = delivery.id.as_str().to_owned();
+        state.sending.insert(id.clone());
+        Claimed {
+            delivery: Arc::new(delivery),
+            lease: Box::new(SledLease {
+                id,
+                stored: raw,
+                claims: self.claims.clone(),
+            }),
+        }
     }
 
     /// Up to `want` entries of `queue` due at `now` that may be claimed, in order.
@@ -504,15 +700,15 @@ impl SledStore {
         queue: DeliveryQueue,
         now: Timestamp,
         want: usize,
-    ) -> Result<VecDeque<IVec>> {
+    ) -> Result<VecDeque<DueEntry>> {
         let mut found = VecDeque::new();
         for entry in super::due_entries(&self.queue, queue_tag(queue), now) {
             if found.len() >= want {
                 break;
             }
-            let (key, _) = entry?;
+            let (key, destination) = entry?;
             if state.may_claim(&key, now) {
-                found.push_back(key);
+                found.push_back(DueEntry { key, destination });
             }
         }
         Ok(found)
@@ -667,11 +863,16 @@ impl SledStore {
         Ok(found)
     }
 
-    /// When the earliest delivery of `queue` that is not claimed may be claimed.
+    /// When the earliest delivery of `queue` that is not claimed may be claimed (`None` while
+    /// the queue is blocked: an attempt that ends wakes the worker).
     pub fn next_delivery_due_at(&self, queue: DeliveryQueue) -> Result<Option<Timestamp>> {
         let state = self.claims.lock();
-        let buffered = &state.due[usize::from(queue == DeliveryQueue::Retry)];
-        if let Some(at) = state.earliest(buffered.iter().map(|key| Ok(key.clone())))? {
+        let queue_state = &state.queues[slot(queue)];
+        if queue_state.blocked {
+            return Ok(None);
+        }
+        let buffered = queue_state.due.iter().map(|entry| Ok(entry.key.clone()));
+        if let Some(at) = state.earliest(buffered)? {
             return Ok(Some(at));
         }
         let stored = self.queue.scan_prefix([queue_tag(queue)]).map(|entry| {
@@ -717,6 +918,147 @@ mod tests {
         delivery
     }
 
+    const HOST_A: &str = "http://127.0.0.1:9001";
+    const HOST_B: &str = "http://127.0.0.2:9002";
+
+    /// Fresh deliveries, one to each URL, due a millisecond apart in that order, the last one
+    /// at `now`.
+    async fn queue_to(store: &SledStore, urls: &[String], now: Timestamp) -> Vec<Delivery> {
+        let tenant = Tenant::parse("acme").unwrap();
+        let deliveries: Vec<Delivery> = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let at = now - chrono::Duration::milliseconds((urls.len() - 1 - i) as i64);
+                let event = Event::test(tenant.clone(), at);
+                let destination = Destination::Callback { url: url.clone() };
+                let mut delivery = Delivery::new(&event, None, destination, at);
+                delivery.state = DeliveryState::Pending;
+                delivery.next_attempt_at = Some(at);
+                delivery
+            })
+            .collect();
+        api(store)
+            .insert_deliveries(deliveries.clone())
+            .await
+            .unwrap();
+        deliveries
+    }
+
+    fn urls(hosts: &[&str]) -> Vec<String> {
+        hosts.iter().map(|host| format!("{host}/hook")).collect()
+    }
+
+    /// The room of a worker whose requests to `HOST_A` are all taken but `free`.
+    fn room_at_a(free: usize) -> Room {
+        Room::new(8, [(HOST_A.to_owned(), free)])
+    }
+
+    fn ids(claimed: &[Claimed]) -> Vec<DeliveryId> {
+        claimed.iter().map(|c| c.delivery.id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_claim_passes_over_a_destination_without_room_unread_and_takes_its_deliveries_first_once_it_has_room(
+    ) {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let queued = queue_to(&store, &urls(&[HOST_A, HOST_A, HOST_B, HOST_A]), now).await;
+        let (a1, a2, b1, a3) = (&queued[0], &queued[1], &queued[2], &queued[3]);
+        // A2's record is gone: a claim that read it would report its entry as stale.
+        store.deliveries.remove(a2.id.as_str()).unwrap();
+
+        let (claimed, stale) = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(0))
+            .unwrap();
+        assert_eq!(ids(&claimed), vec![b1.id.clone()]);
+        assert!(stale.is_empty(), "A's deliveries were read: {stale:?}");
+        // A's wait for an attempt to end (which wakes the worker): nothing is due meanwhile.
+        assert_eq!(
+            store.next_delivery_due_at(DeliveryQueue::Fresh).unwrap(),
+            None
+        );
+
+        let (first, _) = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(1))
+            .unwrap();
+        assert_eq!(ids(&first), vec![a1.id.clone()], "the oldest of A's first");
+
+        let (rest, stale) = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(8))
+            .unwrap();
+        assert_eq!(ids(&rest), vec![a3.id.clone()]);
+        let stale: HashSet<&str> = stale.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(
+            stale,
+            HashSet::from([a2.id.as_str()]),
+            "A2's entry, read now"
+        );
+        drop((claimed, first, rest));
+    }
+
+    #[tokio::test]
+    async fn an_entry_that_names_no_destination_is_read_and_waits_for_its_room_too() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let queued = queue_to(&store, &urls(&[HOST_A, HOST_B]), now).await;
+        // As an earlier version wrote it: no destination in the entry.
+        let key = queue_key(&queued[0]).unwrap();
+        assert_eq!(
+            store.queue.get(&key).unwrap().as_deref(),
+            Some(HOST_A.as_bytes())
+        );
+        store.queue.insert(&key, &[]).unwrap();
+
+        let (claimed, stale) = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(0))
+            .unwrap();
+        assert_eq!(ids(&claimed), vec![queued[1].id.clone()]);
+        assert!(stale.is_empty());
+        let (claimed_a, _) = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(1))
+            .unwrap();
+        assert_eq!(ids(&claimed_a), vec![queued[0].id.clone()]);
+        drop(claimed);
+    }
+
+    #[tokio::test]
+    async fn past_the_waiting_limit_a_queue_waits_for_room_instead_of_reading_further() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let mut hosts = vec![HOST_A; WAITING_LIMIT + 2];
+        hosts.push(HOST_B);
+        let queued = queue_to(&store, &urls(&hosts), now).await;
+
+        let (claimed, _) = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(0))
+            .unwrap();
+        assert!(claimed.is_empty(), "B is behind more than the limit");
+        // Blocked: only an attempt that ends can change that, and it wakes the worker.
+        assert_eq!(
+            store.next_delivery_due_at(DeliveryQueue::Fresh).unwrap(),
+            None
+        );
+        let (claimed, _) = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(3))
+            .unwrap();
+        // A's oldest three, and, their places waiting taken by the next of A's, B.
+        let mut expected = ids_of(&queued[..3]);
+        expected.push(queued[queued.len() - 1].id.clone());
+        assert_eq!(ids(&claimed), expected);
+        let (mut all, _) = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, usize::MAX, Room::unlimited())
+            .unwrap();
+        all.extend(claimed);
+        assert_eq!(all.len(), queued.len(), "every one is claimed once");
+        let distinct: HashSet<DeliveryId> = ids(&all).into_iter().collect();
+        assert_eq!(distinct.len(), queued.len());
+    }
+
+    fn ids_of(deliveries: &[Delivery]) -> Vec<DeliveryId> {
+        deliveries.iter().map(|d| d.id.clone()).collect()
+    }
+
     #[tokio::test]
     async fn update_delivery_requeues_and_is_scoped_to_the_tenant() {
         let (store, _dir) = temp_store();
@@ -760,7 +1102,7 @@ mod tests {
         assert_eq!(updated.message_id, delivery.message_id);
         assert_eq!(queued(&store, DeliveryQueue::Fresh), 1);
         let claimed = api(&store)
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, Room::unlimited())
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1);
@@ -888,7 +1230,7 @@ mod tests {
 
     fn claim_ids(store: &SledStore, now: Timestamp) -> (Vec<Claimed>, Vec<DeliveryId>) {
         let (claimed, _stale) = store
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, Room::unlimited())
             .unwrap();
         let ids = claimed.iter().map(|c| c.delivery.id.clone()).collect();
         (claimed, ids)
@@ -985,7 +1327,7 @@ mod tests {
             assert_eq!(read.payload.json(), d.payload.json());
         }
         let claimed = api(&store)
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, Room::unlimited())
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3);
@@ -1032,7 +1374,7 @@ mod tests {
         assert_eq!(read.message_id, delivery.message_id);
         assert_eq!(queued(&store, DeliveryQueue::Fresh), 1, "still queued");
         let claimed = api(&store)
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, Room::unlimited())
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1);
@@ -1075,7 +1417,7 @@ mod tests {
 
         // Recorded by the worker: the claim moves the body out before the attempt.
         let claimed = api(&store)
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, Room::unlimited())
             .await
             .unwrap();
         assert_eq!(claimed.len(), 2);
@@ -1157,7 +1499,7 @@ mod tests {
         }
         let store = reopen(dir.path());
         let claimed = api(&store)
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10)
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, Room::unlimited())
             .await
             .unwrap();
         let ids: Vec<_> = claimed.iter().map(|c| c.delivery.id.clone()).collect();
@@ -1199,7 +1541,7 @@ mod tests {
             let three = (0..3).map(|_| due_delivery(&acme, now)).collect();
             api(&store).insert_deliveries(three).await.unwrap();
             let claimed = api(&store)
-                .claim_due_deliveries(DeliveryQueue::Fresh, now, 1)
+                .claim_due_deliveries(DeliveryQueue::Fresh, now, 1, Room::unlimited())
                 .await
                 .unwrap();
             record_success(&store, claimed.into_iter().next().unwrap()).await;

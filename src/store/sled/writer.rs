@@ -69,9 +69,9 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Queue a delivery (`queue`), counted.
-    pub fn put_queued(&self, key: &[u8]) -> TxResult<()> {
-        let old = self.queue.insert(key, &[])?;
+    /// Queue a delivery (`queue`), counted; `value` names its destination.
+    pub fn put_queued(&self, key: &[u8], value: &str) -> TxResult<()> {
+        let old = self.queue.insert(key, value.as_bytes())?;
         self.deltas.borrow_mut().inserted(key, old.is_some());
         Ok(())
     }

@@ -7,11 +7,12 @@
 //! that sled runs again is not counted twice). A directory written before the counts were kept
 //! is counted once when it is opened.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sled::transaction::TransactionalTree;
 
+use super::keys;
 use super::writer::TxResult;
 use super::Result;
 use crate::store::Counts;
@@ -27,15 +28,28 @@ fn slot(key: &[u8]) -> Option<usize> {
     TAGS.iter().position(|t| *t == tag)
 }
 
-/// Entries added (+) and removed (-) by one transaction, per queue tag.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Deltas([i64; 4]);
+/// Entries added (+) and removed (-) by one transaction, per queue tag, and the earliest due
+/// time (millis) of the delivery entries it wrote, fresh and retry (`u64::MAX`: none).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deltas([i64; 4], [u64; 2]);
+
+impl Default for Deltas {
+    fn default() -> Self {
+        Deltas([0; 4], [u64::MAX; 2])
+    }
+}
 
 impl Deltas {
     /// An entry `key` was written; `existed` says whether it was there before.
     pub fn inserted(&mut self, key: &[u8], existed: bool) {
-        if let (Some(i), false) = (slot(key), existed) {
+        let Some(i) = slot(key) else {
+            return;
+        };
+        if !existed {
             self.0[i] += 1;
+        }
+        if let (Some(delivery_queue), Some((due, _))) = (i.checked_sub(2), keys::parse_timed(key)) {
+            self.1[delivery_queue] = self.1[delivery_queue].min(due);
         }
     }
 
@@ -80,8 +94,17 @@ fn encode(counts: [i64; 2]) -> [u8; 16] {
     raw
 }
 
-#[derive(Clone, Debug, Default)]
-pub(crate) struct QueueCounts(Arc<[AtomicI64; 4]>);
+#[derive(Clone, Debug)]
+pub(crate) struct QueueCounts(Arc<[AtomicI64; 4]>, Arc<[AtomicU64; 2]>);
+
+impl Default for QueueCounts {
+    fn default() -> Self {
+        QueueCounts(
+            Arc::default(),
+            Arc::new([AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)]),
+        )
+    }
+}
 
 impl QueueCounts {
     /// The counts as the queue trees keep them; counted (once, and then kept) in a directory
@@ -114,6 +137,18 @@ impl QueueCounts {
                 count.fetch_add(delta, Ordering::Relaxed);
             }
         }
+        for (earliest, due) in self.1.iter().zip(deltas.1) {
+            if due != u64::MAX {
+                earliest.fetch_min(due, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// The earliest due time (millis) of the entries written to delivery queue `queue` (0:
+    /// fresh, 1: retry) since the last call, if any: a claim scanning on from where it stopped
+    /// looks from there too (see `deliveries::Claims`).
+    pub fn take_earliest_written(&self, queue: usize) -> Option<u64> {
+        Some(self.1[queue].swap(u64::MAX, Ordering::AcqRel)).filter(|due| *due != u64::MAX)
     }
 
     pub fn read(&self) -> Counts {

@@ -3,6 +3,8 @@
 use std::any::Any;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
@@ -327,6 +329,13 @@ struct QueueState {
     waiting: HashMap<String, VecDeque<IVec>>,
     /// Entries in `waiting`.
     waiting_len: usize,
+    /// Where the next scan goes on from: after this entry, the last one the previous scan
+    /// looked at. Entries before it are taken, being sent, waiting or in `due`; anything that
+    /// puts one back there (a claim released without its attempt recorded, a delivery put
+    /// back) clears it, and one written there moves the next scan's start back to it
+    /// ([`QueueCounts::take_earliest_written`](super::counts::QueueCounts)). Without it a scan
+    /// would walk past every entry being sent or waiting at the head of the queue.
+    cursor: Option<IVec>,
     /// The last claim stopped at an entry it could neither take nor set waiting
     /// ([`WAITING_LIMIT`]): nothing further in this queue is claimed before an attempt ends.
     blocked: bool,
@@ -406,6 +415,12 @@ impl ClaimState {
         )
     }
 
+    /// Whether the entry `key` is being sent or waits for its destination's room.
+    fn is_taken(&self, key: &[u8]) -> bool {
+        keys::parse_timed(key)
+            .is_some_and(|(_, id)| self.sending.contains(id) || self.waiting.contains(id))
+    }
+
     /// Let the entry `key` of `queue` wait for `destination`'s room; `false` when the queue has
     /// [`WAITING_LIMIT`] waiting already.
     fn wait(&mut self, queue: DeliveryQueue, destination: &str, key: IVec) -> bool {
@@ -453,11 +468,16 @@ struct SledLease {
     id: String,
     stored: IVec,
     claims: Claims,
+    /// Its queue's [`slot`].
+    queue: usize,
+    /// Its attempt is recorded: its queue entry has moved on or is gone.
+    recorded: AtomicBool,
 }
 
 impl Lease for SledLease {
     fn put_back(self: Box<Self>, at: Timestamp) {
         let mut state = self.claims.lock();
+        state.queues[self.queue].cursor = None;
         if state.held_back.len() >= HELD_BACK_LIMIT {
             // Entries whose time has come hold nothing back any more.
             state.held_back.retain(|_, until| *until > at);
@@ -472,7 +492,12 @@ impl Lease for SledLease {
 
 impl Drop for SledLease {
     fn drop(&mut self) {
-        self.claims.lock().sending.remove(&self.id);
+        let mut state = self.claims.lock();
+        state.sending.remove(&self.id);
+        if !self.recorded.load(Ordering::Acquire) {
+            // Its entry is where it was, before where the scans go on from.
+            state.queues[self.queue].cursor = None;
+        }
     }
 }
 
@@ -574,7 +599,7 @@ impl SledStore {
                 }
                 if let Some((raw, delivery)) = self.read_entry(&mut state, &key, &mut claim)? {
                     room.take(&destination);
-                    let claimed = self.lease(&mut state, raw, delivery);
+                    let claimed = self.lease(&mut state, queue, raw, delivery);
                     claim.claimed.push(claimed);
                 }
             }
@@ -590,7 +615,7 @@ impl SledStore {
                     break;
                 }
                 let want = limit - claim.claimed.len() + PREFETCH;
-                let found = self.scan_due(&state, queue, now, want)?;
+                let found = self.scan_due(&mut state, queue, now, want)?;
                 scan = if found.len() == want {
                     Rescan::IfWaiting
                 } else {
@@ -628,7 +653,7 @@ impl SledStore {
                 scan = scan.after_waiting();
                 continue;
             }
-            let claimed = self.lease(&mut state, raw, delivery);
+            let claimed = self.lease(&mut state, queue, raw, delivery);
             claim.claimed.push(claimed);
         }
         Ok((claim.claimed, claim.stale))
@@ -660,6 +685,10 @@ impl SledStore {
                     );
                     let until = crate::clock::after(claim.now, UNREADABLE_HOLD);
                     state.held_back.insert(id.to_owned(), until);
+                    // Held back behind where the scans go on from: the next one starts over.
+                    for queue in &mut state.queues {
+                        queue.cursor = None;
+                    }
                     return Ok(None);
                 }
                 Err(other) => return Err(other),
@@ -679,8 +708,14 @@ impl SledStore {
         Ok(Some((raw, delivery)))
     }
 
-    /// Claim a delivery read by [`SledStore::read_entry`].
-    fn lease(&self, state: &mut ClaimState, raw: IVec, delivery: Delivery) -> Claimed {
+    /// Claim a delivery of `queue` read by [`SledStore::read_entry`].
+    fn lease(
+        &self,
+        state: &mut ClaimState,
+        queue: DeliveryQueue,
+        raw: IVec,
+        delivery: Delivery,
+    ) -> Claimed {
         let id = delivery.id.as_str().to_owned();
         state.sending.insert(id.clone());
         Claimed {
@@ -689,28 +724,59 @@ impl SledStore {
                 id,
                 stored: raw,
                 claims: self.claims.clone(),
+                queue: slot(queue),
+                recorded: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Up to `want` entries of `queue` due at `now` that may be claimed, in order.
+    /// Up to `want` entries of `queue` due at `now` that may be claimed, in order, from where
+    /// the last scan stopped (see [`QueueState::cursor`]); the cursor moves on.
     fn scan_due(
         &self,
-        state: &ClaimState,
+        state: &mut ClaimState,
         queue: DeliveryQueue,
         now: Timestamp,
         want: usize,
     ) -> Result<VecDeque<DueEntry>> {
-        let mut found = VecDeque::new();
-        for entry in super::due_entries(&self.queue, queue_tag(queue), now) {
-            if found.len() >= want {
-                break;
+        let tag = queue_tag(queue);
+        let written = self.counts.take_earliest_written(slot(queue));
+        let cursor = state.queue(queue).cursor.take();
+        let start: Bound<Vec<u8>> = match (cursor, written) {
+            (Some(after), Some(due)) if keys::timed(tag, from_millis(due), "")[..] <= after[..] => {
+                Bound::Included(keys::timed(tag, from_millis(due), ""))
             }
-            let (key, destination) = entry?;
-            if state.may_claim(&key, now) {
-                found.push_back(DueEntry { key, destination });
+            (Some(after), _) => Bound::Excluded(after.to_vec()),
+            (None, _) => Bound::Included(vec![tag]),
+        };
+        let end = keys::timed_upper(tag, now);
+        let empty = match &start {
+            Bound::Included(from) => *from >= end,
+            Bound::Excluded(after) => *after >= end,
+            Bound::Unbounded => false,
+        };
+        let mut found = VecDeque::new();
+        let mut last: Option<IVec> = None;
+        let mut passed_held = false;
+        if !empty {
+            for entry in self.queue.range((start, Bound::Excluded(end))) {
+                if found.len() >= want {
+                    break;
+                }
+                let (key, destination) = entry?;
+                if state.may_claim(&key, now) {
+                    found.push_back(DueEntry {
+                        key: key.clone(),
+                        destination,
+                    });
+                } else if !state.is_taken(&key) {
+                    // Held back: claimable later, so the next scan must look here again.
+                    passed_held = true;
+                }
+                last = Some(key);
             }
         }
+        state.queue(queue).cursor = if passed_held { None } else { last };
         Ok(found)
     }
 
@@ -761,10 +827,13 @@ impl SledStore {
                 )?;
                 // The changed record stays on this thread: only its outcome goes back.
                 Ok(match update {
-                    DeliveryUpdate::Updated(changed) => Some(Recorded {
-                        state: changed.state,
-                        attempts: changed.attempts.len(),
-                    }),
+                    DeliveryUpdate::Updated(changed) => {
+                        lease.recorded.store(true, Ordering::Release);
+                        Some(Recorded {
+                            state: changed.state,
+                            attempts: changed.attempts.len(),
+                        })
+                    }
                     DeliveryUpdate::Unchanged(_) | DeliveryUpdate::NotFound => None,
                 })
             })
@@ -1053,6 +1122,45 @@ mod tests {
         assert_eq!(all.len(), queued.len(), "every one is claimed once");
         let distinct: HashSet<DeliveryId> = ids(&all).into_iter().collect();
         assert_eq!(distinct.len(), queued.len());
+    }
+
+    #[tokio::test]
+    async fn scans_go_on_from_where_they_stopped_yet_find_what_comes_back_or_is_written_before() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let queued = queue_to(&store, &urls(&[HOST_B; 2 * PREFETCH]), now).await;
+        let claim = |limit| {
+            store
+                .claim_due_deliveries(DeliveryQueue::Fresh, now, limit, Room::unlimited())
+                .unwrap()
+                .0
+        };
+        let first = claim(10);
+        assert_eq!(ids(&first), ids_of(&queued[..10]));
+        assert!(
+            store.claims.lock().queues[0].cursor.is_some(),
+            "a partial scan"
+        );
+        // Released without their attempts recorded: due again.
+        drop(first);
+        // Written due before everything queued.
+        let earlier = queue_to(&store, &urls(&[HOST_A]), now - chrono::Duration::seconds(5)).await;
+
+        let mut again = HashSet::new();
+        let mut held = Vec::new();
+        loop {
+            let batch = claim(64);
+            if batch.is_empty() {
+                break;
+            }
+            for claimed in &batch {
+                assert!(again.insert(claimed.delivery.id.clone()), "claimed twice");
+            }
+            held.extend(batch);
+        }
+        let mut expected: HashSet<DeliveryId> = ids_of(&queued).into_iter().collect();
+        expected.insert(earlier[0].id.clone());
+        assert_eq!(again, expected);
     }
 
     fn ids_of(deliveries: &[Delivery]) -> Vec<DeliveryId> {

@@ -254,7 +254,7 @@ impl DeliveryWorker {
         Room::new(
             self.inner.settings.per_destination_concurrency,
             map.iter()
-                .map(|(host, slots)| (host.clone(), slots.available_permits())),
+                .map(|(host, slots)| (host.as_str(), slots.available_permits())),
         )
     }
 

@@ -16,7 +16,8 @@ use super::{keys, tx_result, Result, SledStore, StoreError};
 use crate::clock::Timestamp;
 use crate::domain::{Delivery, DeliveryId, DeliveryState, JobId, Payload, SubscriptionId, Tenant};
 use crate::store::{
-    Claimed, DeliveryChange, DeliveryPage, DeliveryQueue, DeliveryUpdate, Lease, Recorded, Room,
+    Claimed, DeliveryChange, DeliveryPage, DeliveryQueue, DeliveryUpdate, DestinationKey, Lease,
+    Recorded, Room,
 };
 
 /// Event bodies read during one read of several deliveries, by event id.
@@ -67,11 +68,22 @@ fn queue_tag(queue: DeliveryQueue) -> u8 {
     }
 }
 
-/// A pending delivery's queue entry: its key ([`queue_key`]) and its destination
-/// ([`Destination::host`](crate::domain::Destination::host)) as its value, so that a claim can
-/// pass over a destination without room without reading the delivery.
-fn queue_entry(delivery: &Delivery) -> Option<(Vec<u8>, &str)> {
-    Some((queue_key(delivery)?, delivery.destination.host()))
+/// A pending delivery's queue entry: its key ([`queue_key`]) and, as its value, its
+/// destination's key (8 bytes, big-endian), so that a claim can pass over a destination
+/// without room without reading the delivery.
+fn queue_entry(delivery: &Delivery) -> Option<(Vec<u8>, [u8; 8])> {
+    let destination = destination_of(delivery);
+    Some((queue_key(delivery)?, destination.0.to_be_bytes()))
+}
+
+fn destination_of(delivery: &Delivery) -> DestinationKey {
+    DestinationKey::of(delivery.destination.host())
+}
+
+/// The destination a queue entry's value names: none in an entry written before entries named
+/// one (an empty value).
+fn named_destination(value: &[u8]) -> Option<DestinationKey> {
+    Some(DestinationKey(u64::from_be_bytes(value.try_into().ok()?)))
 }
 
 fn queue_key(delivery: &Delivery) -> Option<Vec<u8>> {
@@ -120,7 +132,7 @@ pub(super) fn insert_deliveries_tx(
             )?;
         }
         if let Some((key, destination)) = queue_entry(delivery) {
-            tx.put_queued(&key, destination)?;
+            tx.put_queued(&key, &destination)?;
         }
     }
     for (job, ids) in of_job {
@@ -259,7 +271,7 @@ fn update_delivery_tx(
             tx.remove_queued(&key)?;
         }
         if let Some((key, destination)) = new_entry {
-            tx.put_queued(&key, destination)?;
+            tx.put_queued(&key, &destination)?;
         }
     }
     tx.deliveries
@@ -326,7 +338,7 @@ struct QueueState {
     /// head of the queue). Each is checked against the stored delivery when taken.
     due: VecDeque<DueEntry>,
     /// Entries passed over for want of room, by destination, oldest first.
-    waiting: HashMap<String, VecDeque<IVec>>,
+    waiting: HashMap<DestinationKey, VecDeque<IVec>>,
     /// Entries in `waiting`.
     waiting_len: usize,
     /// Where the next scan goes on from: after this entry, the last one the previous scan
@@ -341,8 +353,7 @@ struct QueueState {
     blocked: bool,
 }
 
-/// A due queue entry: its key and the destination its value names (empty in an entry written
-/// before entries named one).
+/// A due queue entry: its key and its value (see [`named_destination`]).
 struct DueEntry {
     key: IVec,
     destination: IVec,
@@ -423,7 +434,7 @@ impl ClaimState {
 
     /// Let the entry `key` of `queue` wait for `destination`'s room; `false` when the queue has
     /// [`WAITING_LIMIT`] waiting already.
-    fn wait(&mut self, queue: DeliveryQueue, destination: &str, key: IVec) -> bool {
+    fn wait(&mut self, queue: DeliveryQueue, destination: DestinationKey, key: IVec) -> bool {
         let Some((_, id)) = keys::parse_timed(&key) else {
             return true;
         };
@@ -433,25 +444,36 @@ impl ClaimState {
             return false;
         }
         state.waiting_len += 1;
-        match state.waiting.get_mut(destination) {
-            Some(keys) => keys.push_back(key),
-            None => {
-                state
-                    .waiting
-                    .insert(destination.to_owned(), VecDeque::from([key]));
-            }
-        }
+        state.waiting.entry(destination).or_default().push_back(key);
         self.waiting.insert(id);
         true
     }
 
-    /// The oldest entry of `queue` waiting for `destination`, no longer waiting.
-    fn take_waiting(&mut self, queue: DeliveryQueue, destination: &str) -> Option<IVec> {
+    /// Let `entry` wait for `destination`'s room, or, when [`WAITING_LIMIT`] entries of
+    /// `queue` wait already, put it back at the head of the entries found and block the queue
+    /// (`false`).
+    fn wait_or_block(
+        &mut self,
+        queue: DeliveryQueue,
+        destination: DestinationKey,
+        entry: DueEntry,
+    ) -> bool {
+        if self.wait(queue, destination, entry.key.clone()) {
+            return true;
+        }
         let state = self.queue(queue);
-        let keys = state.waiting.get_mut(destination)?;
+        state.due.push_front(entry);
+        state.blocked = true;
+        false
+    }
+
+    /// The oldest entry of `queue` waiting for `destination`, no longer waiting.
+    fn take_waiting(&mut self, queue: DeliveryQueue, destination: DestinationKey) -> Option<IVec> {
+        let state = self.queue(queue);
+        let keys = state.waiting.get_mut(&destination)?;
         let key = keys.pop_front();
         if keys.is_empty() {
-            state.waiting.remove(destination);
+            state.waiting.remove(&destination);
         }
         let key = key?;
         state.waiting_len -= 1;
@@ -571,7 +593,7 @@ impl SledStore {
         queue: DeliveryQueue,
         now: Timestamp,
         limit: usize,
-        mut room: Room,
+        room: Room,
     ) -> Result<(Vec<Claimed>, Vec<StaleEntry>)> {
         let mut claim = Claim {
             claimed: Vec::with_capacity(limit.min(PREFETCH)),
@@ -580,26 +602,45 @@ impl SledStore {
             now,
         };
         let mut state = self.claims.lock();
+        let claimed = self.claim_locked(&mut state, queue, limit, room, &mut claim);
+        if claimed.is_err() {
+            // Entries taken from memory and not claimed are where the scans have been.
+            state.queue(queue).cursor = None;
+        }
+        drop(state);
+        claimed?;
+        Ok((claim.claimed, claim.stale))
+    }
+
+    fn claim_locked(
+        &self,
+        state: &mut ClaimState,
+        queue: DeliveryQueue,
+        limit: usize,
+        mut room: Room,
+        claim: &mut Claim,
+    ) -> Result<()> {
+        let now = claim.now;
         state.queue(queue).blocked = false;
         // First the entries waiting for destinations that have room now.
-        let ready: Vec<String> = state
+        let ready: Vec<DestinationKey> = state
             .queue(queue)
             .waiting
             .keys()
-            .filter(|destination| room.of(destination) > 0)
-            .cloned()
+            .filter(|destination| room.of(**destination) > 0)
+            .copied()
             .collect();
         for destination in ready {
-            while claim.claimed.len() < limit && room.of(&destination) > 0 {
-                let Some(key) = state.take_waiting(queue, &destination) else {
+            while claim.claimed.len() < limit && room.of(destination) > 0 {
+                let Some(key) = state.take_waiting(queue, destination) else {
                     break;
                 };
                 if !state.may_claim(&key, now) {
                     continue;
                 }
-                if let Some((raw, delivery)) = self.read_entry(&mut state, &key, &mut claim)? {
-                    room.take(&destination);
-                    let claimed = self.lease(&mut state, queue, raw, delivery);
+                if let Some((raw, delivery)) = self.read_entry(state, &key, claim)? {
+                    room.take(destination);
+                    let claimed = self.lease(state, queue, raw, delivery);
                     claim.claimed.push(claimed);
                 }
             }
@@ -615,7 +656,7 @@ impl SledStore {
                     break;
                 }
                 let want = limit - claim.claimed.len() + PREFETCH;
-                let found = self.scan_due(&mut state, queue, now, want)?;
+                let found = self.scan_due(state, queue, now, want)?;
                 scan = if found.len() == want {
                     Rescan::IfWaiting
                 } else {
@@ -627,36 +668,30 @@ impl SledStore {
             if !state.may_claim(&entry.key, now) {
                 continue;
             }
-            let named = std::str::from_utf8(&entry.destination).unwrap_or_default();
-            if !named.is_empty() && room.of(named) == 0 {
-                if !state.wait(queue, named, entry.key.clone()) {
-                    let queue_state = state.queue(queue);
-                    queue_state.due.push_front(entry);
-                    queue_state.blocked = true;
+            if let Some(named) = named_destination(&entry.destination).filter(|d| room.of(*d) == 0)
+            {
+                if !state.wait_or_block(queue, named, entry) {
                     break;
                 }
                 scan = scan.after_waiting();
                 continue;
             }
-            let Some((raw, delivery)) = self.read_entry(&mut state, &entry.key, &mut claim)? else {
+            let Some((raw, delivery)) = self.read_entry(state, &entry.key, claim)? else {
                 continue;
             };
             // An entry that names no destination (written by an earlier version) is read
             // first: its delivery's destination decides.
-            if !room.take(delivery.destination.host()) {
-                if !state.wait(queue, delivery.destination.host(), entry.key.clone()) {
-                    let queue_state = state.queue(queue);
-                    queue_state.due.push_front(entry);
-                    queue_state.blocked = true;
+            if !room.take(destination_of(&delivery)) {
+                if !state.wait_or_block(queue, destination_of(&delivery), entry) {
                     break;
                 }
                 scan = scan.after_waiting();
                 continue;
             }
-            let claimed = self.lease(&mut state, queue, raw, delivery);
+            let claimed = self.lease(state, queue, raw, delivery);
             claim.claimed.push(claimed);
         }
-        Ok((claim.claimed, claim.stale))
+        Ok(())
     }
 
     /// The delivery of the due entry `key`, read to be claimed, with its record's bytes;
@@ -1020,7 +1055,7 @@ mod tests {
 
     /// The room of a worker whose requests to `HOST_A` are all taken but `free`.
     fn room_at_a(free: usize) -> Room {
-        Room::new(8, [(HOST_A.to_owned(), free)])
+        Room::new(8, [(HOST_A, free)])
     }
 
     fn ids(claimed: &[Claimed]) -> Vec<DeliveryId> {
@@ -1075,7 +1110,7 @@ mod tests {
         let key = queue_key(&queued[0]).unwrap();
         assert_eq!(
             store.queue.get(&key).unwrap().as_deref(),
-            Some(HOST_A.as_bytes())
+            Some(DestinationKey::of(HOST_A).0.to_be_bytes().as_slice())
         );
         store.queue.insert(&key, &[]).unwrap();
 

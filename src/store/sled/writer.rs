@@ -70,8 +70,8 @@ impl Tx<'_> {
     }
 
     /// Queue a delivery (`queue`), counted; `value` names its destination.
-    pub fn put_queued(&self, key: &[u8], value: &str) -> TxResult<()> {
-        let old = self.queue.insert(key, value.as_bytes())?;
+    pub fn put_queued(&self, key: &[u8], value: &[u8]) -> TxResult<()> {
+        let old = self.queue.insert(key, value)?;
         self.deltas.borrow_mut().inserted(key, old.is_some());
         Ok(())
     }

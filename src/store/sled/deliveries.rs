@@ -351,6 +351,11 @@ struct QueueState {
     /// The last claim stopped at an entry it could neither take nor set waiting
     /// ([`WAITING_LIMIT`]): nothing further in this queue is claimed before an attempt ends.
     blocked: bool,
+    /// When the queue was first blocked since an entry waiting in it was last taken. Blocked
+    /// for [`STALL_LIMIT`] without one taken, it stops waiting for its busy destinations: their
+    /// entries past the limit are held back for [`BUSY_HOLD`] instead, and the claims go on
+    /// past them (a receiver that hangs must not hold up every other one).
+    stalled_since: Option<Timestamp>,
 }
 
 /// A due queue entry: its key and its value (see [`named_destination`]).
@@ -367,9 +372,13 @@ fn slot(queue: DeliveryQueue) -> usize {
 /// Due queue entries kept beyond what a claim asked for.
 const PREFETCH: usize = 256;
 /// Entries waiting for room, at most, per queue. Past that a claim stops at the first entry
-/// whose destination has none, and the queue waits for an attempt to end: a destination with
-/// more than this many due deliveries keeps those behind them waiting too, as its own do.
+/// whose destination has none, and the queue waits for an attempt to end, for as long as the
+/// waiting entries are being taken ([`QueueState::stalled_since`]).
 const WAITING_LIMIT: usize = 4096;
+/// How long a queue blocked with no waiting entry taken waits before it goes past them.
+const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long an entry past the waiting limit of a stalled queue is held back.
+const BUSY_HOLD: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Claims {
     fn lock(&self) -> std::sync::MutexGuard<'_, ClaimState> {
@@ -449,22 +458,43 @@ impl ClaimState {
         true
     }
 
-    /// Let `entry` wait for `destination`'s room, or, when [`WAITING_LIMIT`] entries of
-    /// `queue` wait already, put it back at the head of the entries found and block the queue
-    /// (`false`).
+    /// Let `entry` wait for `destination`'s room. When [`WAITING_LIMIT`] entries of `queue`
+    /// wait already: hold it back if the queue has been stalled for [`STALL_LIMIT`], else put
+    /// it back at the head of the entries found and block the queue (`false`: the claim
+    /// stops).
     fn wait_or_block(
         &mut self,
         queue: DeliveryQueue,
         destination: DestinationKey,
         entry: DueEntry,
+        now: Timestamp,
     ) -> bool {
         if self.wait(queue, destination, entry.key.clone()) {
             return true;
         }
         let state = self.queue(queue);
+        let stalled_since = *state.stalled_since.get_or_insert(now);
+        if crate::clock::after(stalled_since, STALL_LIMIT) <= now {
+            // Behind where the scans go on from: the next one starts over.
+            state.cursor = None;
+            if let Some((_, id)) = keys::parse_timed(&entry.key) {
+                let id = id.to_owned();
+                self.hold_back(id, crate::clock::after(now, BUSY_HOLD));
+            }
+            return true;
+        }
         state.due.push_front(entry);
         state.blocked = true;
         false
+    }
+
+    /// Let the delivery `id` be claimed no earlier than `until`.
+    fn hold_back(&mut self, id: String, until: Timestamp) {
+        if self.held_back.len() >= HELD_BACK_LIMIT {
+            // Entries whose time has come hold nothing back any more.
+            self.held_back.retain(|_, at| *at > until);
+        }
+        self.held_back.insert(id, until);
     }
 
     /// The oldest entry of `queue` waiting for `destination`, no longer waiting.
@@ -472,6 +502,7 @@ impl ClaimState {
         let state = self.queue(queue);
         let keys = state.waiting.get_mut(&destination)?;
         let key = keys.pop_front();
+        state.stalled_since = None;
         if keys.is_empty() {
             state.waiting.remove(&destination);
         }
@@ -500,11 +531,7 @@ impl Lease for SledLease {
     fn put_back(self: Box<Self>, at: Timestamp) {
         let mut state = self.claims.lock();
         state.queues[self.queue].cursor = None;
-        if state.held_back.len() >= HELD_BACK_LIMIT {
-            // Entries whose time has come hold nothing back any more.
-            state.held_back.retain(|_, until| *until > at);
-        }
-        state.held_back.insert(self.id.clone(), at);
+        state.hold_back(self.id.clone(), at);
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
@@ -655,7 +682,7 @@ impl SledStore {
                 if matches!(scan, Rescan::No | Rescan::IfWaiting) {
                     break;
                 }
-                let want = limit - claim.claimed.len() + PREFETCH;
+                let want = (limit - claim.claimed.len()).saturating_add(PREFETCH);
                 let found = self.scan_due(state, queue, now, want)?;
                 scan = if found.len() == want {
                     Rescan::IfWaiting
@@ -670,7 +697,7 @@ impl SledStore {
             }
             if let Some(named) = named_destination(&entry.destination).filter(|d| room.of(*d) == 0)
             {
-                if !state.wait_or_block(queue, named, entry) {
+                if !state.wait_or_block(queue, named, entry, now) {
                     break;
                 }
                 scan = scan.after_waiting();
@@ -682,7 +709,7 @@ impl SledStore {
             // An entry that names no destination (written by an earlier version) is read
             // first: its delivery's destination decides.
             if !room.take(destination_of(&delivery)) {
-                if !state.wait_or_block(queue, destination_of(&delivery), entry) {
+                if !state.wait_or_block(queue, destination_of(&delivery), entry, now) {
                     break;
                 }
                 scan = scan.after_waiting();
@@ -1127,33 +1154,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn past_the_waiting_limit_a_queue_waits_for_room_instead_of_reading_further() {
+    async fn past_the_waiting_limit_a_queue_waits_for_its_busy_destination_while_it_makes_progress()
+    {
         let (store, _dir) = temp_store();
         let now = chrono::Utc::now();
         let mut hosts = vec![HOST_A; WAITING_LIMIT + 2];
         hosts.push(HOST_B);
         let queued = queue_to(&store, &urls(&hosts), now).await;
+        let b = queued.last().unwrap().id.clone();
+        let at = |ms: i64| now + chrono::Duration::milliseconds(ms);
+        let claim = |ms: i64, room: Room| {
+            store
+                .claim_due_deliveries(DeliveryQueue::Fresh, at(ms), usize::MAX, room)
+                .unwrap()
+                .0
+        };
 
-        let (claimed, _) = store
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(0))
-            .unwrap();
-        assert!(claimed.is_empty(), "B is behind more than the limit");
+        let mut all = claim(0, room_at_a(0));
+        assert!(all.is_empty(), "B is behind more than the limit");
         // Blocked: only an attempt that ends can change that, and it wakes the worker.
         assert_eq!(
             store.next_delivery_due_at(DeliveryQueue::Fresh).unwrap(),
             None
         );
-        let (claimed, _) = store
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(3))
-            .unwrap();
-        // A's oldest three, and, their places waiting taken by the next of A's, B.
-        let mut expected = ids_of(&queued[..3]);
-        expected.push(queued[queued.len() - 1].id.clone());
-        assert_eq!(ids(&claimed), expected);
-        let (mut all, _) = store
-            .claim_due_deliveries(DeliveryQueue::Fresh, now, usize::MAX, Room::unlimited())
-            .unwrap();
-        all.extend(claimed);
+        assert!(claim(900, room_at_a(0)).is_empty(), "not stalled for long");
+        // A makes progress: one of its waiting deliveries goes.
+        let progress = claim(900, room_at_a(1));
+        assert_eq!(ids(&progress), ids_of(&queued[..1]));
+        all.extend(progress);
+        assert!(
+            claim(1_500, room_at_a(0)).is_empty(),
+            "stalled since 900 ms only"
+        );
+        // A second without progress: the claim goes past A's deliveries beyond the limit.
+        let past = claim(2_000, room_at_a(0));
+        assert_eq!(ids(&past), vec![b]);
+        all.extend(past);
+        // Those held back go again a little later.
+        all.extend(claim(3_000, Room::unlimited()));
         assert_eq!(all.len(), queued.len(), "every one is claimed once");
         let distinct: HashSet<DeliveryId> = ids(&all).into_iter().collect();
         assert_eq!(distinct.len(), queued.len());

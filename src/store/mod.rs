@@ -461,7 +461,9 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
         room: Room,
     ) -> Result<Vec<Claimed>>;
 
-    /// When the earliest delivery of `queue` that is not claimed may be claimed.
+    /// When the earliest delivery of `queue` that is not claimed may be claimed. A backend may
+    /// leave out deliveries that wait for their destination's room (an attempt that ends makes
+    /// room, and the worker claims again then).
     async fn next_delivery_due_at(&self, queue: DeliveryQueue) -> Result<Option<Timestamp>>;
 
     // --- Deliveries and attempts ---

@@ -26,6 +26,16 @@ type Bodies = HashMap<String, Payload>;
 /// A queue entry found stale by a claim, with its delivery's id.
 pub type StaleEntry = (Vec<u8>, String);
 
+/// What became of a due entry a claim passed over for want of room.
+enum Passed {
+    /// It waits for its destination's room, in memory.
+    Waiting,
+    /// It is held back for a while (its queue stalled, see [`QueueState::stalled_since`]).
+    HeldBack,
+    /// Neither: the queue is blocked and the claim stops.
+    Blocked,
+}
+
 /// Whether a claim scans its queue again when the entries it found run out.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Rescan {
@@ -320,12 +330,13 @@ pub(super) struct Claims(Arc<Mutex<ClaimState>>);
 
 #[derive(Default)]
 struct ClaimState {
-    /// Deliveries being sent, by id.
-    sending: HashSet<String>,
+    /// Deliveries being sent: their ids, with the queue entry each was claimed by.
+    sending: HashMap<String, IVec>,
     /// Deliveries put back for want of room, by id: not to be claimed before the time given.
     held_back: HashMap<String, Timestamp>,
-    /// Deliveries waiting for their destination's room, by id (see [`Waiting`]).
-    waiting: HashSet<String>,
+    /// Deliveries waiting for their destination's room: their ids, with their entries (see
+    /// [`QueueState::waiting`]).
+    waiting: HashMap<String, IVec>,
     /// Fresh, then retry.
     queues: [QueueState; 2],
 }
@@ -334,22 +345,25 @@ struct ClaimState {
 struct QueueState {
     /// Queue entries found due by the last scan, in order, not yet taken: claims take from
     /// here and scan the queue again only when it runs out, so a backlog is scanned once per
-    /// [`PREFETCH`] claims, not once per dispatch (a scan walks past every claimed entry at the
-    /// head of the queue). Each is checked against the stored delivery when taken.
+    /// [`PREFETCH`] claims, not once per dispatch. Each is checked against the stored delivery
+    /// when taken.
     due: VecDeque<DueEntry>,
     /// Entries passed over for want of room, by destination, oldest first.
     waiting: HashMap<DestinationKey, VecDeque<IVec>>,
     /// Entries in `waiting`.
     waiting_len: usize,
     /// Where the next scan goes on from: after this entry, the last one the previous scan
-    /// looked at. Entries before it are taken, being sent, waiting or in `due`; anything that
-    /// puts one back there (a claim released without its attempt recorded, a delivery put
-    /// back) clears it, and one written there moves the next scan's start back to it
+    /// looked at. Entries before it are taken, being sent, waiting or in `due`. Whatever may
+    /// leave one there clears it: a claim released without its attempt recorded (or whose
+    /// record failed), a delivery put back or held back, a scan that passed a held-back entry
+    /// or another entry of a delivery being sent or waiting, a claim that found its delivery
+    /// moved, or failed. An entry written there moves the next scan's start back to it
     /// ([`QueueCounts::take_earliest_written`](super::counts::QueueCounts)). Without it a scan
     /// would walk past every entry being sent or waiting at the head of the queue.
     cursor: Option<IVec>,
     /// The last claim stopped at an entry it could neither take nor set waiting
-    /// ([`WAITING_LIMIT`]): nothing further in this queue is claimed before an attempt ends.
+    /// ([`WAITING_LIMIT`]): nothing further in this queue is due before the next claim (an
+    /// attempt that ends wakes the worker for one, and it claims at least once a second).
     blocked: bool,
     /// When the queue was first blocked since an entry waiting in it was last taken. Blocked
     /// for [`STALL_LIMIT`] without one taken, it stops waiting for its busy destinations: their
@@ -402,8 +416,8 @@ impl ClaimState {
     }
 
     /// When the first of `keys` (queue entries, in order) that is not claimed may be claimed.
-    /// Held-back entries count from when they may go again; they are few (at most what one
-    /// dispatch found no room for), so this stops soon after the first entry not claimed.
+    /// Held-back entries count from when they may go again; entries being sent or waiting are
+    /// passed over (up to [`WAITING_LIMIT`] and [`HELD_BACK_LIMIT`] of them).
     fn earliest(&self, entries: impl Iterator<Item = Result<IVec>>) -> Result<Option<Timestamp>> {
         let mut earliest: Option<Timestamp> = None;
         for key in entries {
@@ -425,7 +439,7 @@ impl ClaimState {
     /// When the entry for `id`, due at `due`, may be claimed; `None` while it is being sent or
     /// waits for its destination's room (an attempt that ends makes room, and wakes the worker).
     fn claimable_at(&self, id: &str, due: Timestamp) -> Option<Timestamp> {
-        if self.sending.contains(id) || self.waiting.contains(id) {
+        if self.sending.contains_key(id) || self.waiting.contains_key(id) {
             return None;
         }
         Some(
@@ -435,10 +449,13 @@ impl ClaimState {
         )
     }
 
-    /// Whether the entry `key` is being sent or waits for its destination's room.
+    /// Whether the entry `key` itself is being sent or waits for its destination's room (not
+    /// another entry of its delivery: one written since, by a retry recorded or asked for).
     fn is_taken(&self, key: &[u8]) -> bool {
-        keys::parse_timed(key)
-            .is_some_and(|(_, id)| self.sending.contains(id) || self.waiting.contains(id))
+        keys::parse_timed(key).is_some_and(|(_, id)| {
+            let taken = |by: Option<&IVec>| by.is_some_and(|k| k[..] == *key);
+            taken(self.sending.get(id)) || taken(self.waiting.get(id))
+        })
     }
 
     /// Let the entry `key` of `queue` wait for `destination`'s room; `false` when the queue has
@@ -453,48 +470,57 @@ impl ClaimState {
             return false;
         }
         state.waiting_len += 1;
-        state.waiting.entry(destination).or_default().push_back(key);
-        self.waiting.insert(id);
+        state
+            .waiting
+            .entry(destination)
+            .or_default()
+            .push_back(key.clone());
+        self.waiting.insert(id, key);
         true
     }
 
     /// Let `entry` wait for `destination`'s room. When [`WAITING_LIMIT`] entries of `queue`
-    /// wait already: hold it back if the queue has been stalled for [`STALL_LIMIT`], else put
-    /// it back at the head of the entries found and block the queue (`false`: the claim
-    /// stops).
+    /// wait already: hold it back if the queue has been stalled for [`STALL_LIMIT`] (and
+    /// fewer than [`HELD_BACK_LIMIT`] are held back), else put it back at the head of the
+    /// entries found and block the queue.
     fn wait_or_block(
         &mut self,
         queue: DeliveryQueue,
         destination: DestinationKey,
         entry: DueEntry,
         now: Timestamp,
-    ) -> bool {
+    ) -> Passed {
         if self.wait(queue, destination, entry.key.clone()) {
-            return true;
+            return Passed::Waiting;
         }
-        let state = self.queue(queue);
-        let stalled_since = *state.stalled_since.get_or_insert(now);
+        let stalled_since = *self.queue(queue).stalled_since.get_or_insert(now);
         if crate::clock::after(stalled_since, STALL_LIMIT) <= now {
-            // Behind where the scans go on from: the next one starts over.
-            state.cursor = None;
             if let Some((_, id)) = keys::parse_timed(&entry.key) {
                 let id = id.to_owned();
-                self.hold_back(id, crate::clock::after(now, BUSY_HOLD));
+                if self.hold_back(id, crate::clock::after(now, BUSY_HOLD), now) {
+                    // Behind where the scans go on from: the next one starts over.
+                    self.queue(queue).cursor = None;
+                    return Passed::HeldBack;
+                }
             }
-            return true;
         }
+        let state = self.queue(queue);
         state.due.push_front(entry);
         state.blocked = true;
-        false
+        Passed::Blocked
     }
 
-    /// Let the delivery `id` be claimed no earlier than `until`.
-    fn hold_back(&mut self, id: String, until: Timestamp) {
+    /// Let the delivery `id` be claimed no earlier than `until`, unless [`HELD_BACK_LIMIT`]
+    /// are held back until after `expired` (`false`).
+    fn hold_back(&mut self, id: String, until: Timestamp, expired: Timestamp) -> bool {
         if self.held_back.len() >= HELD_BACK_LIMIT {
-            // Entries whose time has come hold nothing back any more.
-            self.held_back.retain(|_, at| *at > until);
+            self.held_back.retain(|_, at| *at > expired);
+            if self.held_back.len() >= HELD_BACK_LIMIT {
+                return false;
+            }
         }
         self.held_back.insert(id, until);
+        true
     }
 
     /// The oldest entry of `queue` waiting for `destination`, no longer waiting.
@@ -512,6 +538,13 @@ impl ClaimState {
             self.waiting.remove(id);
         }
         Some(key)
+    }
+
+    /// Send every scan back to the head of its queue.
+    fn rewind(&mut self) {
+        for queue in &mut self.queues {
+            queue.cursor = None;
+        }
     }
 }
 
@@ -531,7 +564,11 @@ impl Lease for SledLease {
     fn put_back(self: Box<Self>, at: Timestamp) {
         let mut state = self.claims.lock();
         state.queues[self.queue].cursor = None;
-        state.hold_back(self.id.clone(), at);
+        if state.held_back.len() >= HELD_BACK_LIMIT {
+            // Entries whose time has come hold nothing back any more.
+            state.held_back.retain(|_, until| *until > at);
+        }
+        state.held_back.insert(self.id.clone(), at);
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
@@ -667,7 +704,7 @@ impl SledStore {
                 }
                 if let Some((raw, delivery)) = self.read_entry(state, &key, claim)? {
                     room.take(destination);
-                    let claimed = self.lease(state, queue, raw, delivery);
+                    let claimed = self.lease(state, queue, &key, raw, delivery);
                     claim.claimed.push(claimed);
                 }
             }
@@ -697,10 +734,11 @@ impl SledStore {
             }
             if let Some(named) = named_destination(&entry.destination).filter(|d| room.of(*d) == 0)
             {
-                if !state.wait_or_block(queue, named, entry, now) {
-                    break;
+                match state.wait_or_block(queue, named, entry, now) {
+                    Passed::Waiting => scan = scan.after_waiting(),
+                    Passed::HeldBack => {}
+                    Passed::Blocked => break,
                 }
-                scan = scan.after_waiting();
                 continue;
             }
             let Some((raw, delivery)) = self.read_entry(state, &entry.key, claim)? else {
@@ -709,13 +747,14 @@ impl SledStore {
             // An entry that names no destination (written by an earlier version) is read
             // first: its delivery's destination decides.
             if !room.take(destination_of(&delivery)) {
-                if !state.wait_or_block(queue, destination_of(&delivery), entry, now) {
-                    break;
+                match state.wait_or_block(queue, destination_of(&delivery), entry, now) {
+                    Passed::Waiting => scan = scan.after_waiting(),
+                    Passed::HeldBack => {}
+                    Passed::Blocked => break,
                 }
-                scan = scan.after_waiting();
                 continue;
             }
-            let claimed = self.lease(state, queue, raw, delivery);
+            let claimed = self.lease(state, queue, &entry.key, raw, delivery);
             claim.claimed.push(claimed);
         }
         Ok(())
@@ -748,9 +787,7 @@ impl SledStore {
                     let until = crate::clock::after(claim.now, UNREADABLE_HOLD);
                     state.held_back.insert(id.to_owned(), until);
                     // Held back behind where the scans go on from: the next one starts over.
-                    for queue in &mut state.queues {
-                        queue.cursor = None;
-                    }
+                    state.rewind();
                     return Ok(None);
                 }
                 Err(other) => return Err(other),
@@ -761,7 +798,9 @@ impl SledStore {
             return Ok(None);
         };
         if queue_key(&delivery).as_deref() != Some(&key[..]) {
-            // Moved since the scan (a manual retry, say), or an entry left behind.
+            // Moved since the scan (a manual retry, say), maybe behind where the scans go on
+            // from; or an entry left behind.
+            state.rewind();
             if self.queue.contains_key(key)? {
                 claim.stale.push((key.to_vec(), id.to_owned()));
             }
@@ -775,11 +814,12 @@ impl SledStore {
         &self,
         state: &mut ClaimState,
         queue: DeliveryQueue,
+        key: &IVec,
         raw: IVec,
         delivery: Delivery,
     ) -> Claimed {
         let id = delivery.id.as_str().to_owned();
-        state.sending.insert(id.clone());
+        state.sending.insert(id.clone(), key.clone());
         Claimed {
             delivery: Arc::new(delivery),
             lease: Box::new(SledLease {
@@ -877,7 +917,8 @@ impl SledStore {
             .into_any()
             .downcast::<SledLease>()
             .map_err(|_| StoreError::Corrupt("a claim of another store".into()))?;
-        self.writer
+        let recorded = self
+            .writer
             .write(move |tx| {
                 let d = &*delivery;
                 let update = update_delivery_tx(
@@ -899,7 +940,13 @@ impl SledStore {
                     DeliveryUpdate::Unchanged(_) | DeliveryUpdate::NotFound => None,
                 })
             })
-            .await
+            .await;
+        if recorded.is_err() {
+            // A transaction that did not commit may have marked its lease recorded: its entry
+            // is where it was.
+            self.claims.lock().rewind();
+        }
+        recorded
     }
 
     /// Change a tenant's delivery atomically against concurrent writers (the worker recording
@@ -1234,6 +1281,39 @@ mod tests {
         let mut expected: HashSet<DeliveryId> = ids_of(&queued).into_iter().collect();
         expected.insert(earlier[0].id.clone());
         assert_eq!(again, expected);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_queue_holds_back_no_more_than_its_limit_and_its_claims_end() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let hosts = vec![HOST_A; WAITING_LIMIT + HELD_BACK_LIMIT + PREFETCH + 100];
+        queue_to(&store, &urls(&hosts), now).await;
+        let at = |ms: i64| now + chrono::Duration::milliseconds(ms);
+        // Stalled from the first claim on; a second later each claim holds back some of A's
+        // deliveries beyond the waiting limit, and ends, until no more may be held back.
+        for ms in [0].into_iter().chain(1_500..1_540) {
+            let (claimed, _) = store
+                .claim_due_deliveries(DeliveryQueue::Fresh, at(ms), 8, room_at_a(0))
+                .unwrap();
+            assert!(claimed.is_empty());
+            let state = store.claims.lock();
+            assert!(state.held_back.len() <= HELD_BACK_LIMIT);
+            assert_eq!(state.queues[0].waiting_len, WAITING_LIMIT);
+        }
+        {
+            let state = store.claims.lock();
+            assert_eq!(state.held_back.len(), HELD_BACK_LIMIT);
+            assert!(
+                state.queues[0].blocked,
+                "held back all it may, then blocked"
+            );
+        }
+        // Room again: A's waiting deliveries go first, oldest first.
+        let (claimed, _) = store
+            .claim_due_deliveries(DeliveryQueue::Fresh, at(1_545), 8, room_at_a(8))
+            .unwrap();
+        assert_eq!(claimed.len(), 8);
     }
 
     fn ids_of(deliveries: &[Delivery]) -> Vec<DeliveryId> {

@@ -1316,6 +1316,48 @@ mod tests {
         assert_eq!(claimed.len(), 8);
     }
 
+    #[tokio::test]
+    async fn a_waiting_delivery_moved_by_a_manual_retry_is_claimed_at_its_new_place() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let mut hosts = vec![HOST_A];
+        hosts.extend([HOST_B; 2 * PREFETCH]);
+        let queued = queue_to(&store, &urls(&hosts), now).await;
+        let a = queued[0].clone();
+        let claim = |ms: i64, room: Room| {
+            let at = now + chrono::Duration::milliseconds(ms);
+            store
+                .claim_due_deliveries(DeliveryQueue::Fresh, at, 10, room)
+                .unwrap()
+                .0
+        };
+        let mut held = claim(0, room_at_a(0));
+        assert!(!ids(&held).contains(&a.id), "A waits");
+        // Sent again now: a new entry, ahead of where the scans have been.
+        let moved = store
+            .update_delivery(
+                &a.tenant,
+                &a.id,
+                Box::new(move |d| {
+                    d.next_attempt_at = Some(now + chrono::Duration::milliseconds(5));
+                    true
+                }),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(moved, DeliveryUpdate::Updated(_)));
+        // Scanned while A still waits at its old place; then A has room.
+        loop {
+            let batch = claim(10, room_at_a(0));
+            if batch.is_empty() {
+                break;
+            }
+            held.extend(batch);
+        }
+        let found = claim(10, room_at_a(8));
+        assert_eq!(ids(&found), vec![a.id.clone()]);
+    }
+
     fn ids_of(deliveries: &[Delivery]) -> Vec<DeliveryId> {
         deliveries.iter().map(|d| d.id.clone()).collect()
     }

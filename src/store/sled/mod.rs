@@ -7,7 +7,8 @@
 //! - `index`: secondary keys, by prefix (see [`keys`]): a tenant's jobs, subscriptions and
 //!   deliveries, agent id → job id, a job's and a subscription's deliveries
 //! - `due`: the scheduler's queue, `kind | due millis | job id`
-//! - `queue`: the delivery worker's queue, `fresh|retry | due millis | delivery id`
+//! - `queue`: the delivery worker's queue, `fresh|retry | due millis | delivery id` → the
+//!   delivery's destination key (see `deliveries::Claims`)
 //! - `idempotency`: `tenant \0 key` → record; `secrets`: tenant → callback signing secrets
 //! - `meta`: the layout version of the records (see [`SledStore::open`])
 //! - `upstream`: agenthook's webhook registration with bitHuman (`upstream_webhook`)

@@ -223,7 +223,16 @@ async fn a_key_still_in_flight_answers_409() {
         .json(&body)
         .send();
     let second = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Once upstream has the first one's generate (held 800 ms), the first is in flight. A
+        // fixed head start was not enough on a loaded machine: the second came in first.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while generate_requests(&app).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first never reached upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         app.post("/v1/jobs", KEY_A)
             .header("Idempotency-Key", "slow-1")
             .json(&body)

@@ -4,10 +4,10 @@
 //! down piles up retries, which can use only the retry slots, so fresh events to healthy
 //! receivers never wait behind them. A per-destination limit keeps one receiver from taking
 //! every slot; each claim is told the room of each destination (`store::Room`), so that storage
-//! can pass over the deliveries of a destination at its limit. A claim is held in memory until the attempt is recorded on disk (it writes
-//! nothing; only one process opens the store), so the service never sends one attempt twice at
-//! once; a crash between sending and recording sends it again on the next start, with the same
-//! `webhook-id` (at least once).
+//! can pass over the deliveries of a destination at its limit. A claim is held in memory until
+//! the attempt is recorded on disk (it writes nothing; only one process opens the store), so
+//! the service never sends one attempt twice at once; a crash between sending and recording
+//! sends it again on the next start, with the same `webhook-id` (at least once).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

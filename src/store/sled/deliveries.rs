@@ -36,15 +36,13 @@ enum Passed {
     Blocked,
 }
 
-/// Whether a claim scans its queue again when the entries it found run out.
+/// Whether a claim scans its queue (again) when the entries it found run out.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Rescan {
-    /// Not yet scanned.
-    Once,
-    /// The last scan found all it looked for: again if an entry was set waiting since.
-    IfWaiting,
-    /// Again: an entry was set waiting since a full scan.
+    /// Yes: not scanned yet, or an entry was set waiting since a full scan.
     Yes,
+    /// The last scan found all it looked for: again if an entry is set waiting since.
+    IfWaiting,
     No,
 }
 
@@ -713,7 +711,7 @@ impl SledStore {
         // out, once, or for as long as each scan finds as many as it looked for and some of
         // them were set waiting (the claim makes progress, and ends with every due entry
         // looked at, taken, or the queue blocked).
-        let mut scan = Rescan::Once;
+        let mut scan = Rescan::Yes;
         while claim.claimed.len() < limit {
             let Some(entry) = state.queue(queue).due.pop_front() else {
                 if matches!(scan, Rescan::No | Rescan::IfWaiting) {
@@ -732,9 +730,9 @@ impl SledStore {
             if !state.may_claim(&entry.key, now) {
                 continue;
             }
-            if let Some(named) = named_destination(&entry.destination).filter(|d| room.of(*d) == 0)
-            {
-                match state.wait_or_block(queue, named, entry, now) {
+            let named = named_destination(&entry.destination);
+            if let Some(busy) = named.filter(|d| room.of(*d) == 0) {
+                match state.wait_or_block(queue, busy, entry, now) {
                     Passed::Waiting => scan = scan.after_waiting(),
                     Passed::HeldBack => {}
                     Passed::Blocked => break,
@@ -746,8 +744,9 @@ impl SledStore {
             };
             // An entry that names no destination (written by an earlier version) is read
             // first: its delivery's destination decides.
-            if !room.take(destination_of(&delivery)) {
-                match state.wait_or_block(queue, destination_of(&delivery), entry, now) {
+            let destination = named.unwrap_or_else(|| destination_of(&delivery));
+            if !room.take(destination) {
+                match state.wait_or_block(queue, destination, entry, now) {
                     Passed::Waiting => scan = scan.after_waiting(),
                     Passed::HeldBack => {}
                     Passed::Blocked => break,
@@ -842,21 +841,16 @@ impl SledStore {
         want: usize,
     ) -> Result<VecDeque<DueEntry>> {
         let tag = queue_tag(queue);
-        let written = self.counts.take_earliest_written(slot(queue));
-        let cursor = state.queue(queue).cursor.take();
-        let start: Bound<Vec<u8>> = match (cursor, written) {
-            (Some(after), Some(due)) if keys::timed(tag, from_millis(due), "")[..] <= after[..] => {
-                Bound::Included(keys::timed(tag, from_millis(due), ""))
-            }
+        // The first entry that can have been written since, if any.
+        let written = (self.counts.take_earliest_written(slot(queue)))
+            .map(|due| keys::timed(tag, from_millis(due), ""));
+        let start: Bound<Vec<u8>> = match (state.queue(queue).cursor.take(), written) {
+            (Some(after), Some(from)) if from[..] <= after[..] => Bound::Included(from),
             (Some(after), _) => Bound::Excluded(after.to_vec()),
             (None, _) => Bound::Included(vec![tag]),
         };
         let end = keys::timed_upper(tag, now);
-        let empty = match &start {
-            Bound::Included(from) => *from >= end,
-            Bound::Excluded(after) => *after >= end,
-            Bound::Unbounded => false,
-        };
+        let empty = !matches!(&start, Bound::Included(k) | Bound::Excluded(k) if *k < end);
         let mut found = VecDeque::new();
         let mut last: Option<IVec> = None;
         let mut passed_held = false;

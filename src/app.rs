@@ -226,6 +226,12 @@ impl Application {
                 .run(settings.server.shutdown_grace),
         );
         let maintenance = tokio::spawn(services.maintenance().run());
+        let trimmer = {
+            let signals = services.signals.clone();
+            tokio::spawn(crate::memory::trim_after_work(async move {
+                signals.shutdown_started().await
+            }))
+        };
         let watcher = {
             let signals = services.signals.clone();
             tokio::spawn(
@@ -256,7 +262,7 @@ impl Application {
             health: services.health,
             store: services.store,
             signals: services.signals,
-            workers: vec![poller, deliveries, maintenance, heartbeat, watcher],
+            workers: vec![poller, deliveries, maintenance, heartbeat, watcher, trimmer],
             settings,
         })
     }

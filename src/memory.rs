@@ -8,7 +8,13 @@
 //! 1,000 writes) leaves tens of MiB free but resident, spread over arenas that the next such
 //! round may not reuse. `malloc_trim` walks every arena and hands each whole free page back.
 //! BENCHMARKS.md, "The storage boundary (issue 12)", has the figures.
+//!
+//! Sustained work (a backlog drained, a steady fan-out) frees as it goes, and the arenas keep
+//! what each thread last freed: [`trim_after_work`] trims every [`MIN_INTERVAL`] while
+//! deliveries are being attempted, and once more after they stop.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,6 +43,34 @@ impl Pacing {
 }
 
 static PACING: Pacing = Pacing(Mutex::new(None));
+
+/// Attempts recorded since [`trim_after_work`] last looked.
+static WORK: AtomicUsize = AtomicUsize::new(0);
+
+/// Count `n` units of work (recorded attempts) toward the next trim.
+pub(crate) fn note_work(n: usize) {
+    WORK.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Until `stop` completes: every [`MIN_INTERVAL`], trim if at least [`BURST`] units of work
+/// were noted since the last look. The look after work stops sees the last of it, so memory
+/// freed at the end of a drain is given back too. One walk of the arenas every 10 s costs
+/// 1-20 ms of a blocking-pool thread while work goes on, nothing while idle.
+pub(crate) async fn trim_after_work(stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut ticks = tokio::time::interval(MIN_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticks.tick() => {
+                if WORK.swap(0, Ordering::Relaxed) >= BURST {
+                    release_after_burst().await;
+                }
+            }
+        }
+    }
+}
 
 /// After a burst of work, once its memory is freed: give the free pages of every malloc arena
 /// back to the system (on the blocking pool), unless that was done within [`MIN_INTERVAL`].
@@ -84,6 +118,22 @@ mod tests {
             !pacing.take(t0),
             "a clock read before the last trim is too soon"
         );
+    }
+
+    #[tokio::test]
+    async fn trim_after_work_runs_until_told_to_stop() {
+        note_work(BURST);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(trim_after_work(async {
+            let _ = rx.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished(), "it keeps looking until told to stop");
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("it stops when told")
+            .unwrap();
     }
 
     #[tokio::test]

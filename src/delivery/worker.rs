@@ -464,6 +464,7 @@ impl DeliveryWorker {
         claimed: Claimed,
         change: impl Fn(&mut Delivery) + Send + Sync + 'static,
     ) -> Result<Option<Recorded>, StoreError> {
+        crate::memory::note_work(1);
         self.inner
             .store
             .update_claimed(

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::{IVec, Transactional};
 
-use super::record::{decode_delivery, encode_delivery};
+use super::record::{decode_delivery, encode_delivery, encode_new, Body};
 use super::writer::{Tx, TxResult};
 use super::{keys, tx_result, Result, SledStore, StoreError};
 use crate::clock::Timestamp;
@@ -106,9 +106,10 @@ fn queue_key(delivery: &Delivery) -> Option<Vec<u8>> {
     ))
 }
 
-/// Store new deliveries (`encoded` are their records): each with its index and queue entries,
-/// and each event's body once, however many deliveries it has. The deliveries of one job stored
-/// together get one job index entry for all of them (a fan-out of a hundred writes one).
+/// Store new deliveries (`encoded` are their records, [`encode_new`]): each with its index and
+/// queue entries, and each event's body once, however many deliveries it has (in the record of
+/// an event's only delivery, else apart). The deliveries of one job stored together get one job
+/// index entry for all of them (a fan-out of a hundred writes one).
 pub(super) fn insert_deliveries_tx(
     tx: &Tx<'_>,
     deliveries: &[Delivery],
@@ -118,7 +119,7 @@ pub(super) fn insert_deliveries_tx(
     let mut of_job: Vec<(&JobId, Vec<&str>)> = Vec::new();
     for (delivery, bytes) in deliveries.iter().zip(encoded) {
         let id = delivery.id.as_str();
-        if bodies_written.insert(delivery.event_id.as_str()) {
+        if Body::of(bytes) == Body::Apart && bodies_written.insert(delivery.event_id.as_str()) {
             put_body_tx(tx.events, delivery)?;
         }
         tx.deliveries.insert(id, bytes.as_slice())?;
@@ -197,7 +198,9 @@ pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Res
         let done = entry.is_none();
         if let Some((key, raw)) = entry {
             match decode_delivery(&raw) {
-                Ok(delivery) if !delivery.payload.is_absent() => batch.push((key, delivery)),
+                Ok(delivery) if !delivery.payload.is_absent() && Body::of(&raw) == Body::Apart => {
+                    batch.push((key, delivery))
+                }
                 Ok(_) => {}
                 // Left as it is: reading it fails as it did before, and the service starts.
                 Err(error) => tracing::error!(
@@ -237,7 +240,7 @@ fn move_bodies_out(
     let result = (deliveries, events).transaction(|(deliveries, events)| {
         for (key, delivery) in batch {
             put_body_tx(events, delivery)?;
-            deliveries.insert(key, encode_delivery(delivery))?;
+            deliveries.insert(key, encode_delivery(delivery, Body::Apart))?;
         }
         Ok(())
     });
@@ -260,11 +263,7 @@ fn update_delivery_tx(
     // The claimed copy, when the record is still as claimed: no decoding, and one clone.
     let stored: Cow<'_, Delivery> = match claimed {
         Some((bytes, delivery)) if raw == bytes => Cow::Borrowed(delivery),
-        _ => Cow::Owned(with_body_tx(
-            tx.events,
-            decode_delivery(&raw).map_err(ConflictableTransactionError::Abort)?,
-            claimed.map(|(_, d)| d),
-        )?),
+        _ => Cow::Owned(with_body_tx(tx.events, &raw, claimed.map(|(_, d)| d))?),
     };
     if &stored.tenant != tenant {
         return Ok(DeliveryUpdate::NotFound);
@@ -283,21 +282,24 @@ fn update_delivery_tx(
         }
     }
     tx.deliveries
-        .insert(id.as_str(), encode_delivery(&changed))?;
+        .insert(id.as_str(), encode_delivery(&changed, Body::of(&raw)))?;
     Ok(DeliveryUpdate::Updated(changed))
 }
 
-/// A record read in a transaction, with its event's body: the claimed delivery's if it is of
-/// the same event, else the stored one. A record of the first layout holds its own (written by
-/// an earlier version after the upgrade ran): that body is written to `events` now, since the
-/// record will be written back without it.
+/// A record (`raw`) read in a transaction, with its event's body: its own if it holds it, else
+/// the claimed delivery's if it is of the same event, else the stored one. A JSON record of the
+/// first layout holds its own too (written by an earlier version after the upgrade ran): that
+/// body is written to `events` now, since the record will be written back without it.
 fn with_body_tx(
     events: &TransactionalTree,
-    mut stored: Delivery,
+    raw: &[u8],
     claimed: Option<&Delivery>,
 ) -> TxResult<Delivery> {
+    let mut stored = decode_delivery(raw).map_err(ConflictableTransactionError::Abort)?;
     if !stored.payload.is_absent() {
-        put_body_tx(events, &stored)?;
+        if Body::of(raw) == Body::Apart {
+            put_body_tx(events, &stored)?;
+        }
         return Ok(stored);
     }
     let event = stored.event_id.as_str();
@@ -594,7 +596,7 @@ const UNREADABLE_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 impl SledStore {
     /// Store deliveries that no job transition caused (test events, say), queued at once.
     pub async fn insert_deliveries(&self, deliveries: Vec<Delivery>) -> Result<()> {
-        let encoded: Vec<Vec<u8>> = deliveries.iter().map(encode_delivery).collect();
+        let encoded = encode_new(&deliveries);
         self.writer
             .write_rows(deliveries.len(), move |tx| {
                 insert_deliveries_tx(tx, &deliveries, &encoded)
@@ -602,14 +604,17 @@ impl SledStore {
             .await
     }
 
-    /// The delivery `id` stored as `raw`, with its event's body, to be claimed: a record that
-    /// still holds its body (written by an earlier version) has it moved out first, so that
-    /// recording the attempt, which writes the record without it, cannot lose it. Returns the
-    /// record's bytes as stored now. `bodies` are the event bodies this claim read already.
+    /// The delivery `id` stored as `raw`, with its event's body, to be claimed: a JSON record
+    /// of the first layout (written by an earlier version) has its body moved out first, so
+    /// that recording the attempt, which writes the record without it, cannot lose it. Returns
+    /// the record's bytes as stored now. `bodies` are the event bodies this claim read already.
     fn read_for_claim(&self, id: &str, raw: IVec, bodies: &mut Bodies) -> Result<(IVec, Delivery)> {
         let mut decoded = decode_delivery(&raw)?;
         if decoded.payload.is_absent() {
             self.attach_body(&mut decoded, bodies)?;
+            return Ok((raw, decoded));
+        }
+        if Body::of(&raw) == Body::Inside {
             return Ok((raw, decoded));
         }
         move_bodies_out(
@@ -617,7 +622,7 @@ impl SledStore {
             &self.events,
             &[(IVec::from(id.as_bytes()), decoded.clone())],
         )?;
-        Ok((IVec::from(encode_delivery(&decoded)), decoded))
+        Ok((IVec::from(encode_delivery(&decoded, Body::Apart)), decoded))
     }
 
     /// The delivery stored as `raw`, with its event's body (from `bodies`, the ones this read
@@ -1634,6 +1639,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_events_only_delivery_holds_its_body_through_its_claim_and_record() {
+        let (store, _dir) = temp_store();
+        let now = chrono::Utc::now();
+        let acme = Tenant::parse("acme").unwrap();
+        let event = Event::test(acme.clone(), now);
+        let url = Destination::Callback {
+            url: "http://127.0.0.1:9/cb".into(),
+        };
+        let delivery = Delivery::new(&event, None, url, now);
+        api(&store)
+            .insert_deliveries(vec![delivery.clone()])
+            .await
+            .unwrap();
+
+        assert_eq!(store.events.len(), 0, "no body apart");
+        let stored = || store.deliveries.get(delivery.id.as_str()).unwrap().unwrap();
+        assert_eq!(Body::of(&stored()), Body::Inside);
+        let read = store.delivery(&acme, &delivery.id).unwrap().unwrap();
+        assert_eq!(read.payload.value(), &event.payload());
+
+        let mut claimed = api(&store)
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, Room::unlimited())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].delivery.payload.value(), &event.payload());
+        record_success(&store, claimed.remove(0)).await;
+
+        assert_eq!(Body::of(&stored()), Body::Inside, "kept in its form");
+        let read = store.delivery(&acme, &delivery.id).unwrap().unwrap();
+        assert_eq!(read.state, DeliveryState::Succeeded);
+        assert_eq!(read.payload.value(), &event.payload());
+        assert_eq!(store.events.len(), 0);
+    }
+
+    #[tokio::test]
     async fn records_of_the_first_layout_are_upgraded_on_open_and_read_the_same() {
         let dir = tempfile::tempdir().unwrap();
         let now = chrono::Utc::now();
@@ -1757,6 +1798,10 @@ mod tests {
         store
             .deliveries
             .insert(one.id.as_str(), serde_json::to_vec(&one).unwrap())
+            .unwrap();
+        store
+            .events
+            .insert(one.event_id.as_str(), one.payload.json().as_bytes())
             .unwrap();
         let read = store.delivery(&acme, &one.id).unwrap().unwrap();
         assert_eq!(read.message_id, one.message_id);

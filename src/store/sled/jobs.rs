@@ -242,10 +242,7 @@ impl SledStore {
         debug_assert!(job.status.is_terminal());
         let job = job.clone();
         let bytes = encode(&job);
-        let encoded: Vec<Vec<u8>> = deliveries
-            .iter()
-            .map(super::record::encode_delivery)
-            .collect();
+        let encoded = super::record::encode_new(&deliveries);
         self.writer
             .write_rows(deliveries.len() + 1, move |tx| {
                 let Some(stored) = pending_stored(tx.jobs, &job.id)? else {

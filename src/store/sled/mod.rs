@@ -167,7 +167,7 @@ fn due_entries(tree: &sled::Tree, kind: u8, now: crate::clock::Timestamp) -> sle
 /// The bytes a delivery's record takes in the store (its event body apart): for capacity
 /// planning and the delivery benchmark's storage floor.
 pub fn delivery_record_len(delivery: &crate::domain::Delivery) -> usize {
-    record::encode_delivery(delivery).len()
+    record::encode_delivery(delivery, record::Body::Apart).len()
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -5,11 +5,18 @@
 //! there; this form is about half the size and needs no parsing beyond lengths.
 //!
 //! Layout (version 1): the byte `0x01`, then the fields in the order of [`Delivery`], the event
-//! body left out (it is stored once per event). Strings are a LEB128 length and UTF-8 bytes;
-//! an option is a byte 0 (none) or 1 (some) before its value; times are seconds since the
-//! epoch (i64) and nanoseconds (u32), little-endian; enums are one byte each, with the codes
-//! below (never renumbered). Records written by earlier versions are JSON objects (they begin
-//! with `{`) and are read as such; each is written in this form the next time it changes.
+//! body left out (it is stored once per event, in `events`). Strings are a LEB128 length and
+//! UTF-8 bytes; an option is a byte 0 (none) or 1 (some) before its value; times are seconds
+//! since the epoch (i64) and nanoseconds (u32), little-endian; enums are one byte each, with the
+//! codes below (never renumbered).
+//!
+//! Version 2 (the byte `0x02`) is version 1 followed by the event body, a string: the record of
+//! an event's only delivery (a test event, a job with a callback and no subscription) holds its
+//! body, so that delivery is one key fewer on disk and one read fewer per claim. A record keeps
+//! its form when it is rewritten ([`Body::of`]).
+//!
+//! Records written by earlier versions are JSON objects (they begin with `{`) and are read as
+//! such; each is written in version 1's form the next time it changes.
 
 use chrono::DateTime;
 
@@ -21,10 +28,53 @@ use crate::domain::{
 };
 
 const VERSION_1: u8 = 1;
+const WITH_BODY: u8 = 2;
 
-pub(super) fn encode_delivery(d: &Delivery) -> Vec<u8> {
-    let mut out = Out(Vec::with_capacity(256));
-    out.u8(VERSION_1);
+/// Where a delivery record keeps its event's body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Body {
+    /// In `events`, under the event's id, shared by the event's deliveries (version 1).
+    Apart,
+    /// In the record itself (version 2).
+    Inside,
+}
+
+impl Body {
+    /// The form a stored record has, to write it again in: a JSON record of the first layout
+    /// is written with its body apart.
+    pub(super) fn of(stored: &[u8]) -> Body {
+        if stored.first() == Some(&WITH_BODY) {
+            Body::Inside
+        } else {
+            Body::Apart
+        }
+    }
+}
+
+/// The records of deliveries stored together: an event's only delivery among them holds its
+/// body; the deliveries of an event with several (a fan-out) share one body, stored apart.
+pub(super) fn encode_new(deliveries: &[Delivery]) -> Vec<Vec<u8>> {
+    let mut per_event: std::collections::HashMap<&str, usize> = Default::default();
+    for d in deliveries {
+        *per_event.entry(d.event_id.as_str()).or_default() += 1;
+    }
+    deliveries
+        .iter()
+        .map(|d| {
+            let alone = per_event[d.event_id.as_str()] == 1 && !d.payload.is_absent();
+            encode_delivery(d, if alone { Body::Inside } else { Body::Apart })
+        })
+        .collect()
+}
+
+/// A delivery's record, its body in it or apart. A delivery without its body (never the case
+/// for one in hand to be written) is written apart.
+pub(super) fn encode_delivery(d: &Delivery, body: Body) -> Vec<u8> {
+    let inside = body == Body::Inside && !d.payload.is_absent();
+    let mut out = Out(Vec::with_capacity(
+        256 + if inside { d.payload.json().len() } else { 0 },
+    ));
+    out.u8(if inside { WITH_BODY } else { VERSION_1 });
     out.str(d.id.as_str());
     out.str(d.tenant.as_str());
     out.str(d.event_id.as_str());
@@ -59,16 +109,25 @@ pub(super) fn encode_delivery(d: &Delivery) -> Vec<u8> {
     out.opt(d.next_attempt_at.as_ref(), Out::time);
     out.time(&d.created_at);
     out.time(&d.updated_at);
+    if inside {
+        out.str(d.payload.json());
+    }
     out.0
 }
 
-/// A stored delivery record, in either form; without its event body.
+/// A stored delivery record, in any form; with its event body if the record holds it (a JSON
+/// record of the first layout, or version 2), else with none ([`Payload::is_absent`]).
 pub(super) fn decode_delivery(bytes: &[u8]) -> Result<Delivery> {
     match bytes.first() {
         Some(b'{') => decode(bytes),
-        Some(&VERSION_1) => {
+        Some(&form @ (VERSION_1 | WITH_BODY)) => {
             let mut input = In(&bytes[1..]);
-            let delivery = read_v1(&mut input).map_err(|what| corrupt(&what))?;
+            let mut delivery = read_v1(&mut input).map_err(|what| corrupt(&what))?;
+            if form == WITH_BODY {
+                let body = input.bytes().map_err(|what| corrupt(&what))?;
+                delivery.payload =
+                    Payload::from_stored(body).map_err(|e| corrupt(&format!("its body: {e}")))?;
+            }
             if !input.0.is_empty() {
                 return Err(corrupt("bytes after the end"));
             }
@@ -280,9 +339,14 @@ impl<'a> In<'a> {
         Err("a number longer than 64 bits".to_owned())
     }
 
-    fn string(&mut self) -> Read<String> {
+    /// A length and that many bytes.
+    fn bytes(&mut self) -> Read<&'a [u8]> {
         let len = usize::try_from(self.varint()?).map_err(|_| "a length out of range")?;
-        let bytes = self.take(len)?;
+        self.take(len)
+    }
+
+    fn string(&mut self) -> Read<String> {
+        let bytes = self.bytes()?;
         std::str::from_utf8(bytes)
             .map(str::to_owned)
             .map_err(|_| "text that is not UTF-8".to_owned())
@@ -447,13 +511,69 @@ mod tests {
     #[test]
     fn a_record_reads_back_as_written_every_field_and_code() {
         for delivery in varied() {
-            let bytes = encode_delivery(&delivery);
+            let bytes = encode_delivery(&delivery, Body::Apart);
             assert_eq!(bytes[0], VERSION_1);
+            assert_eq!(Body::of(&bytes), Body::Apart);
             let read = decode_delivery(&bytes).unwrap();
             same(&read, &delivery);
             assert!(read.payload.is_absent(), "the body is stored apart");
-            assert_eq!(encode_delivery(&read), bytes);
+            assert_eq!(encode_delivery(&read, Body::Apart), bytes);
         }
+    }
+
+    #[test]
+    fn a_record_that_holds_its_body_reads_back_with_it() {
+        for delivery in varied() {
+            let bytes = encode_delivery(&delivery, Body::Inside);
+            assert_eq!(bytes[0], WITH_BODY);
+            assert_eq!(Body::of(&bytes), Body::Inside, "written again in its form");
+            let read = decode_delivery(&bytes).unwrap();
+            same(&read, &delivery);
+            assert_eq!(read.payload.json(), delivery.payload.json());
+            assert!(!read.payload.is_absent());
+            assert_eq!(encode_delivery(&read, Body::Inside), bytes);
+            let apart = encode_delivery(&delivery, Body::Apart);
+            assert_eq!(
+                bytes[1..apart.len()],
+                apart[1..],
+                "version 1's fields first"
+            );
+            assert!(
+                bytes.ends_with(delivery.payload.json().as_bytes()),
+                "then the body"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delivery_without_its_body_is_written_apart_and_json_records_are_rewritten_apart() {
+        let mut delivery = varied().remove(0);
+        delivery.payload = Payload::default();
+        let bytes = encode_delivery(&delivery, Body::Inside);
+        assert_eq!(Body::of(&bytes), Body::Apart, "no body to hold");
+        let json = serde_json::to_vec(&varied()[0]).unwrap();
+        assert_eq!(Body::of(&json), Body::Apart);
+    }
+
+    #[test]
+    fn new_records_hold_the_body_of_an_events_only_delivery() {
+        let at = chrono::Utc::now();
+        let tenant = Tenant::parse("acme").unwrap();
+        let fanned = Event::test(tenant.clone(), at);
+        let alone = Event::test(tenant, at);
+        let to = |i: usize| Destination::Callback {
+            url: format!("http://127.0.0.1:9/{i}"),
+        };
+        let deliveries = vec![
+            Delivery::new(&fanned, None, to(0), at),
+            Delivery::new(&alone, None, to(1), at),
+            Delivery::new(&fanned, None, to(2), at),
+        ];
+        let forms: Vec<Body> = encode_new(&deliveries)
+            .iter()
+            .map(|b| Body::of(b))
+            .collect();
+        assert_eq!(forms, [Body::Apart, Body::Inside, Body::Apart]);
     }
 
     #[test]
@@ -468,7 +588,7 @@ mod tests {
     fn a_record_is_about_half_the_size_of_its_json() {
         let d = &varied()[1];
         let (binary, json) = (
-            encode_delivery(d).len(),
+            encode_delivery(d, Body::Apart).len(),
             serde_json::to_vec(d).unwrap().len(),
         );
         assert!(binary * 2 <= json + 40, "{binary} bytes against {json}");
@@ -476,7 +596,12 @@ mod tests {
 
     #[test]
     fn damaged_records_are_errors_not_panics() {
-        let bytes = encode_delivery(&varied()[0]);
+        for body in [Body::Apart, Body::Inside] {
+            damaged_records_of_this_form_are_errors(encode_delivery(&varied()[0], body));
+        }
+    }
+
+    fn damaged_records_of_this_form_are_errors(bytes: Vec<u8>) {
         // Every prefix, and every single-byte change at each position.
         for len in 0..bytes.len() {
             assert!(decode_delivery(&bytes[..len]).is_err(), "cut at {len}");

@@ -850,8 +850,8 @@ fn main() {
     });
 
     if knobs.runs("floor") {
-        // A recorded delivery as the store writes it: the record without the event body,
-        // with one attempt.
+        // A recorded delivery as the store writes it: an event's only delivery, so its record
+        // holds the event body, with one attempt.
         let mut recorded = sample.clone();
         recorded.state = DeliveryState::Succeeded;
         recorded.next_attempt_at = None;

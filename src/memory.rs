@@ -11,9 +11,10 @@
 //!
 //! Sustained work (a backlog drained, a steady fan-out) frees as it goes, and the arenas keep
 //! what each thread last freed: [`trim_after_work`] trims every [`WORK_INTERVAL`] while
-//! deliveries are being attempted, and once more after they stop. With a million pending
-//! deliveries retried and drained, the peak RSS went from 370 to 294 MiB with it (BENCHMARKS.md,
-//! Bench 3c, session 5); a trim then took 0.5-26 ms.
+//! deliveries are being attempted (about 200 a second or more), and once more after they
+//! stop. A million pending deliveries retried and drained peaked at 278-294 MiB with a trim
+//! every 10 s against 314-370 without, and at 222-232 MiB every 5 s with the smaller records of
+//! that session (BENCHMARKS.md, Bench 3c, session 5); a trim took 0.5-26 ms at 300,000.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,16 +33,12 @@ const MIN_INTERVAL: Duration = Duration::from_secs(10);
 struct Pacing(Mutex<Option<Instant>>);
 
 impl Pacing {
-    /// A trim made now, whatever the pacing.
-    fn mark(&self, now: Instant) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
-    }
-
-    /// Whether a trim may be made now (and if so, it counts as made).
-    fn take(&self, now: Instant) -> bool {
+    /// Whether a trim may be made now, none having been made for `interval` (and if so, it
+    /// counts as made).
+    fn take(&self, now: Instant, interval: Duration) -> bool {
         // An `Option<Instant>` is whole after any panic: poisoning is ignored.
         let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| now.saturating_duration_since(t) < MIN_INTERVAL) {
+        if last.is_some_and(|t| now.saturating_duration_since(t) < interval) {
             return false;
         }
         *last = Some(now);
@@ -55,6 +52,11 @@ static PACING: Pacing = Pacing(Mutex::new(None));
 /// backlog drains (a trim of the heap of a million pending deliveries takes up to ~50 ms).
 const WORK_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Attempts recorded within one [`WORK_INTERVAL`] that make it busy (about 200 a second):
+/// under a steadier flow what is freed is soon allocated again, and is not worth a walk of the
+/// arenas, which holds each arena's lock while it goes.
+const WORK_BURST: usize = 1024;
+
 /// Attempts recorded since [`trim_after_work`] last looked.
 static WORK: AtomicUsize = AtomicUsize::new(0);
 
@@ -63,20 +65,22 @@ pub(crate) fn note_work(n: usize) {
     WORK.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Until `stop` completes: every [`WORK_INTERVAL`], trim if at least [`BURST`] units of work
-/// were noted since the last look (on the blocking pool; it counts as the poller's trim too).
-/// The look after work stops sees the last of it, so memory freed at the end of a drain is
-/// given back too. Nothing is done while idle.
+/// Until `stop` completes: every [`WORK_INTERVAL`] that was busy ([`WORK_BURST`] attempts or
+/// more) and the one after the last busy one (what the end of a drain freed), trim on the
+/// blocking pool, unless a trim was made within the interval (the poller's after a burst).
+/// Nothing is done while idle.
 pub(crate) async fn trim_after_work(stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     let mut ticks = tokio::time::interval(WORK_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut looks = Looks::default();
     loop {
         tokio::select! {
             _ = &mut stop => return,
             _ = ticks.tick() => {
-                if WORK.swap(0, Ordering::Relaxed) >= BURST {
-                    PACING.mark(Instant::now());
+                if looks.worth_a_trim(WORK.swap(0, Ordering::Relaxed))
+                    && PACING.take(Instant::now(), WORK_INTERVAL)
+                {
                     let _ = tokio::task::spawn_blocking(trim).await;
                 }
             }
@@ -84,10 +88,27 @@ pub(crate) async fn trim_after_work(stop: impl Future<Output = ()>) {
     }
 }
 
+/// What [`trim_after_work`] saw at its last look.
+#[derive(Default)]
+struct Looks {
+    was_busy: bool,
+}
+
+impl Looks {
+    /// Whether the interval that did `work` attempts is worth a trim after it: a busy one, or
+    /// the first quiet one after a busy one.
+    fn worth_a_trim(&mut self, work: usize) -> bool {
+        let busy = work >= WORK_BURST;
+        let worth = busy || self.was_busy;
+        self.was_busy = busy;
+        worth
+    }
+}
+
 /// After a burst of work, once its memory is freed: give the free pages of every malloc arena
 /// back to the system (on the blocking pool), unless that was done within [`MIN_INTERVAL`].
 pub(crate) async fn release_after_burst() {
-    if PACING.take(Instant::now()) {
+    if PACING.take(Instant::now(), MIN_INTERVAL) {
         let _ = tokio::task::spawn_blocking(trim).await;
     }
 }
@@ -124,26 +145,40 @@ mod tests {
     fn a_trim_is_made_at_most_once_per_interval() {
         let pacing = Pacing(Mutex::new(None));
         let t0 = Instant::now();
-        assert!(pacing.take(t0), "the first burst is trimmed");
+        assert!(pacing.take(t0, MIN_INTERVAL), "the first burst is trimmed");
         assert!(
-            !pacing.take(t0 + MIN_INTERVAL / 2),
+            !pacing.take(t0 + MIN_INTERVAL / 2, MIN_INTERVAL),
             "too soon after the last"
         );
-        assert!(pacing.take(t0 + MIN_INTERVAL), "once the interval is over");
         assert!(
-            !pacing.take(t0),
+            pacing.take(t0 + MIN_INTERVAL, MIN_INTERVAL),
+            "once the interval is over"
+        );
+        assert!(
+            !pacing.take(t0, MIN_INTERVAL),
             "a clock read before the last trim is too soon"
         );
-        pacing.mark(t0 + MIN_INTERVAL * 2);
         assert!(
-            !pacing.take(t0 + MIN_INTERVAL * 2),
-            "a trim made after work counts"
+            !pacing.take(t0 + MIN_INTERVAL + WORK_INTERVAL / 2, WORK_INTERVAL),
+            "a trim after work waits for one made within its own interval"
         );
+    }
+
+    #[test]
+    fn busy_intervals_and_the_first_quiet_one_after_them_are_worth_a_trim() {
+        let mut looks = Looks::default();
+        assert!(!looks.worth_a_trim(0), "idle");
+        assert!(!looks.worth_a_trim(WORK_BURST - 1), "a steady trickle");
+        assert!(looks.worth_a_trim(WORK_BURST), "busy");
+        assert!(looks.worth_a_trim(WORK_BURST * 10), "still busy");
+        assert!(looks.worth_a_trim(3), "the end of the drain");
+        assert!(!looks.worth_a_trim(3), "once only");
+        assert!(!looks.worth_a_trim(0));
     }
 
     #[tokio::test]
     async fn trim_after_work_runs_until_told_to_stop() {
-        note_work(BURST);
+        note_work(WORK_BURST);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(trim_after_work(async {
             let _ = rx.await;

@@ -175,20 +175,42 @@ fn stored_payload(event_id: &str, raw: Option<IVec>) -> Result<Payload> {
         .map_err(|e| StoreError::Corrupt(format!("the body of event {event_id}: {e}")))
 }
 
-/// The layout of the stored records, kept in the `meta` tree. Layout 1 kept each event body
-/// inside each of its delivery records; layout 2 keeps it once, in `events`.
-const LAYOUT: &[u8] = b"2";
+/// The layout of the stored records, kept in the `meta` tree (as decimal text). Layout 1 kept
+/// each event body inside each of its delivery records (JSON); layout 2 keeps it once, in
+/// `events`; layout 3 lets the record of an event's only delivery hold its body (the record
+/// form `record::Body::Inside`), which builds of layout 2 cannot read. A directory of a newer
+/// layout than this build's is refused, not misread.
+const LAYOUT: u32 = 3;
 const LAYOUT_KEY: &str = "layout";
 /// Records moved per transaction when upgrading.
 const UPGRADE_BATCH: usize = 256;
 
-/// Bring records of an earlier layout up to date, once: each delivery record that still holds
-/// its event's body has it moved to `events`, in transactions that each leave every record
-/// whole (a crash midway leaves records of both layouts, and the next start goes on).
+/// Bring records of an earlier layout up to date, once: from layout 1, each delivery record
+/// that still holds its event's body has it moved to `events`, in transactions that each leave
+/// every record whole (a crash midway leaves records of both layouts, and the next start goes
+/// on); layout 2's records are read as they are. A directory of a later layout is refused.
 pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Result<()> {
     let meta = db.open_tree("meta")?;
-    if meta.get(LAYOUT_KEY)?.as_deref() == Some(LAYOUT) {
-        return Ok(());
+    let stored = match meta.get(LAYOUT_KEY)? {
+        None => None,
+        Some(raw) => Some(
+            std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|text| text.parse::<u32>().ok())
+                .ok_or_else(|| StoreError::Corrupt("the stored layout is not a number".into()))?,
+        ),
+    };
+    match stored {
+        Some(layout) if layout == LAYOUT => return Ok(()),
+        Some(layout) if layout > LAYOUT => {
+            return Err(StoreError::Unavailable(format!(
+                "the data directory was written by a newer version of agenthook (record layout \
+                 {layout}; this version reads layouts up to {LAYOUT}): run that version or a \
+                 later one"
+            )))
+        }
+        Some(2) => return mark_layout(db, &meta),
+        _ => {}
     }
     let mut moved = 0usize;
     let mut batch: Vec<(IVec, Delivery)> = Vec::with_capacity(UPGRADE_BATCH);
@@ -219,14 +241,20 @@ pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Res
             break;
         }
     }
-    meta.insert(LAYOUT_KEY, LAYOUT)?;
-    db.flush()?;
+    mark_layout(db, &meta)?;
     if moved > 0 {
         tracing::info!(
             deliveries = moved,
             "stored event bodies once per event (layout 2)"
         );
     }
+    Ok(())
+}
+
+/// Record that the directory has this build's layout, on disk before anything is written in it.
+fn mark_layout(db: &sled::Db, meta: &sled::Tree) -> Result<()> {
+    meta.insert(LAYOUT_KEY, LAYOUT.to_string().as_bytes())?;
+    db.flush()?;
     Ok(())
 }
 
@@ -1504,6 +1532,59 @@ mod tests {
             .is_empty());
     }
 
+    #[tokio::test]
+    async fn retention_keeps_a_job_whose_delivery_cannot_be_read_and_goes_on() {
+        use crate::domain::{Job, JobStatus};
+        let (store, _dir) = temp_store();
+        let start = chrono::Utc::now() - chrono::Duration::hours(2);
+        let acme = Tenant::parse("acme").unwrap();
+        let mut ids = Vec::new();
+        for name in ["agent-damaged", "agent-fine"] {
+            let mut job = Job::new(
+                acme.clone(),
+                Default::default(),
+                None,
+                Default::default(),
+                start,
+            );
+            job.accepted(name.into(), start, start);
+            assert!(api(&store)
+                .accept_job(job.clone(), false, None)
+                .await
+                .unwrap());
+            let mut delivery = failed_delivery(&acme, start);
+            delivery.job_id = Some(job.id.clone());
+            let mut done = job.clone();
+            done.finish(JobStatus::Ready, None, start);
+            assert!(api(&store)
+                .complete_job(&done, vec![delivery.clone()])
+                .await
+                .unwrap());
+            ids.push((job.id, delivery.id));
+        }
+        // The first job's delivery, damaged: its body no longer UTF-8.
+        let raw = store.deliveries.get(ids[0].1.as_str()).unwrap().unwrap();
+        let mut damaged = raw.to_vec();
+        *damaged.last_mut().unwrap() = 0xff;
+        store
+            .deliveries
+            .insert(ids[0].1.as_str(), damaged.clone())
+            .unwrap();
+
+        let report = api(&store)
+            .purge_finished_before(chrono::Utc::now(), None, 10)
+            .await
+            .unwrap();
+        assert_eq!((report.jobs, report.deliveries), (1, 1), "the readable one");
+        assert!(store.jobs.get(ids[0].0.as_str()).unwrap().is_some(), "kept");
+        assert_eq!(
+            store.deliveries.get(ids[0].1.as_str()).unwrap().as_deref(),
+            Some(damaged.as_slice()),
+            "left as it is"
+        );
+        assert!(store.jobs.get(ids[1].0.as_str()).unwrap().is_none());
+    }
+
     fn due_delivery(tenant: &Tenant, now: Timestamp) -> Delivery {
         let mut delivery = failed_delivery(tenant, now);
         delivery.state = DeliveryState::Pending;
@@ -1717,6 +1798,68 @@ mod tests {
             .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].delivery.payload.value(), &event.payload());
+    }
+
+    /// Open the store at `path` once the last one let go of it (its threads end a little after
+    /// it is dropped).
+    fn open_when_free(path: &std::path::Path) -> Result<SledStore> {
+        for _ in 0..200 {
+            match SledStore::open(path, 8 * 1024 * 1024) {
+                Err(e) if e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other,
+            }
+        }
+        panic!("the store stayed locked");
+    }
+
+    #[tokio::test]
+    async fn a_directory_of_a_newer_layout_is_refused_and_one_of_layout_2_is_taken_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acme, now) = (Tenant::parse("acme").unwrap(), chrono::Utc::now());
+        let delivery = due_delivery(&acme, now);
+        let set_layout = |store: &SledStore, layout: &str| {
+            let meta = store.db.open_tree("meta").unwrap();
+            meta.insert(LAYOUT_KEY, layout.as_bytes()).unwrap();
+            store.flush_now().unwrap();
+        };
+        {
+            let store = open_when_free(dir.path()).unwrap();
+            api(&store)
+                .insert_deliveries(vec![delivery.clone()])
+                .await
+                .unwrap();
+            set_layout(&store, "4");
+        }
+
+        let message = open_when_free(dir.path()).unwrap_err().to_string();
+        assert!(
+            message.contains("newer version") && message.contains("layout 4"),
+            "{message}"
+        );
+
+        {
+            // Written back as a build of layout 2 would have left it.
+            let db = (0..200)
+                .find_map(|_| {
+                    sled::open(dir.path()).ok().or_else(|| {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        None
+                    })
+                })
+                .expect("the store stayed locked");
+            db.open_tree("meta")
+                .unwrap()
+                .insert(LAYOUT_KEY, &b"2"[..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = open_when_free(dir.path()).unwrap();
+        let meta = store.db.open_tree("meta").unwrap();
+        assert_eq!(meta.get(LAYOUT_KEY).unwrap().as_deref(), Some(&b"3"[..]));
+        let read = store.delivery(&acme, &delivery.id).unwrap().unwrap();
+        assert_eq!(read.payload.json(), delivery.payload.json());
     }
 
     /// Record a claimed delivery's attempt as a success, as the worker does.

@@ -11,9 +11,9 @@
 //! codes below (never renumbered).
 //!
 //! Version 2 (the byte `0x02`) is version 1 followed by the event body, a string: the record of
-//! an event's only delivery (a test event, a job with a callback and no subscription) holds its
-//! body, so that delivery is one key fewer on disk and one read fewer per claim. A record keeps
-//! its form when it is rewritten ([`Body::of`]).
+//! an event's only delivery (a test event; a job with one destination) holds its body, so that
+//! delivery is one key fewer on disk and one read fewer per claim, for a longer record rewritten
+//! at each attempt. A record keeps its form when it is rewritten ([`Body::of`]).
 //!
 //! Records written by earlier versions are JSON objects (they begin with `{`) and are read as
 //! such; each is written in version 1's form the next time it changes.

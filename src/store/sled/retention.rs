@@ -73,7 +73,10 @@ impl SledStore {
                 let (key, value) = entry?;
                 for delivery_id in keys::delivery_ids(&key, &value) {
                     if let Some(raw) = self.deliveries.get(delivery_id)? {
-                        if decode_delivery(&raw).map(|d| d.state == DeliveryState::Pending)? {
+                        // Unreadable: kept with its job for an operator (never deleted on a
+                        // guess), and the walk goes on.
+                        if decode_delivery(&raw).map_or(true, |d| d.state == DeliveryState::Pending)
+                        {
                             pending = true;
                             break 'entries;
                         }
@@ -207,8 +210,10 @@ fn delete_job_tx(tx: &Tx<'_>, doomed: &Doomed, cutoff: Timestamp) -> TxResult<Op
     let mut deliveries = Vec::with_capacity(doomed.deliveries.len());
     for id in &doomed.deliveries {
         if let Some(raw) = tx.deliveries.get(id.as_str())? {
-            let delivery = decode_delivery(&raw)
-                .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
+            // Unreadable (damaged since the candidates were found): the job stays.
+            let Ok(delivery) = decode_delivery(&raw) else {
+                return Ok(None);
+            };
             if delivery.state == DeliveryState::Pending {
                 return Ok(None);
             }

@@ -1439,25 +1439,36 @@ mod tests {
         assert_eq!(claimed[0].delivery.id, delivery.id);
     }
 
-    #[tokio::test]
-    async fn a_fan_out_has_one_job_index_entry_read_like_one_per_delivery_and_retention_clears_it()
-    {
-        use crate::domain::{Job, JobStatus};
-        let (store, _dir) = temp_store();
-        let start = chrono::Utc::now() - chrono::Duration::hours(2);
-        let acme = Tenant::parse("acme").unwrap();
-        let mut job = Job::new(
-            acme.clone(),
+    /// A job stored as accepted upstream (agent `agent`) at `at`.
+    async fn accepted_job(
+        store: &SledStore,
+        tenant: &Tenant,
+        agent: &str,
+        at: Timestamp,
+    ) -> crate::domain::Job {
+        let mut job = crate::domain::Job::new(
+            tenant.clone(),
             Default::default(),
             None,
             Default::default(),
-            start,
+            at,
         );
-        job.accepted("agent-fan".into(), start, start);
-        assert!(api(&store)
+        job.accepted(agent.into(), at, at);
+        assert!(api(store)
             .accept_job(job.clone(), false, None)
             .await
             .unwrap());
+        job
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_has_one_job_index_entry_read_like_one_per_delivery_and_retention_clears_it()
+    {
+        use crate::domain::JobStatus;
+        let (store, _dir) = temp_store();
+        let start = chrono::Utc::now() - chrono::Duration::hours(2);
+        let acme = Tenant::parse("acme").unwrap();
+        let job = accepted_job(&store, &acme, "agent-fan", start).await;
         let event = Event::test(acme.clone(), start);
         let fan_out: Vec<Delivery> = (0..3)
             .map(|i| {
@@ -1534,24 +1545,13 @@ mod tests {
 
     #[tokio::test]
     async fn retention_keeps_a_job_whose_delivery_cannot_be_read_and_goes_on() {
-        use crate::domain::{Job, JobStatus};
+        use crate::domain::JobStatus;
         let (store, _dir) = temp_store();
         let start = chrono::Utc::now() - chrono::Duration::hours(2);
         let acme = Tenant::parse("acme").unwrap();
         let mut ids = Vec::new();
         for name in ["agent-damaged", "agent-fine"] {
-            let mut job = Job::new(
-                acme.clone(),
-                Default::default(),
-                None,
-                Default::default(),
-                start,
-            );
-            job.accepted(name.into(), start, start);
-            assert!(api(&store)
-                .accept_job(job.clone(), false, None)
-                .await
-                .unwrap());
+            let job = accepted_job(&store, &acme, name, start).await;
             let mut delivery = failed_delivery(&acme, start);
             delivery.job_id = Some(job.id.clone());
             let mut done = job.clone();

@@ -47,10 +47,11 @@ enum Rescan {
 }
 
 impl Rescan {
-    fn after_waiting(self) -> Rescan {
-        match self {
-            Rescan::IfWaiting => Rescan::Yes,
-            other => other,
+    /// After an entry was passed over: scan again if it was set waiting since a full scan.
+    fn after(self, passed: Passed) -> Rescan {
+        match (self, passed) {
+            (Rescan::IfWaiting, Passed::Waiting) => Rescan::Yes,
+            (other, _) => other,
         }
     }
 }
@@ -541,14 +542,20 @@ impl ClaimState {
     /// Let the delivery `id` be claimed no earlier than `until`, unless [`HELD_BACK_LIMIT`]
     /// are held back until after `expired` (`false`).
     fn hold_back(&mut self, id: String, until: Timestamp, expired: Timestamp) -> bool {
-        if self.held_back.len() >= HELD_BACK_LIMIT {
-            self.held_back.retain(|_, at| *at > expired);
-            if self.held_back.len() >= HELD_BACK_LIMIT {
-                return false;
-            }
+        if !self.room_to_hold_back(expired) {
+            return false;
         }
         self.held_back.insert(id, until);
         true
+    }
+
+    /// Whether fewer than [`HELD_BACK_LIMIT`] deliveries are held back, once those whose time
+    /// came by `expired` are let go (they hold nothing back any more).
+    fn room_to_hold_back(&mut self, expired: Timestamp) -> bool {
+        if self.held_back.len() >= HELD_BACK_LIMIT {
+            self.held_back.retain(|_, until| *until > expired);
+        }
+        self.held_back.len() < HELD_BACK_LIMIT
     }
 
     /// The oldest entry of `queue` waiting for `destination`, no longer waiting.
@@ -592,10 +599,8 @@ impl Lease for SledLease {
     fn put_back(self: Box<Self>, at: Timestamp) {
         let mut state = self.claims.lock();
         state.queues[self.queue].cursor = None;
-        if state.held_back.len() >= HELD_BACK_LIMIT {
-            // Entries whose time has come hold nothing back any more.
-            state.held_back.retain(|_, until| *until > at);
-        }
+        // Held even past the limit: otherwise the worker would claim it again at once.
+        state.room_to_hold_back(at);
         state.held_back.insert(self.id.clone(), at);
     }
 
@@ -766,9 +771,8 @@ impl SledStore {
             let named = named_destination(&entry.destination);
             if let Some(busy) = named.filter(|d| room.of(*d) == 0) {
                 match state.wait_or_block(queue, busy, entry, now) {
-                    Passed::Waiting => scan = scan.after_waiting(),
-                    Passed::HeldBack => {}
                     Passed::Blocked => break,
+                    passed => scan = scan.after(passed),
                 }
                 continue;
             }
@@ -780,9 +784,8 @@ impl SledStore {
             let destination = named.unwrap_or_else(|| destination_of(&delivery));
             if !room.take(destination) {
                 match state.wait_or_block(queue, destination, entry, now) {
-                    Passed::Waiting => scan = scan.after_waiting(),
-                    Passed::HeldBack => {}
                     Passed::Blocked => break,
+                    passed => scan = scan.after(passed),
                 }
                 continue;
             }

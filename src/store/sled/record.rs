@@ -61,7 +61,7 @@ pub(super) fn encode_new(deliveries: &[Delivery]) -> Vec<Vec<u8>> {
     deliveries
         .iter()
         .map(|d| {
-            let alone = per_event[d.event_id.as_str()] == 1 && !d.payload.is_absent();
+            let alone = per_event[d.event_id.as_str()] == 1;
             encode_delivery(d, if alone { Body::Inside } else { Body::Apart })
         })
         .collect()

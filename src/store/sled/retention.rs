@@ -65,7 +65,7 @@ impl SledStore {
             }
             let mut deliveries = Vec::new();
             let mut index_keys = Vec::new();
-            let mut pending = false;
+            let mut kept = false;
             'entries: for entry in self
                 .index
                 .scan_prefix(keys::owner_prefix(keys::JOB_DELIVERIES, id.as_str()))
@@ -77,7 +77,7 @@ impl SledStore {
                         // guess), and the walk goes on.
                         if decode_delivery(&raw).map_or(true, |d| d.state == DeliveryState::Pending)
                         {
-                            pending = true;
+                            kept = true;
                             break 'entries;
                         }
                     }
@@ -85,7 +85,7 @@ impl SledStore {
                 }
                 index_keys.push(key.to_vec());
             }
-            if !pending {
+            if !kept {
                 doomed.push(Doomed {
                     job: id,
                     deliveries,

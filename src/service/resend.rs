@@ -90,10 +90,10 @@ pub async fn recover(
         ));
     }
     let failed: Vec<DeliveryId> = store
-        .deliveries_of_subscription(&sub.id)
+        .failed_deliveries_of_subscription(&sub.id)
         .await?
         .into_iter()
-        .filter(|d| d.state == DeliveryState::Failed && d.created_at >= since)
+        .filter(|d| d.created_at >= since)
         .map(|d| d.id)
         .collect();
     // Many at once: their writes share the store's rounds (one commit for dozens) instead of

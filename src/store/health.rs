@@ -321,8 +321,11 @@ impl Storage for Watched {
         self.read(self.inner.deliveries_of_job(job).await)
     }
 
-    async fn deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>> {
-        self.read(self.inner.deliveries_of_subscription(sub).await)
+    async fn failed_deliveries_of_subscription(
+        &self,
+        sub: &SubscriptionId,
+    ) -> Result<Vec<Delivery>> {
+        self.read(self.inner.failed_deliveries_of_subscription(sub).await)
     }
 
     async fn save_subscription(&self, sub: &Subscription) -> Result<()> {

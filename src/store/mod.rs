@@ -503,8 +503,11 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
     /// Every delivery of a job's events, oldest first.
     async fn deliveries_of_job(&self, job: &JobId) -> Result<Vec<Delivery>>;
 
-    /// Every delivery to a subscription, oldest first.
-    async fn deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>>;
+    /// A subscription's failed deliveries (its dead letters), oldest first.
+    async fn failed_deliveries_of_subscription(
+        &self,
+        sub: &SubscriptionId,
+    ) -> Result<Vec<Delivery>>;
 
     // --- Subscriptions and secrets ---
 

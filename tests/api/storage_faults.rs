@@ -249,11 +249,11 @@ impl Storage for FailingDisk {
     async fn deliveries_of_job(&self, job: &JobId) -> Result<Vec<Delivery>, StoreError> {
         self.inner.deliveries_of_job(job).await
     }
-    async fn deliveries_of_subscription(
+    async fn failed_deliveries_of_subscription(
         &self,
         sub: &SubscriptionId,
     ) -> Result<Vec<Delivery>, StoreError> {
-        self.inner.deliveries_of_subscription(sub).await
+        self.inner.failed_deliveries_of_subscription(sub).await
     }
     async fn save_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
         self.write()?;

@@ -743,9 +743,14 @@ pub async fn retention_deletes_a_finished_job_with_all_it_caused_and_keeps_pendi
         .unwrap()
         .deliveries;
     assert_eq!(dead_letters.len(), 1, "only the recent job's dead letter");
-    let to_sub = store.deliveries_of_subscription(&sub.id).await.unwrap();
-    assert_eq!(to_sub.len(), 2);
+    // The dead letters `recover` would send again: the recent job's, not the deleted job's.
+    let to_sub = store
+        .failed_deliveries_of_subscription(&sub.id)
+        .await
+        .unwrap();
+    assert_eq!(to_sub.len(), 1);
     assert!(to_sub.iter().all(|d| !gone_ids.contains(&d.id)));
+    assert!(to_sub.iter().all(|d| d.state == DeliveryState::Failed));
 
     // Pending work untouched, and still due.
     assert_eq!(

@@ -209,8 +209,11 @@ impl Storage for PgStore {
         PgStore::deliveries_of_job(self, job).await
     }
 
-    async fn deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>> {
-        PgStore::deliveries_of_subscription(self, sub).await
+    async fn failed_deliveries_of_subscription(
+        &self,
+        sub: &SubscriptionId,
+    ) -> Result<Vec<Delivery>> {
+        PgStore::failed_deliveries_of_subscription(self, sub).await
     }
 
     async fn save_subscription(&self, sub: &Subscription) -> Result<()> {

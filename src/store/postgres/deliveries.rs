@@ -396,14 +396,15 @@ impl PgStore {
         rows.iter().map(read_row).collect()
     }
 
-    pub(super) async fn deliveries_of_subscription(
+    pub(super) async fn failed_deliveries_of_subscription(
         &self,
         sub: &SubscriptionId,
     ) -> Result<Vec<Delivery>> {
         let rows = sqlx::query(&format!(
-            "{WITH_BODY} WHERE d.subscription_id = $1 ORDER BY d.id"
+            "{WITH_BODY} WHERE d.subscription_id = $1 AND d.state = $2 ORDER BY d.id"
         ))
         .bind(sub.as_str())
+        .bind(name_of(&DeliveryState::Failed))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(read_row).collect()

@@ -227,9 +227,12 @@ impl Storage for SledStore {
         self.blocking(move |s| s.deliveries_of_job(&job)).await
     }
 
-    async fn deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>> {
+    async fn failed_deliveries_of_subscription(
+        &self,
+        sub: &SubscriptionId,
+    ) -> Result<Vec<Delivery>> {
         let sub = sub.clone();
-        self.blocking(move |s| s.deliveries_of_subscription(&sub))
+        self.blocking(move |s| s.failed_deliveries_of_subscription(&sub))
             .await
     }
 

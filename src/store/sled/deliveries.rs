@@ -135,11 +135,9 @@ pub(super) fn insert_deliveries_tx(
                 None => of_job.push((job, vec![id])),
             }
         }
-        if let Some(sub) = delivery.destination.subscription_id() {
-            index.insert(
-                keys::owned(keys::SUBSCRIPTION_DELIVERIES, sub.as_str(), id),
-                &[],
-            )?;
+        if let Some(key) = failed_key(delivery).filter(|_| delivery.state == DeliveryState::Failed)
+        {
+            index.insert(key, &[])?;
         }
         if let Some((key, destination)) = queue_entry(delivery) {
             tx.put_queued(&key, &destination)?;
@@ -156,6 +154,17 @@ pub(super) fn insert_deliveries_tx(
         tx.index.insert(key, value)?;
     }
     Ok(())
+}
+
+/// The index key listing `delivery` among its subscription's failed deliveries (none for a job's
+/// own callback), whatever its state.
+pub(super) fn failed_key(delivery: &Delivery) -> Option<Vec<u8>> {
+    let sub = delivery.destination.subscription_id()?;
+    Some(keys::owned(
+        keys::SUBSCRIPTION_FAILED,
+        sub.as_str(),
+        delivery.id.as_str(),
+    ))
 }
 
 /// Store a delivery's event body under its event id (the same bytes for every delivery of
@@ -179,17 +188,19 @@ fn stored_payload(event_id: &str, raw: Option<IVec>) -> Result<Payload> {
 /// The layout of the stored records, kept in the `meta` tree (as decimal text). Layout 1 kept
 /// each event body inside each of its delivery records (JSON); layout 2 keeps it once, in
 /// `events`; layout 3 lets the record of an event's only delivery hold its body (the record
-/// form `record::Body::Inside`), which builds of layout 2 cannot read. A directory of a newer
-/// layout than this build's is refused, not misread.
-const LAYOUT: u32 = 3;
+/// form `record::Body::Inside`), which builds of layout 2 cannot read; layout 4 indexes a
+/// subscription's failed deliveries only ([`keys::SUBSCRIPTION_FAILED`]) instead of all of
+/// them. A directory of a newer layout than this build's is refused, not misread.
+const LAYOUT: u32 = 4;
 const LAYOUT_KEY: &str = "layout";
-/// Records moved per transaction when upgrading.
+/// Records moved (or index entries rewritten) per transaction when upgrading.
 const UPGRADE_BATCH: usize = 256;
 
-/// Bring records of an earlier layout up to date, once: from layout 1, each delivery record
-/// that still holds its event's body has it moved to `events`, in transactions that each leave
-/// every record whole (a crash midway leaves records of both layouts, and the next start goes
-/// on); layout 2's records are read as they are. A directory of a later layout is refused.
+/// Bring a directory of an earlier layout up to date, once, in steps that each leave every
+/// record whole and can be taken again (a crash midway leaves both forms, and the next start
+/// goes on): from layout 1, each delivery record that still holds its event's body has it
+/// moved to `events`; before layout 4, a subscription's index of deliveries keeps only the
+/// failed ones. A directory of a later layout is refused.
 pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Result<()> {
     let meta = db.open_tree("meta")?;
     let stored = match meta.get(LAYOUT_KEY)? {
@@ -210,9 +221,30 @@ pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Res
                  later one"
             )))
         }
-        Some(2) => return mark_layout(db, &meta),
         _ => {}
     }
+    if stored.is_none_or(|layout| layout < 2) {
+        let moved = move_bodies_out_of_records(trees)?;
+        if moved > 0 {
+            tracing::info!(
+                deliveries = moved,
+                "stored event bodies once per event (layout 2)"
+            );
+        }
+    }
+    let (dropped, failed) = index_failed_deliveries_only(trees)?;
+    if dropped > 0 {
+        tracing::info!(
+            entries = dropped,
+            failed,
+            "a subscription's index now lists its failed deliveries only (layout 4)"
+        );
+    }
+    mark_layout(db, &meta)
+}
+
+/// Layout 1 to 2: move each body a delivery record holds to `events`. How many moved.
+fn move_bodies_out_of_records(trees: &super::writer::Trees) -> Result<usize> {
     let mut moved = 0usize;
     let mut batch: Vec<(IVec, Delivery)> = Vec::with_capacity(UPGRADE_BATCH);
     let mut entries = trees.deliveries.iter();
@@ -239,17 +271,52 @@ pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Res
             batch.clear();
         }
         if done {
-            break;
+            return Ok(moved);
         }
     }
-    mark_layout(db, &meta)?;
-    if moved > 0 {
-        tracing::info!(
-            deliveries = moved,
-            "stored event bodies once per event (layout 2)"
-        );
+}
+
+/// Before layout 4: each delivery to a subscription had an index entry; now only a failed one
+/// has (under another prefix). Each batch of old entries is removed, with the new entries of
+/// its failed deliveries written, in one atomic batch. How many old entries went, and how many
+/// failed deliveries are indexed.
+fn index_failed_deliveries_only(trees: &super::writer::Trees) -> Result<(usize, usize)> {
+    let prefix = [
+        keys::SUBSCRIPTION_DELIVERIES_BEFORE_4.as_bytes(),
+        &[keys::SEP],
+    ]
+    .concat();
+    let (mut dropped, mut failed) = (0usize, 0usize);
+    loop {
+        let old: Vec<IVec> = trees
+            .index
+            .scan_prefix(&prefix)
+            .keys()
+            .take(UPGRADE_BATCH)
+            .collect::<std::result::Result<_, _>>()?;
+        if old.is_empty() {
+            return Ok((dropped, failed));
+        }
+        let mut batch = sled::Batch::default();
+        for key in &old {
+            let stored = match keys::last_part(key) {
+                Some(id) => trees.deliveries.get(id)?,
+                None => None,
+            };
+            // An unreadable record is left out of the index, as it is out of every listing.
+            let delivery = stored.and_then(|raw| decode_delivery(&raw).ok());
+            if let Some(new) = delivery
+                .filter(|d| d.state == DeliveryState::Failed)
+                .and_then(|d| failed_key(&d))
+            {
+                batch.insert(new, &[]);
+                failed += 1;
+            }
+            batch.remove(key.clone());
+        }
+        trees.index.apply_batch(batch)?;
+        dropped += old.len();
     }
-    Ok(())
 }
 
 /// Record that the directory has this build's layout, on disk before anything is written in it.
@@ -300,6 +367,15 @@ fn update_delivery_tx(
     let mut changed = Delivery::clone(&stored);
     if !change(&mut changed) {
         return Ok(DeliveryUpdate::Unchanged(stored.into_owned()));
+    }
+    let failed = |d: &Delivery| d.state == DeliveryState::Failed;
+    if failed(&stored) != failed(&changed) {
+        if let Some(key) = failed_key(&changed) {
+            match failed(&changed) {
+                true => tx.index.insert(key, &[])?,
+                false => tx.index.remove(key)?,
+            };
+        }
     }
     let (old_entry, new_entry) = (queue_entry(&stored), queue_entry(&changed));
     if old_entry != new_entry {
@@ -1049,12 +1125,13 @@ impl SledStore {
         self.deliveries_under(&keys::owner_prefix(keys::JOB_DELIVERIES, job.as_str()))
     }
 
-    /// Every delivery to a subscription, oldest first.
-    pub fn deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>> {
-        self.deliveries_under(&keys::owner_prefix(
-            keys::SUBSCRIPTION_DELIVERIES,
-            sub.as_str(),
-        ))
+    /// A subscription's failed deliveries, oldest first.
+    pub fn failed_deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>> {
+        let mut failed =
+            self.deliveries_under(&keys::owner_prefix(keys::SUBSCRIPTION_FAILED, sub.as_str()))?;
+        // The index and the records are written together; this only guards the contract.
+        failed.retain(|d| d.state == DeliveryState::Failed);
+        Ok(failed)
     }
 
     fn deliveries_under(&self, prefix: &[u8]) -> Result<Vec<Delivery>> {
@@ -1833,12 +1910,12 @@ mod tests {
                 .insert_deliveries(vec![delivery.clone()])
                 .await
                 .unwrap();
-            set_layout(&store, "4");
+            set_layout(&store, "5");
         }
 
         let message = open_when_free(dir.path()).unwrap_err().to_string();
         assert!(
-            message.contains("newer version") && message.contains("layout 4"),
+            message.contains("newer version") && message.contains("layout 5"),
             "{message}"
         );
 
@@ -1860,9 +1937,167 @@ mod tests {
         }
         let store = open_when_free(dir.path()).unwrap();
         let meta = store.db.open_tree("meta").unwrap();
-        assert_eq!(meta.get(LAYOUT_KEY).unwrap().as_deref(), Some(&b"3"[..]));
+        assert_eq!(meta.get(LAYOUT_KEY).unwrap().as_deref(), Some(&b"4"[..]));
         let read = store.delivery(&acme, &delivery.id).unwrap().unwrap();
         assert_eq!(read.payload.json(), delivery.payload.json());
+    }
+
+    /// A delivery to a new subscription, `state` (pending ones due `now`).
+    fn to_subscription(tenant: &Tenant, now: Timestamp, state: DeliveryState) -> Delivery {
+        let mut delivery = due_delivery(tenant, now);
+        delivery.destination = Destination::Subscription {
+            subscription_id: SubscriptionId::generate(),
+            url: format!("{HOST_A}/hooks"),
+            format: crate::domain::Format::Standard,
+        };
+        if state == DeliveryState::Failed {
+            delivery.state = state;
+            delivery.next_attempt_at = None;
+        }
+        delivery
+    }
+
+    /// The ids listed under an index prefix.
+    fn indexed(store: &SledStore, prefix: &str, sub: &SubscriptionId) -> Vec<String> {
+        store
+            .index
+            .scan_prefix(keys::owner_prefix(prefix, sub.as_str()))
+            .keys()
+            .map(|key| keys::last_part(&key.unwrap()).unwrap().to_owned())
+            .collect()
+    }
+
+    fn sub_of(delivery: &Delivery) -> SubscriptionId {
+        delivery.destination.subscription_id().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_subscription_indexes_its_deliveries_while_they_are_failed_and_only_then() {
+        let (store, _dir) = temp_store();
+        let (acme, now) = (Tenant::parse("acme").unwrap(), chrono::Utc::now());
+        let pending = to_subscription(&acme, now, DeliveryState::Pending);
+        let failed = to_subscription(&acme, now, DeliveryState::Failed);
+        let (to_pending, to_failed) = (sub_of(&pending), sub_of(&failed));
+        api(&store)
+            .insert_deliveries(vec![pending.clone(), failed.clone()])
+            .await
+            .unwrap();
+        assert!(indexed(&store, keys::SUBSCRIPTION_FAILED, &to_pending).is_empty());
+        assert_eq!(
+            indexed(&store, keys::SUBSCRIPTION_FAILED, &to_failed),
+            vec![failed.id.to_string()]
+        );
+
+        // Fails for good: listed; sent again: no longer.
+        let fail = |d: &mut Delivery| {
+            d.state = DeliveryState::Failed;
+            d.next_attempt_at = None;
+            true
+        };
+        api(&store)
+            .update_delivery(&acme, &pending.id, Box::new(fail))
+            .await
+            .unwrap();
+        let listed = api(&store)
+            .failed_deliveries_of_subscription(&to_pending)
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&listed), vec![pending.id.clone()]);
+        let again = move |d: &mut Delivery| {
+            d.state = DeliveryState::Pending;
+            d.next_attempt_at = Some(now);
+            true
+        };
+        api(&store)
+            .update_delivery(&acme, &pending.id, Box::new(again))
+            .await
+            .unwrap();
+        assert!(indexed(&store, keys::SUBSCRIPTION_FAILED, &to_pending).is_empty());
+        assert!(api(&store)
+            .failed_deliveries_of_subscription(&to_pending)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn before_layout_4_every_delivery_to_a_subscription_was_indexed_and_the_upgrade_keeps_the_failed_ones(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (acme, now) = (Tenant::parse("acme").unwrap(), chrono::Utc::now());
+        let pending = to_subscription(&acme, now, DeliveryState::Pending);
+        let failed = to_subscription(&acme, now, DeliveryState::Failed);
+        // More than one upgrade batch of old entries to one subscription, one of them failed.
+        let sub = sub_of(&pending);
+        let mut many: Vec<Delivery> = (0..UPGRADE_BATCH + 10)
+            .map(|_| {
+                let mut d = to_subscription(&acme, now, DeliveryState::Pending);
+                d.destination = pending.destination.clone();
+                d
+            })
+            .collect();
+        many[UPGRADE_BATCH + 3].state = DeliveryState::Failed;
+        many[UPGRADE_BATCH + 3].next_attempt_at = None;
+        let mut all = vec![pending.clone(), failed.clone()];
+        all.extend(many.iter().cloned());
+        {
+            let store = open_when_free(dir.path()).unwrap();
+            api(&store).insert_deliveries(all.clone()).await.unwrap();
+            // As layout 3 left them: an entry per delivery under `ds`, none under `sf`.
+            for d in &all {
+                let s = sub_of(d);
+                store
+                    .index
+                    .remove(keys::owned(
+                        keys::SUBSCRIPTION_FAILED,
+                        s.as_str(),
+                        d.id.as_str(),
+                    ))
+                    .unwrap();
+                store
+                    .index
+                    .insert(
+                        keys::owned(
+                            keys::SUBSCRIPTION_DELIVERIES_BEFORE_4,
+                            s.as_str(),
+                            d.id.as_str(),
+                        ),
+                        &[],
+                    )
+                    .unwrap();
+            }
+            let meta = store.db.open_tree("meta").unwrap();
+            meta.insert(LAYOUT_KEY, &b"3"[..]).unwrap();
+            store.flush_now().unwrap();
+        }
+
+        let store = open_when_free(dir.path()).unwrap();
+        let meta = store.db.open_tree("meta").unwrap();
+        assert_eq!(meta.get(LAYOUT_KEY).unwrap().as_deref(), Some(&b"4"[..]));
+        for s in [&sub, &sub_of(&failed)] {
+            assert!(indexed(&store, keys::SUBSCRIPTION_DELIVERIES_BEFORE_4, s).is_empty());
+        }
+        assert_eq!(
+            indexed(&store, keys::SUBSCRIPTION_FAILED, &sub),
+            vec![many[UPGRADE_BATCH + 3].id.to_string()]
+        );
+        let listed = api(&store)
+            .failed_deliveries_of_subscription(&sub_of(&failed))
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&listed), vec![failed.id.clone()]);
+        // The records are untouched: each still read as it was, pending ones still due.
+        for d in &all {
+            let read = store.delivery(&acme, &d.id).unwrap().unwrap();
+            assert_eq!(
+                (read.state, read.next_attempt_at),
+                (d.state, d.next_attempt_at)
+            );
+        }
+        assert_eq!(
+            queued(&store, DeliveryQueue::Fresh) + queued(&store, DeliveryQueue::Retry),
+            all.len() - 2
+        );
     }
 
     /// Record a claimed delivery's attempt as a success, as the worker does.

@@ -33,7 +33,13 @@ pub const TENANT_DELIVERIES: &str = "dt";
 /// the deliveries stored together (a completion's fan-out), one entry for all of them, keyed by
 /// the first one's id, with their ids in its value ([`delivery_ids`]).
 pub const JOB_DELIVERIES: &str = "dj";
-pub const SUBSCRIPTION_DELIVERIES: &str = "ds";
+/// A subscription's failed deliveries (its dead letters, what `recover` sends again):
+/// `sf \0 subscription \0 delivery`, written when a delivery fails for good and removed when it
+/// leaves that state. A pending or delivered one has no entry: a backlog costs one key less.
+pub const SUBSCRIPTION_FAILED: &str = "sf";
+/// Every delivery to a subscription, as layouts before 4 indexed them (`ds \0 subscription \0
+/// delivery`); the upgrade turns them into [`SUBSCRIPTION_FAILED`] entries.
+pub const SUBSCRIPTION_DELIVERIES_BEFORE_4: &str = "ds";
 
 pub fn agent(agent_id: &str) -> Vec<u8> {
     join(&[b"ag", agent_id.as_bytes()])

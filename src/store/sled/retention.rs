@@ -229,9 +229,8 @@ fn delete_job_tx(tx: &Tx<'_>, doomed: &Doomed, cutoff: Timestamp) -> TxResult<Op
             delivery.tenant.as_str(),
             id,
         ))?;
-        if let Some(sub) = delivery.destination.subscription_id() {
-            tx.index
-                .remove(keys::owned(keys::SUBSCRIPTION_DELIVERIES, sub.as_str(), id))?;
+        if let Some(key) = super::deliveries::failed_key(delivery) {
+            tx.index.remove(key)?;
         }
     }
     // The job's index entries (one per delivery, or one per group stored together).

@@ -23,7 +23,7 @@ use crate::store::{
 /// Event bodies read during one read of several deliveries, by event id.
 type Bodies = HashMap<String, Payload>;
 
-/// A queue entry found stale by a claim, with its delivery's id.
+/// A queue entry found stale by a claim, with its delivery's key ([`key_of`]).
 pub type StaleEntry = (Vec<u8>, String);
 
 /// What became of a due entry a claim passed over for want of room.
@@ -95,16 +95,24 @@ fn named_destination(value: &[u8]) -> Option<DestinationKey> {
     Some(DestinationKey(u64::from_be_bytes(value.try_into().ok()?)))
 }
 
+/// A delivery's key: of its record, and at the end of its queue entries ([`keys::delivery`]).
+pub(super) fn key_of(delivery: &Delivery) -> String {
+    keys::delivery(delivery.tenant.as_str(), delivery.id.as_str())
+}
+
+/// A pending delivery's queue entry key, `queue | due millis | delivery key`.
 fn queue_key(delivery: &Delivery) -> Option<Vec<u8>> {
+    queue_key_ending(delivery, &key_of(delivery))
+}
+
+/// A pending delivery's queue entry key ending with `end` (layouts before 4 ended it with the
+/// delivery's id).
+fn queue_key_ending(delivery: &Delivery, end: &str) -> Option<Vec<u8>> {
     if delivery.state != DeliveryState::Pending {
         return None;
     }
     let at = delivery.next_attempt_at?;
-    Some(keys::timed(
-        queue_tag(DeliveryQueue::of(delivery)),
-        at,
-        delivery.id.as_str(),
-    ))
+    Some(keys::timed(queue_tag(DeliveryQueue::of(delivery)), at, end))
 }
 
 /// Store new deliveries (`encoded` are their records, [`encode_new`]): each with its index and
@@ -123,12 +131,9 @@ pub(super) fn insert_deliveries_tx(
         if Body::of(bytes) == Body::Apart && bodies_written.insert(delivery.event_id.as_str()) {
             put_body_tx(tx.events, delivery)?;
         }
-        tx.deliveries.insert(id, bytes.as_slice())?;
+        tx.deliveries
+            .insert(key_of(delivery).as_str(), bytes.as_slice())?;
         let index = tx.index;
-        index.insert(
-            keys::owned(keys::TENANT_DELIVERIES, delivery.tenant.as_str(), id),
-            &[],
-        )?;
         if let Some(job) = &delivery.job_id {
             match of_job.iter_mut().find(|(j, _)| *j == job) {
                 Some((_, ids)) => ids.push(id),
@@ -154,6 +159,19 @@ pub(super) fn insert_deliveries_tx(
         tx.index.insert(key, value)?;
     }
     Ok(())
+}
+
+/// The tenant of the job or subscription stored under `id` in `tree` (`None` if there is
+/// none), read without decoding the rest of it.
+fn owner(tree: &sled::Tree, id: &str) -> Result<Option<Tenant>> {
+    #[derive(serde::Deserialize)]
+    struct Owned {
+        tenant: Tenant,
+    }
+    let Some(raw) = tree.get(id)? else {
+        return Ok(None);
+    };
+    Ok(Some(super::decode::<Owned>(&raw)?.tenant))
 }
 
 /// The index key listing `delivery` among its subscription's failed deliveries (none for a job's
@@ -188,9 +206,10 @@ fn stored_payload(event_id: &str, raw: Option<IVec>) -> Result<Payload> {
 /// The layout of the stored records, kept in the `meta` tree (as decimal text). Layout 1 kept
 /// each event body inside each of its delivery records (JSON); layout 2 keeps it once, in
 /// `events`; layout 3 lets the record of an event's only delivery hold its body (the record
-/// form `record::Body::Inside`), which builds of layout 2 cannot read; layout 4 indexes a
-/// subscription's failed deliveries only ([`keys::SUBSCRIPTION_FAILED`]) instead of all of
-/// them. A directory of a newer layout than this build's is refused, not misread.
+/// form `record::Body::Inside`), which builds of layout 2 cannot read; layout 4 keys each record
+/// by its tenant and id ([`keys::delivery`], no tenant index) and indexes a subscription's
+/// failed deliveries only ([`keys::SUBSCRIPTION_FAILED`]): a pending delivery is two keys fewer.
+/// A directory of a newer layout than this build's is refused, not misread.
 const LAYOUT: u32 = 4;
 const LAYOUT_KEY: &str = "layout";
 /// Records moved (or index entries rewritten) per transaction when upgrading.
@@ -200,7 +219,8 @@ const UPGRADE_BATCH: usize = 256;
 /// record whole and can be taken again (a crash midway leaves both forms, and the next start
 /// goes on): from layout 1, each delivery record that still holds its event's body has it
 /// moved to `events`; before layout 4, a subscription's index of deliveries keeps only the
-/// failed ones. A directory of a later layout is refused.
+/// failed ones, and then each record moves to its tenant's key. A directory of a later layout
+/// is refused.
 pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Result<()> {
     let meta = db.open_tree("meta")?;
     let stored = match meta.get(LAYOUT_KEY)? {
@@ -232,12 +252,20 @@ pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Res
             );
         }
     }
+    // Before the records move: it reads them by id.
     let (dropped, failed) = index_failed_deliveries_only(trees)?;
     if dropped > 0 {
         tracing::info!(
             entries = dropped,
             failed,
             "a subscription's index now lists its failed deliveries only (layout 4)"
+        );
+    }
+    let rekeyed = key_records_by_tenant(trees)?;
+    if rekeyed > 0 {
+        tracing::info!(
+            deliveries = rekeyed,
+            "delivery records are now keyed by tenant (layout 4)"
         );
     }
     mark_layout(db, &meta)
@@ -319,6 +347,69 @@ fn index_failed_deliveries_only(trees: &super::writer::Trees) -> Result<(usize, 
     }
 }
 
+/// Before layout 4 a delivery's record was keyed by its id alone, its queue entry ended with the
+/// id, and the index listed it under its tenant (`dt`). Each batch of such records moves to
+/// its delivery's key ([`key_of`]) with its queue entry, its tenant entry removed, in one
+/// transaction. How many moved. (A queue entry that did not match its record's is left: its
+/// claim finds no record and removes it.)
+fn key_records_by_tenant(trees: &super::writer::Trees) -> Result<usize> {
+    let mut moved = 0usize;
+    let mut batch: Vec<(IVec, Delivery)> = Vec::with_capacity(UPGRADE_BATCH);
+    // One walk: a record moved lands under a key with a separator, which the walk passes over.
+    let mut entries = trees.deliveries.iter();
+    loop {
+        let entry = entries.next().transpose()?;
+        let done = entry.is_none();
+        if let Some((key, raw)) = entry.filter(|(key, _)| !key.contains(&keys::SEP)) {
+            match decode_delivery(&raw) {
+                Ok(delivery) => batch.push((key, delivery)),
+                // Left as it is, as an unreadable record always was: no one can read it.
+                Err(error) => tracing::error!(
+                    delivery_id = %String::from_utf8_lossy(&key),
+                    %error,
+                    "a stored delivery cannot be decoded; left as it is"
+                ),
+            }
+        }
+        if batch.len() >= UPGRADE_BATCH || (done && !batch.is_empty()) {
+            move_to_tenant_keys(trees, &batch)?;
+            moved += batch.len();
+            batch.clear();
+        }
+        if done {
+            return Ok(moved);
+        }
+    }
+}
+
+/// Move records keyed by id alone (`key`, as decoded) to their deliveries' keys, with their
+/// queue entries, and remove their tenant index entries, in one transaction.
+fn move_to_tenant_keys(trees: &super::writer::Trees, batch: &[(IVec, Delivery)]) -> Result<()> {
+    let trees = (&trees.deliveries, &trees.queue, &trees.index);
+    let result = trees.transaction(|(deliveries, queue, index)| {
+        for (key, delivery) in batch {
+            let Some(raw) = deliveries.remove(key)? else {
+                continue;
+            };
+            deliveries.insert(key_of(delivery).as_bytes(), raw)?;
+            let id = delivery.id.as_str();
+            let old_entry = queue_key_ending(delivery, id);
+            if let (Some(old), Some(new)) = (old_entry, queue_key(delivery)) {
+                if let Some(destination) = queue.remove(old)? {
+                    queue.insert(new, destination)?;
+                }
+            }
+            index.remove(keys::owned(
+                keys::TENANT_DELIVERIES_BEFORE_4,
+                delivery.tenant.as_str(),
+                id,
+            ))?;
+        }
+        Ok(())
+    });
+    tx_result(result)
+}
+
 /// Record that the directory has this build's layout, on disk before anything is written in it.
 fn mark_layout(db: &sled::Db, meta: &sled::Tree) -> Result<()> {
     meta.insert(LAYOUT_KEY, LAYOUT.to_string().as_bytes())?;
@@ -353,7 +444,8 @@ fn update_delivery_tx(
     claimed: Option<(&[u8], &Delivery)>,
     change: &dyn Fn(&mut Delivery) -> bool,
 ) -> TxResult<DeliveryUpdate> {
-    let Some(raw) = tx.deliveries.get(id.as_str())? else {
+    let key = keys::delivery(tenant.as_str(), id.as_str());
+    let Some(raw) = tx.deliveries.get(key.as_str())? else {
         return Ok(DeliveryUpdate::NotFound);
     };
     // The claimed copy, when the record is still as claimed: no decoding, and one clone.
@@ -361,9 +453,6 @@ fn update_delivery_tx(
         Some((bytes, delivery)) if raw == bytes => Cow::Borrowed(delivery),
         _ => Cow::Owned(with_body_tx(tx.events, &raw, claimed.map(|(_, d)| d))?),
     };
-    if &stored.tenant != tenant {
-        return Ok(DeliveryUpdate::NotFound);
-    }
     let mut changed = Delivery::clone(&stored);
     if !change(&mut changed) {
         return Ok(DeliveryUpdate::Unchanged(stored.into_owned()));
@@ -387,7 +476,7 @@ fn update_delivery_tx(
         }
     }
     tx.deliveries
-        .insert(id.as_str(), encode_delivery(&changed, Body::of(&raw)))?;
+        .insert(key.as_str(), encode_delivery(&changed, Body::of(&raw)))?;
     Ok(DeliveryUpdate::Updated(changed))
 }
 
@@ -435,11 +524,12 @@ pub(super) struct Claims(Arc<Mutex<ClaimState>>);
 
 #[derive(Default)]
 struct ClaimState {
-    /// Deliveries being sent: their ids, with the queue entry each was claimed by.
+    /// Deliveries being sent: their keys ([`key_of`], what their queue entries end with), with
+    /// the queue entry each was claimed by.
     sending: HashMap<String, IVec>,
-    /// Deliveries put back for want of room, by id: not to be claimed before the time given.
+    /// Deliveries put back for want of room, by key: not to be claimed before the time given.
     held_back: HashMap<String, Timestamp>,
-    /// Deliveries waiting for their destination's room: their ids, with their entries (see
+    /// Deliveries waiting for their destination's room: their keys, with their entries (see
     /// [`QueueState::waiting`]).
     waiting: HashMap<String, IVec>,
     /// Fresh, then retry.
@@ -662,6 +752,7 @@ impl ClaimState {
 /// The lease of a delivery the worker holds (see [`Claims`]), with the bytes its record was
 /// read as. Dropping it releases the claim.
 struct SledLease {
+    /// Its delivery's key.
     id: String,
     stored: IVec,
     claims: Claims,
@@ -891,7 +982,7 @@ impl SledStore {
                 Ok(read) => Some(read),
                 Err(StoreError::Corrupt(error)) => {
                     tracing::error!(
-                        delivery_id = id,
+                        delivery_id = keys::last_part(id.as_bytes()).unwrap_or(id),
                         %error,
                         "a stored delivery cannot be read; tried again in a minute"
                     );
@@ -929,7 +1020,7 @@ impl SledStore {
         raw: IVec,
         delivery: Delivery,
     ) -> Claimed {
-        let id = delivery.id.as_str().to_owned();
+        let id = key_of(&delivery);
         state.sending.insert(id.clone(), key.clone());
         Claimed {
             delivery: Arc::new(delivery),
@@ -993,8 +1084,8 @@ impl SledStore {
     pub async fn remove_stale_entries(&self, entries: Vec<StaleEntry>) -> Result<()> {
         self.writer
             .write_rows(entries.len(), move |tx| {
-                for (key, id) in &entries {
-                    let current = match tx.deliveries.get(id.as_str())? {
+                for (key, delivery) in &entries {
+                    let current = match tx.deliveries.get(delivery.as_str())? {
                         Some(raw) => queue_key(
                             &decode_delivery(&raw).map_err(ConflictableTransactionError::Abort)?,
                         ),
@@ -1071,12 +1162,10 @@ impl SledStore {
     }
 
     pub fn delivery(&self, tenant: &Tenant, id: &DeliveryId) -> Result<Option<Delivery>> {
-        let found: Option<Delivery> = self
-            .deliveries
-            .get(id.as_str())?
+        self.deliveries
+            .get(keys::delivery(tenant.as_str(), id.as_str()))?
             .map(|raw| self.read_delivery(&raw, &mut Bodies::new()))
-            .transpose()?;
-        Ok(found.filter(|d| &d.tenant == tenant))
+            .transpose()
     }
 
     /// A tenant's deliveries, newest first, optionally in one state, after the cursor.
@@ -1087,9 +1176,9 @@ impl SledStore {
         after: Option<&DeliveryId>,
         limit: usize,
     ) -> Result<DeliveryPage> {
-        let prefix = keys::owner_prefix(keys::TENANT_DELIVERIES, tenant.as_str());
+        let prefix = keys::deliveries_of(tenant.as_str());
         let upper = match after {
-            Some(id) => keys::owned(keys::TENANT_DELIVERIES, tenant.as_str(), id.as_str()),
+            Some(id) => keys::delivery(tenant.as_str(), id.as_str()).into_bytes(),
             None => {
                 let mut end = prefix.clone();
                 *end.last_mut().expect("prefix ends with a separator") += 1;
@@ -1099,14 +1188,12 @@ impl SledStore {
         let mut deliveries: Vec<Delivery> = Vec::new();
         let mut next = None;
         let mut bodies = Bodies::new();
-        for entry in self.index.range(prefix.as_slice()..upper.as_slice()).rev() {
-            let (key, _) = entry?;
-            let Some(id) = keys::last_part(&key) else {
-                continue;
-            };
-            let Some(raw) = self.deliveries.get(id)? else {
-                continue;
-            };
+        for entry in self
+            .deliveries
+            .range(prefix.as_slice()..upper.as_slice())
+            .rev()
+        {
+            let (_, raw) = entry?;
             let delivery = self.read_delivery(&raw, &mut bodies)?;
             if state.is_some_and(|s| s != delivery.state) {
                 continue;
@@ -1122,25 +1209,34 @@ impl SledStore {
 
     /// Every delivery of a job's events, oldest first.
     pub fn deliveries_of_job(&self, job: &JobId) -> Result<Vec<Delivery>> {
-        self.deliveries_under(&keys::owner_prefix(keys::JOB_DELIVERIES, job.as_str()))
+        let Some(tenant) = owner(&self.jobs, job.as_str())? else {
+            return Ok(Vec::new());
+        };
+        let prefix = keys::owner_prefix(keys::JOB_DELIVERIES, job.as_str());
+        self.deliveries_under(&tenant, &prefix)
     }
 
     /// A subscription's failed deliveries, oldest first.
     pub fn failed_deliveries_of_subscription(&self, sub: &SubscriptionId) -> Result<Vec<Delivery>> {
-        let mut failed =
-            self.deliveries_under(&keys::owner_prefix(keys::SUBSCRIPTION_FAILED, sub.as_str()))?;
+        let Some(tenant) = owner(&self.subscriptions, sub.as_str())? else {
+            return Ok(Vec::new());
+        };
+        let prefix = keys::owner_prefix(keys::SUBSCRIPTION_FAILED, sub.as_str());
+        let mut failed = self.deliveries_under(&tenant, &prefix)?;
         // The index and the records are written together; this only guards the contract.
         failed.retain(|d| d.state == DeliveryState::Failed);
         Ok(failed)
     }
 
-    fn deliveries_under(&self, prefix: &[u8]) -> Result<Vec<Delivery>> {
+    /// The deliveries of `tenant` an index lists under `prefix`.
+    fn deliveries_under(&self, tenant: &Tenant, prefix: &[u8]) -> Result<Vec<Delivery>> {
         let mut found = Vec::new();
         let mut bodies = Bodies::new();
         for entry in self.index.scan_prefix(prefix) {
             let (key, value) = entry?;
             for id in keys::delivery_ids(&key, &value) {
-                if let Some(raw) = self.deliveries.get(id)? {
+                let key = keys::delivery(tenant.as_str(), id);
+                if let Some(raw) = self.deliveries.get(key.as_str())? {
                     found.push(self.read_delivery(&raw, &mut bodies)?);
                 }
             }
@@ -1171,7 +1267,7 @@ impl SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Destination, Event};
+    use crate::domain::{Destination, Event, Subscription};
     use crate::store::Storage;
 
     /// The store as the service sees it.
@@ -1251,7 +1347,7 @@ mod tests {
         let queued = queue_to(&store, &urls(&[HOST_A, HOST_A, HOST_B, HOST_A]), now).await;
         let (a1, a2, b1, a3) = (&queued[0], &queued[1], &queued[2], &queued[3]);
         // A2's record is gone: a claim that read it would report its entry as stale.
-        store.deliveries.remove(a2.id.as_str()).unwrap();
+        store.deliveries.remove(key_of(a2)).unwrap();
 
         let (claimed, stale) = store
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(0))
@@ -1273,10 +1369,10 @@ mod tests {
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 10, room_at_a(8))
             .unwrap();
         assert_eq!(ids(&rest), vec![a3.id.clone()]);
-        let stale: HashSet<&str> = stale.iter().map(|(_, id)| id.as_str()).collect();
+        let stale: HashSet<&str> = stale.iter().map(|(_, key)| key.as_str()).collect();
         assert_eq!(
             stale,
-            HashSet::from([a2.id.as_str()]),
+            HashSet::from([key_of(a2).as_str()]),
             "A2's entry, read now"
         );
         drop((claimed, first, rest));
@@ -1643,12 +1739,16 @@ mod tests {
             ids.push((job.id, delivery.id));
         }
         // The first job's delivery, damaged: its body no longer UTF-8.
-        let raw = store.deliveries.get(ids[0].1.as_str()).unwrap().unwrap();
+        let raw = store
+            .deliveries
+            .get(keys::delivery("acme", ids[0].1.as_str()))
+            .unwrap()
+            .unwrap();
         let mut damaged = raw.to_vec();
         *damaged.last_mut().unwrap() = 0xff;
         store
             .deliveries
-            .insert(ids[0].1.as_str(), damaged.clone())
+            .insert(keys::delivery("acme", ids[0].1.as_str()), damaged.clone())
             .unwrap();
 
         let report = api(&store)
@@ -1658,7 +1758,11 @@ mod tests {
         assert_eq!((report.jobs, report.deliveries), (1, 1), "the readable one");
         assert!(store.jobs.get(ids[0].0.as_str()).unwrap().is_some(), "kept");
         assert_eq!(
-            store.deliveries.get(ids[0].1.as_str()).unwrap().as_deref(),
+            store
+                .deliveries
+                .get(keys::delivery("acme", ids[0].1.as_str()))
+                .unwrap()
+                .as_deref(),
             Some(damaged.as_slice()),
             "left as it is"
         );
@@ -1782,7 +1886,7 @@ mod tests {
 
         assert_eq!(store.events.len(), 1);
         for d in &deliveries {
-            let raw = store.deliveries.get(d.id.as_str()).unwrap().unwrap();
+            let raw = store.deliveries.get(key_of(d)).unwrap().unwrap();
             assert_ne!(raw[0], b'{', "written in the binary form");
             assert!(decode_delivery(&raw).unwrap().payload.is_absent());
             assert!(raw.len() < 300, "{} bytes", raw.len());
@@ -1815,7 +1919,7 @@ mod tests {
             .unwrap();
 
         assert_eq!(store.events.len(), 0, "no body apart");
-        let stored = || store.deliveries.get(delivery.id.as_str()).unwrap().unwrap();
+        let stored = || store.deliveries.get(key_of(&delivery)).unwrap().unwrap();
         assert_eq!(Body::of(&stored()), Body::Inside);
         let read = store.delivery(&acme, &delivery.id).unwrap().unwrap();
         assert_eq!(read.payload.value(), &event.payload());
@@ -1853,17 +1957,14 @@ mod tests {
             // Written as layout 1 did: the body inside the record, nothing in `events`.
             let mut record = serde_json::to_value(&delivery).unwrap();
             record["payload"] = event.payload();
-            store
-                .deliveries
-                .insert(delivery.id.as_str(), serde_json::to_vec(&record).unwrap())
-                .unwrap();
+            as_before_layout_4(&store, &delivery, serde_json::to_vec(&record).unwrap());
             store.events.clear().unwrap();
             store.db.open_tree("meta").unwrap().clear().unwrap();
             store.flush_now().unwrap();
         }
 
         let store = reopen(dir.path());
-        let raw = store.deliveries.get(delivery.id.as_str()).unwrap().unwrap();
+        let raw = store.deliveries.get(key_of(&delivery)).unwrap().unwrap();
         assert!(
             decode_delivery(&raw).unwrap().payload.is_absent(),
             "moved out"
@@ -1878,6 +1979,22 @@ mod tests {
             .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].delivery.payload.value(), &event.payload());
+    }
+
+    /// Store `delivery` as layouts before 4 did, its record (`raw`) keyed by its id alone: its
+    /// queue entry ending with the id, an index entry under its tenant.
+    fn as_before_layout_4(store: &SledStore, delivery: &Delivery, raw: Vec<u8>) {
+        store.deliveries.remove(key_of(delivery)).unwrap();
+        store.deliveries.insert(delivery.id.as_str(), raw).unwrap();
+        let id = delivery.id.as_str();
+        if let Some(new) = queue_key(delivery) {
+            let destination = store.queue.remove(new).unwrap().unwrap();
+            let old = queue_key_ending(delivery, id).unwrap();
+            store.queue.insert(old, destination).unwrap();
+        }
+        let tenant = delivery.tenant.as_str();
+        let listed = keys::owned(keys::TENANT_DELIVERIES_BEFORE_4, tenant, id);
+        store.index.insert(listed, &[]).unwrap();
     }
 
     /// Open the store at `path` once the last one let go of it (its threads end a little after
@@ -1942,14 +2059,32 @@ mod tests {
         assert_eq!(read.payload.json(), delivery.payload.json());
     }
 
-    /// A delivery to a new subscription, `state` (pending ones due `now`).
-    fn to_subscription(tenant: &Tenant, now: Timestamp, state: DeliveryState) -> Delivery {
-        let mut delivery = due_delivery(tenant, now);
-        delivery.destination = Destination::Subscription {
-            subscription_id: SubscriptionId::generate(),
+    /// A subscription of `tenant`, stored.
+    async fn stored_subscription(store: &SledStore, tenant: &Tenant) -> Subscription {
+        let now = chrono::Utc::now();
+        let sub = Subscription {
+            id: SubscriptionId::generate(),
+            tenant: tenant.clone(),
             url: format!("{HOST_A}/hooks"),
+            event_types: vec![crate::domain::EventType::AgentReady],
             format: crate::domain::Format::Standard,
+            description: None,
+            enabled: true,
+            disabled_reason: None,
+            secrets: crate::domain::SecretSet::new("whsec_x".into()),
+            failing_since: None,
+            rate_limit_per_second: None,
+            created_at: now,
+            updated_at: now,
         };
+        store.save_subscription(&sub).await.unwrap();
+        sub
+    }
+
+    /// A delivery to `sub`, `state` (a pending one due `now`).
+    fn to_subscription(sub: &Subscription, now: Timestamp, state: DeliveryState) -> Delivery {
+        let mut delivery = due_delivery(&sub.tenant, now);
+        delivery.destination = Destination::subscription(sub);
         if state == DeliveryState::Failed {
             delivery.state = state;
             delivery.next_attempt_at = None;
@@ -1967,24 +2102,23 @@ mod tests {
             .collect()
     }
 
-    fn sub_of(delivery: &Delivery) -> SubscriptionId {
-        delivery.destination.subscription_id().unwrap().clone()
-    }
-
     #[tokio::test]
     async fn a_subscription_indexes_its_deliveries_while_they_are_failed_and_only_then() {
         let (store, _dir) = temp_store();
         let (acme, now) = (Tenant::parse("acme").unwrap(), chrono::Utc::now());
-        let pending = to_subscription(&acme, now, DeliveryState::Pending);
-        let failed = to_subscription(&acme, now, DeliveryState::Failed);
-        let (to_pending, to_failed) = (sub_of(&pending), sub_of(&failed));
+        let (one, two) = (
+            stored_subscription(&store, &acme).await,
+            stored_subscription(&store, &acme).await,
+        );
+        let pending = to_subscription(&one, now, DeliveryState::Pending);
+        let failed = to_subscription(&two, now, DeliveryState::Failed);
         api(&store)
             .insert_deliveries(vec![pending.clone(), failed.clone()])
             .await
             .unwrap();
-        assert!(indexed(&store, keys::SUBSCRIPTION_FAILED, &to_pending).is_empty());
+        assert!(indexed(&store, keys::SUBSCRIPTION_FAILED, &one.id).is_empty());
         assert_eq!(
-            indexed(&store, keys::SUBSCRIPTION_FAILED, &to_failed),
+            indexed(&store, keys::SUBSCRIPTION_FAILED, &two.id),
             vec![failed.id.to_string()]
         );
 
@@ -1999,7 +2133,7 @@ mod tests {
             .await
             .unwrap();
         let listed = api(&store)
-            .failed_deliveries_of_subscription(&to_pending)
+            .failed_deliveries_of_subscription(&one.id)
             .await
             .unwrap();
         assert_eq!(ids_of(&listed), vec![pending.id.clone()]);
@@ -2012,92 +2146,101 @@ mod tests {
             .update_delivery(&acme, &pending.id, Box::new(again))
             .await
             .unwrap();
-        assert!(indexed(&store, keys::SUBSCRIPTION_FAILED, &to_pending).is_empty());
+        assert!(indexed(&store, keys::SUBSCRIPTION_FAILED, &one.id).is_empty());
         assert!(api(&store)
-            .failed_deliveries_of_subscription(&to_pending)
+            .failed_deliveries_of_subscription(&one.id)
             .await
             .unwrap()
             .is_empty());
     }
 
     #[tokio::test]
-    async fn before_layout_4_every_delivery_to_a_subscription_was_indexed_and_the_upgrade_keeps_the_failed_ones(
+    async fn a_directory_of_layout_3_is_upgraded_in_place_records_keyed_by_tenant_and_failed_ones_indexed(
     ) {
         let dir = tempfile::tempdir().unwrap();
         let (acme, now) = (Tenant::parse("acme").unwrap(), chrono::Utc::now());
-        let pending = to_subscription(&acme, now, DeliveryState::Pending);
-        let failed = to_subscription(&acme, now, DeliveryState::Failed);
-        // More than one upgrade batch of old entries to one subscription, one of them failed.
-        let sub = sub_of(&pending);
-        let mut many: Vec<Delivery> = (0..UPGRADE_BATCH + 10)
-            .map(|_| {
-                let mut d = to_subscription(&acme, now, DeliveryState::Pending);
-                d.destination = pending.destination.clone();
-                d
-            })
-            .collect();
-        many[UPGRADE_BATCH + 3].state = DeliveryState::Failed;
-        many[UPGRADE_BATCH + 3].next_attempt_at = None;
-        let mut all = vec![pending.clone(), failed.clone()];
-        all.extend(many.iter().cloned());
-        {
+        let globex = Tenant::parse("globex").unwrap();
+        let mut all: Vec<Delivery> = Vec::new();
+        let (sub, other) = {
             let store = open_when_free(dir.path()).unwrap();
+            let sub = stored_subscription(&store, &acme).await;
+            let other = stored_subscription(&store, &globex).await;
+            // More than an upgrade batch, one failed among them, and one of another tenant.
+            all.extend(
+                (0..UPGRADE_BATCH + 10).map(|_| to_subscription(&sub, now, DeliveryState::Pending)),
+            );
+            all[UPGRADE_BATCH + 3].state = DeliveryState::Failed;
+            all[UPGRADE_BATCH + 3].next_attempt_at = None;
+            all.push(to_subscription(&other, now, DeliveryState::Failed));
+            all.push(to_subscription(&other, now, DeliveryState::Pending));
             api(&store).insert_deliveries(all.clone()).await.unwrap();
-            // As layout 3 left them: an entry per delivery under `ds`, none under `sf`.
+            // As layout 3 left them: records keyed by id, an entry per delivery under `ds`.
             for d in &all {
-                let s = sub_of(d);
+                let raw = store.deliveries.get(key_of(d)).unwrap().unwrap();
+                as_before_layout_4(&store, d, raw.to_vec());
+                let s = d.destination.subscription_id().unwrap().as_str();
+                let id = d.id.as_str();
                 store
                     .index
-                    .remove(keys::owned(
-                        keys::SUBSCRIPTION_FAILED,
-                        s.as_str(),
-                        d.id.as_str(),
-                    ))
+                    .remove(keys::owned(keys::SUBSCRIPTION_FAILED, s, id))
                     .unwrap();
-                store
-                    .index
-                    .insert(
-                        keys::owned(
-                            keys::SUBSCRIPTION_DELIVERIES_BEFORE_4,
-                            s.as_str(),
-                            d.id.as_str(),
-                        ),
-                        &[],
-                    )
-                    .unwrap();
+                let old = keys::owned(keys::SUBSCRIPTION_DELIVERIES_BEFORE_4, s, id);
+                store.index.insert(old, &[]).unwrap();
             }
             let meta = store.db.open_tree("meta").unwrap();
             meta.insert(LAYOUT_KEY, &b"3"[..]).unwrap();
             store.flush_now().unwrap();
-        }
+            (sub, other)
+        };
 
         let store = open_when_free(dir.path()).unwrap();
         let meta = store.db.open_tree("meta").unwrap();
         assert_eq!(meta.get(LAYOUT_KEY).unwrap().as_deref(), Some(&b"4"[..]));
-        for s in [&sub, &sub_of(&failed)] {
-            assert!(indexed(&store, keys::SUBSCRIPTION_DELIVERIES_BEFORE_4, s).is_empty());
+        // Every record under its tenant's key; no index entry of the earlier layout left.
+        let record_keys: Vec<IVec> = store.deliveries.iter().keys().map(Result::unwrap).collect();
+        let mut expected: Vec<String> = all.iter().map(key_of).collect();
+        expected.sort();
+        let found: Vec<String> = record_keys
+            .iter()
+            .map(|k| String::from_utf8(k.to_vec()).unwrap())
+            .collect();
+        assert_eq!(found, expected);
+        for old in [
+            keys::SUBSCRIPTION_DELIVERIES_BEFORE_4,
+            keys::TENANT_DELIVERIES_BEFORE_4,
+        ] {
+            let prefix = [old.as_bytes(), &[keys::SEP]].concat();
+            assert_eq!(store.index.scan_prefix(prefix).count(), 0, "{old}");
         }
+        // Failed ones indexed, each tenant's listed, the pending ones due and claimed.
         assert_eq!(
-            indexed(&store, keys::SUBSCRIPTION_FAILED, &sub),
-            vec![many[UPGRADE_BATCH + 3].id.to_string()]
+            indexed(&store, keys::SUBSCRIPTION_FAILED, &sub.id),
+            vec![all[UPGRADE_BATCH + 3].id.to_string()]
         );
-        let listed = api(&store)
-            .failed_deliveries_of_subscription(&sub_of(&failed))
+        let failed = api(&store)
+            .failed_deliveries_of_subscription(&other.id)
             .await
             .unwrap();
-        assert_eq!(ids_of(&listed), vec![failed.id.clone()]);
-        // The records are untouched: each still read as it was, pending ones still due.
+        assert_eq!(ids_of(&failed), vec![all[UPGRADE_BATCH + 10].id.clone()]);
+        let listed = |tenant: &Tenant| {
+            let page = store.list_deliveries(tenant, None, None, 1000).unwrap();
+            page.deliveries.len()
+        };
+        assert_eq!((listed(&acme), listed(&globex)), (UPGRADE_BATCH + 10, 2));
+        let pending = all.len() - 2;
+        assert_eq!(queued(&store, DeliveryQueue::Fresh), pending, "counts kept");
+        let claimed = api(&store)
+            .claim_due_deliveries(DeliveryQueue::Fresh, now, 1000, Room::unlimited())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), pending);
         for d in &all {
-            let read = store.delivery(&acme, &d.id).unwrap().unwrap();
+            let read = store.delivery(&d.tenant, &d.id).unwrap().unwrap();
             assert_eq!(
-                (read.state, read.next_attempt_at),
-                (d.state, d.next_attempt_at)
+                (read.state, read.message_id.clone()),
+                (d.state, d.message_id.clone())
             );
         }
-        assert_eq!(
-            queued(&store, DeliveryQueue::Fresh) + queued(&store, DeliveryQueue::Retry),
-            all.len() - 2
-        );
     }
 
     /// Record a claimed delivery's attempt as a success, as the worker does.
@@ -2116,14 +2259,14 @@ mod tests {
         assert_eq!(update.map(|r| r.state), Some(DeliveryState::Succeeded));
     }
 
-    /// Rewrite a stored delivery as the first layout wrote it: its body inside the record,
-    /// nothing in `events` (as an earlier version does if it runs after the upgrade).
+    /// Rewrite a stored delivery as the first layout wrote it: JSON, its body inside the record,
+    /// nothing in `events` (as an earlier version did if it ran after the upgrade to layout 2).
     fn rewrite_as_first_layout(store: &SledStore, delivery: &Delivery) {
         let mut record = serde_json::to_value(delivery).unwrap();
         record["payload"] = delivery.payload.value().clone();
         store
             .deliveries
-            .insert(delivery.id.as_str(), serde_json::to_vec(&record).unwrap())
+            .insert(key_of(delivery), serde_json::to_vec(&record).unwrap())
             .unwrap();
         store.events.remove(delivery.event_id.as_str()).unwrap();
     }
@@ -2178,7 +2321,7 @@ mod tests {
         // Written as the previous version did: JSON, its body in `events`.
         store
             .deliveries
-            .insert(one.id.as_str(), serde_json::to_vec(&one).unwrap())
+            .insert(key_of(&one), serde_json::to_vec(&one).unwrap())
             .unwrap();
         store
             .events
@@ -2192,7 +2335,7 @@ mod tests {
         assert!(ids.contains(&one.id));
         let first = claimed.into_iter().find(|c| c.delivery.id == one.id);
         record_success(&store, first.unwrap()).await;
-        let raw = store.deliveries.get(one.id.as_str()).unwrap().unwrap();
+        let raw = store.deliveries.get(key_of(&one)).unwrap().unwrap();
         assert_ne!(raw[0], b'{', "rewritten in the binary form");
         let read = store.delivery(&acme, &one.id).unwrap().unwrap();
         assert_eq!(read.state, DeliveryState::Succeeded);
@@ -2215,7 +2358,7 @@ mod tests {
                 .unwrap();
             store
                 .deliveries
-                .insert(bad.id.as_str(), b"{not json".as_slice())
+                .insert(key_of(&bad), b"{not json".as_slice())
                 .unwrap();
             store.db.open_tree("meta").unwrap().clear().unwrap();
             store.flush_now().unwrap();

@@ -26,9 +26,28 @@ pub fn owned(prefix: &str, owner: &str, id: &str) -> Vec<u8> {
     join(&[prefix.as_bytes(), owner.as_bytes(), id.as_bytes()])
 }
 
+/// A delivery's key, `tenant \0 id`: of its record in `deliveries` (a tenant's deliveries lie
+/// together, in id order: listing them needs no index), and the end of its queue entries.
+pub fn delivery(tenant: &str, id: &str) -> String {
+    let mut key = String::with_capacity(tenant.len() + 1 + id.len());
+    key.push_str(tenant);
+    key.push(char::from(SEP));
+    key.push_str(id);
+    key
+}
+
+/// The start of every delivery key of `tenant`.
+pub fn deliveries_of(tenant: &str) -> Vec<u8> {
+    let mut key = tenant.as_bytes().to_vec();
+    key.push(SEP);
+    key
+}
+
 pub const TENANT_JOBS: &str = "jt";
 pub const TENANT_SUBSCRIPTIONS: &str = "st";
-pub const TENANT_DELIVERIES: &str = "dt";
+/// A tenant's deliveries, as layouts before 4 indexed them (`dt \0 tenant \0 delivery`), when
+/// their records were keyed by id alone; the upgrade removes them.
+pub const TENANT_DELIVERIES_BEFORE_4: &str = "dt";
 /// A job's deliveries: one entry per delivery (`dj \0 job \0 delivery`, empty value), or, for
 /// the deliveries stored together (a completion's fan-out), one entry for all of them, keyed by
 /// the first one's id, with their ids in its value ([`delivery_ids`]).

@@ -21,6 +21,7 @@ const SCAN_PER_CALL: usize = 1024;
 /// A finished job to delete, with the deliveries found for it and its job index entries.
 struct Doomed {
     job: JobId,
+    /// Its deliveries' keys (`deliveries::key_of`).
     deliveries: Vec<String>,
     index_keys: Vec<Vec<u8>>,
 }
@@ -72,7 +73,8 @@ impl SledStore {
             {
                 let (key, value) = entry?;
                 for delivery_id in keys::delivery_ids(&key, &value) {
-                    if let Some(raw) = self.deliveries.get(delivery_id)? {
+                    let delivery_key = keys::delivery(job.tenant.as_str(), delivery_id);
+                    if let Some(raw) = self.deliveries.get(delivery_key.as_str())? {
                         // Unreadable: kept with its job for an operator (never deleted on a
                         // guess), and the walk goes on.
                         if decode_delivery(&raw).map_or(true, |d| d.state == DeliveryState::Pending)
@@ -81,7 +83,7 @@ impl SledStore {
                             break 'entries;
                         }
                     }
-                    deliveries.push(delivery_id.to_owned());
+                    deliveries.push(delivery_key);
                 }
                 index_keys.push(key.to_vec());
             }
@@ -208,8 +210,8 @@ fn delete_job_tx(tx: &Tx<'_>, doomed: &Doomed, cutoff: Timestamp) -> TxResult<Op
         return Ok(None);
     }
     let mut deliveries = Vec::with_capacity(doomed.deliveries.len());
-    for id in &doomed.deliveries {
-        if let Some(raw) = tx.deliveries.get(id.as_str())? {
+    for key in &doomed.deliveries {
+        if let Some(raw) = tx.deliveries.get(key.as_str())? {
             // Unreadable (damaged since the candidates were found): the job stays.
             let Ok(delivery) = decode_delivery(&raw) else {
                 return Ok(None);
@@ -221,14 +223,9 @@ fn delete_job_tx(tx: &Tx<'_>, doomed: &Doomed, cutoff: Timestamp) -> TxResult<Op
         }
     }
     for delivery in &deliveries {
-        let id = delivery.id.as_str();
-        tx.deliveries.remove(id)?;
+        tx.deliveries
+            .remove(super::deliveries::key_of(delivery).as_str())?;
         tx.events.remove(delivery.event_id.as_str())?;
-        tx.index.remove(keys::owned(
-            keys::TENANT_DELIVERIES,
-            delivery.tenant.as_str(),
-            id,
-        ))?;
         if let Some(key) = super::deliveries::failed_key(delivery) {
             tx.index.remove(key)?;
         }

@@ -243,6 +243,14 @@ pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Res
         }
         _ => {}
     }
+    if !trees.deliveries.is_empty() {
+        tracing::info!(
+            from = stored,
+            to = LAYOUT,
+            "upgrading the data directory: every delivery record is rewritten once (about a \
+             minute per million deliveries; safe to interrupt, it goes on at the next start)"
+        );
+    }
     if stored.is_none_or(|layout| layout < 2) {
         let moved = move_bodies_out_of_records(trees)?;
         if moved > 0 {

@@ -1,14 +1,15 @@
 //! The embedded backend: sled, one process per directory.
 //!
 //! Trees:
-//! - `jobs`: job id → job; `deliveries`: delivery id → delivery (without its event's body);
+//! - `jobs`: job id → job; `deliveries`: `tenant \0 delivery id` → delivery (a tenant's lie
+//!   together; the body of its event inside only when it is the event's only delivery);
 //!   `events`: event id → the event's body, once for all its deliveries; `subscriptions`: id →
 //!   subscription
-//! - `index`: secondary keys, by prefix (see [`keys`]): a tenant's jobs, subscriptions and
-//!   deliveries, agent id → job id, a job's and a subscription's deliveries
+//! - `index`: secondary keys, by prefix (see [`keys`]): a tenant's jobs and subscriptions,
+//!   agent id → job id, a job's deliveries, a subscription's failed deliveries
 //! - `due`: the scheduler's queue, `kind | due millis | job id`
-//! - `queue`: the delivery worker's queue, `fresh|retry | due millis | delivery id` → the
-//!   delivery's destination key (see `deliveries::Claims`)
+//! - `queue`: the delivery worker's queue, `fresh|retry | due millis | tenant \0 delivery id`
+//!   → the delivery's destination key (see `deliveries::Claims`)
 //! - `idempotency`: `tenant \0 key` → record; `secrets`: tenant → callback signing secrets
 //! - `meta`: the layout version of the records (see [`SledStore::open`])
 //! - `upstream`: agenthook's webhook registration with bitHuman (`upstream_webhook`)

@@ -32,6 +32,11 @@ const EVERY: Duration = Duration::from_secs(60);
 /// at every sweep).
 const TOTALS_COST_FACTOR: u32 = 100;
 
+/// A count of the stored totals that took this long walked enough records (~10,000 with sled)
+/// to leave memory worth giving back (+62 MiB resident after a count of 100,000 pending
+/// deliveries, until then; BENCHMARKS.md, Bench 3c, session 6).
+const COUNT_WORTH_A_TRIM: Duration = Duration::from_millis(20);
+
 /// When the stored totals may be counted again: a count that took `d` is made again only after
 /// [`TOTALS_COST_FACTOR`] × `d`, so counting takes at most 1 % of a core however much is stored
 /// (a store that counts in milliseconds is counted at every sweep).
@@ -156,7 +161,12 @@ impl Maintenance {
             return;
         }
         let counted = self.store.stored_totals().await;
-        self.totals.counted(started, started.elapsed());
+        let took = started.elapsed();
+        self.totals.counted(started, took);
+        if took >= COUNT_WORTH_A_TRIM {
+            // sled walked every record: what its reads allocated is free, and given back.
+            crate::memory::release_after_burst().await;
+        }
         match counted {
             Ok(totals) => {
                 for (kind, count) in [

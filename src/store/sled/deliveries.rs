@@ -212,6 +212,8 @@ fn stored_payload(event_id: &str, raw: Option<IVec>) -> Result<Payload> {
 /// A directory of a newer layout than this build's is refused, not misread.
 const LAYOUT: u32 = 4;
 const LAYOUT_KEY: &str = "layout";
+/// Present while an upgrade to [`LAYOUT`] is under way: the layout it started from.
+const UPGRADING_FROM_KEY: &str = "upgrading_from";
 /// Records moved (or index entries rewritten) per transaction when upgrading.
 const UPGRADE_BATCH: usize = 256;
 
@@ -223,35 +225,40 @@ const UPGRADE_BATCH: usize = 256;
 /// is refused.
 pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Result<()> {
     let meta = db.open_tree("meta")?;
-    let stored = match meta.get(LAYOUT_KEY)? {
-        None => None,
-        Some(raw) => Some(
-            std::str::from_utf8(&raw)
-                .ok()
-                .and_then(|text| text.parse::<u32>().ok())
-                .ok_or_else(|| StoreError::Corrupt("the stored layout is not a number".into()))?,
-        ),
-    };
-    match stored {
-        Some(layout) if layout == LAYOUT => return Ok(()),
-        Some(layout) if layout > LAYOUT => {
-            return Err(StoreError::Unavailable(format!(
-                "the data directory was written by a newer version of agenthook (record layout \
-                 {layout}; this version reads layouts up to {LAYOUT}): run that version or a \
-                 later one"
-            )))
+    let stored = read_layout(&meta, LAYOUT_KEY)?;
+    // An upgrade under way names the layout it started from.
+    let upgrading = read_layout(&meta, UPGRADING_FROM_KEY)?;
+    if let Some(layout) = stored.filter(|layout| *layout > LAYOUT) {
+        return Err(StoreError::Unavailable(format!(
+            "the data directory was written by a newer version of agenthook (record layout \
+             {layout}; this version reads layouts up to {LAYOUT}): run that version or a later \
+             one"
+        )));
+    }
+    let from = match (stored, upgrading) {
+        (Some(LAYOUT), None) => return Ok(()),
+        (_, Some(from)) => Some(from),
+        // Nothing to bring up to date (a new directory, or one without deliveries).
+        (_, None) if trees.deliveries.is_empty() => return mark_layout(db, &meta),
+        (stored, None) => {
+            // Marked first, on disk before anything moves: a build of layout 3 refuses the
+            // directory from now on (it would misread records already moved), and an
+            // interrupted upgrade goes on at the next start.
+            meta.insert(
+                UPGRADING_FROM_KEY,
+                stored.unwrap_or(1).to_string().as_bytes(),
+            )?;
+            mark_layout(db, &meta)?;
+            stored
         }
-        _ => {}
-    }
-    if !trees.deliveries.is_empty() {
-        tracing::info!(
-            from = stored,
-            to = LAYOUT,
-            "upgrading the data directory: every delivery record is rewritten once (about a \
-             minute per million deliveries; safe to interrupt, it goes on at the next start)"
-        );
-    }
-    if stored.is_none_or(|layout| layout < 2) {
+    };
+    tracing::info!(
+        from,
+        to = LAYOUT,
+        "upgrading the data directory: every delivery record is rewritten once (about a \
+         minute per million deliveries; safe to interrupt, it goes on at the next start)"
+    );
+    if from.is_none_or(|layout| layout < 2) {
         let moved = move_bodies_out_of_records(trees)?;
         if moved > 0 {
             tracing::info!(
@@ -276,7 +283,21 @@ pub(super) fn upgrade_layout(db: &sled::Db, trees: &super::writer::Trees) -> Res
             "delivery records are now keyed by tenant (layout 4)"
         );
     }
-    mark_layout(db, &meta)
+    meta.remove(UPGRADING_FROM_KEY)?;
+    db.flush()?;
+    Ok(())
+}
+
+/// A layout number stored under `key` in `meta` (decimal text).
+fn read_layout(meta: &sled::Tree, key: &str) -> Result<Option<u32>> {
+    let Some(raw) = meta.get(key)? else {
+        return Ok(None);
+    };
+    std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|text| text.parse::<u32>().ok())
+        .map(Some)
+        .ok_or_else(|| StoreError::Corrupt(format!("the stored {key} is not a number")))
 }
 
 /// Layout 1 to 2: move each body a delivery record holds to `events`. How many moved.
@@ -356,12 +377,27 @@ fn index_failed_deliveries_only(trees: &super::writer::Trees) -> Result<(usize, 
 }
 
 /// Before layout 4 a delivery's record was keyed by its id alone, its queue entry ended with the
-/// id, and the index listed it under its tenant (`dt`). Each batch of such records moves to
-/// its delivery's key ([`key_of`]) with its queue entry, its tenant entry removed, in one
-/// transaction. How many moved. (A queue entry that did not match its record's is left: its
-/// claim finds no record and removes it.)
+/// id, and the index listed it under its tenant (`dt \0 tenant \0 id`). Each batch of those
+/// entries has its records moved to their deliveries' keys ([`key_of`]) as they are, with the
+/// queue entries of those that can be decoded, and the entries removed, in one transaction (an
+/// unreadable record moves too, and its old entry, which names no record any more, is dropped
+/// by the first claim that meets it). Then any record still keyed by id alone, which no entry
+/// listed, moves if it can be decoded. How many moved.
 fn key_records_by_tenant(trees: &super::writer::Trees) -> Result<usize> {
+    let prefix = [keys::TENANT_DELIVERIES_BEFORE_4.as_bytes(), &[keys::SEP]].concat();
     let mut moved = 0usize;
+    loop {
+        let listed: Vec<IVec> = trees
+            .index
+            .scan_prefix(&prefix)
+            .keys()
+            .take(UPGRADE_BATCH)
+            .collect::<std::result::Result<_, _>>()?;
+        if listed.is_empty() {
+            break;
+        }
+        moved += move_listed(trees, &prefix, &listed)?;
+    }
     let mut batch: Vec<(IVec, Delivery)> = Vec::with_capacity(UPGRADE_BATCH);
     // One walk: a record moved lands under a key with a separator, which the walk passes over.
     let mut entries = trees.deliveries.iter();
@@ -371,7 +407,7 @@ fn key_records_by_tenant(trees: &super::writer::Trees) -> Result<usize> {
         if let Some((key, raw)) = entry.filter(|(key, _)| !key.contains(&keys::SEP)) {
             match decode_delivery(&raw) {
                 Ok(delivery) => batch.push((key, delivery)),
-                // Left as it is, as an unreadable record always was: no one can read it.
+                // Left as it is: no one can read it, and nothing names its tenant.
                 Err(error) => tracing::error!(
                     delivery_id = %String::from_utf8_lossy(&key),
                     %error,
@@ -388,6 +424,41 @@ fn key_records_by_tenant(trees: &super::writer::Trees) -> Result<usize> {
             return Ok(moved);
         }
     }
+}
+
+/// Move the records that the tenant entries `listed` (under `prefix`) name, with their queue
+/// entries, and remove the entries, in one transaction. How many records moved.
+fn move_listed(trees: &super::writer::Trees, prefix: &[u8], listed: &[IVec]) -> Result<usize> {
+    let trees = (&trees.deliveries, &trees.queue, &trees.index);
+    let result = trees.transaction(|(deliveries, queue, index)| {
+        let mut moved = 0usize;
+        for entry in listed {
+            index.remove(entry)?;
+            let named = std::str::from_utf8(&entry[prefix.len()..]).ok();
+            let Some((tenant, id)) = named.and_then(|n| n.split_once(char::from(keys::SEP))) else {
+                continue;
+            };
+            let Some(raw) = deliveries.remove(id)? else {
+                continue;
+            };
+            let key = keys::delivery(tenant, id);
+            if let Ok(delivery) = decode_delivery(&raw) {
+                let entries = (
+                    queue_key_ending(&delivery, id),
+                    queue_key_ending(&delivery, &key),
+                );
+                if let (Some(old), Some(new)) = entries {
+                    if let Some(destination) = queue.remove(old)? {
+                        queue.insert(new, destination)?;
+                    }
+                }
+            }
+            deliveries.insert(key.as_bytes(), raw)?;
+            moved += 1;
+        }
+        Ok(moved)
+    });
+    tx_result(result)
 }
 
 /// Move records keyed by id alone (`key`, as decoded) to their deliveries' keys, with their
@@ -612,10 +683,10 @@ impl ClaimState {
 
     /// Whether the entry `key` may be claimed at `now`.
     fn may_claim(&self, key: &[u8], now: Timestamp) -> bool {
-        let Some((due, id)) = keys::parse_timed(key) else {
+        let Some((due, delivery_key)) = keys::parse_timed(key) else {
             return false;
         };
-        matches!(self.claimable_at(id, from_millis(due)), Some(at) if at <= now)
+        matches!(self.claimable_at(delivery_key, from_millis(due)), Some(at) if at <= now)
     }
 
     /// When the first of `keys` (queue entries, in order) that is not claimed may be claimed.
@@ -625,29 +696,30 @@ impl ClaimState {
         let mut earliest: Option<Timestamp> = None;
         for key in entries {
             let key = key?;
-            let Some((due, id)) = keys::parse_timed(&key) else {
+            let Some((due, delivery_key)) = keys::parse_timed(&key) else {
                 continue;
             };
             let due = from_millis(due);
             if earliest.is_some_and(|e| e <= due) {
                 break;
             }
-            if let Some(at) = self.claimable_at(id, due) {
+            if let Some(at) = self.claimable_at(delivery_key, due) {
                 earliest = Some(earliest.map_or(at, |e| e.min(at)));
             }
         }
         Ok(earliest)
     }
 
-    /// When the entry for `id`, due at `due`, may be claimed; `None` while it is being sent or
-    /// waits for its destination's room (an attempt that ends makes room, and wakes the worker).
-    fn claimable_at(&self, id: &str, due: Timestamp) -> Option<Timestamp> {
-        if self.sending.contains_key(id) || self.waiting.contains_key(id) {
+    /// When the entry for `delivery_key`, due at `due`, may be claimed; `None` while it is being
+    /// sent or waits for its destination's room (an attempt that ends makes room, and wakes the
+    /// worker).
+    fn claimable_at(&self, delivery_key: &str, due: Timestamp) -> Option<Timestamp> {
+        if self.sending.contains_key(delivery_key) || self.waiting.contains_key(delivery_key) {
             return None;
         }
         Some(
             self.held_back
-                .get(id)
+                .get(delivery_key)
                 .map_or(due, |until| (*until).max(due)),
         )
     }
@@ -655,19 +727,19 @@ impl ClaimState {
     /// Whether the entry `key` itself is being sent or waits for its destination's room (not
     /// another entry of its delivery: one written since, by a retry recorded or asked for).
     fn is_taken(&self, key: &[u8]) -> bool {
-        keys::parse_timed(key).is_some_and(|(_, id)| {
+        keys::parse_timed(key).is_some_and(|(_, delivery_key)| {
             let taken = |by: Option<&IVec>| by.is_some_and(|k| k[..] == *key);
-            taken(self.sending.get(id)) || taken(self.waiting.get(id))
+            taken(self.sending.get(delivery_key)) || taken(self.waiting.get(delivery_key))
         })
     }
 
     /// Let the entry `key` of `queue` wait for `destination`'s room; `false` when the queue has
     /// [`WAITING_LIMIT`] waiting already.
     fn wait(&mut self, queue: DeliveryQueue, destination: DestinationKey, key: IVec) -> bool {
-        let Some((_, id)) = keys::parse_timed(&key) else {
+        let Some((_, delivery_key)) = keys::parse_timed(&key) else {
             return true;
         };
-        let id = id.to_owned();
+        let delivery_key = delivery_key.to_owned();
         let state = self.queue(queue);
         if state.waiting_len >= WAITING_LIMIT {
             return false;
@@ -678,7 +750,7 @@ impl ClaimState {
             .entry(destination)
             .or_default()
             .push_back(key.clone());
-        self.waiting.insert(id, key);
+        self.waiting.insert(delivery_key, key);
         true
     }
 
@@ -698,9 +770,9 @@ impl ClaimState {
         }
         let stalled_since = *self.queue(queue).stalled_since.get_or_insert(now);
         if crate::clock::after(stalled_since, STALL_LIMIT) <= now {
-            if let Some((_, id)) = keys::parse_timed(&entry.key) {
-                let id = id.to_owned();
-                if self.hold_back(id, crate::clock::after(now, BUSY_HOLD), now) {
+            if let Some((_, delivery_key)) = keys::parse_timed(&entry.key) {
+                let delivery_key = delivery_key.to_owned();
+                if self.hold_back(delivery_key, crate::clock::after(now, BUSY_HOLD), now) {
                     // Behind where the scans go on from: the next one starts over.
                     self.queue(queue).cursor = None;
                     return Passed::HeldBack;
@@ -713,13 +785,13 @@ impl ClaimState {
         Passed::Blocked
     }
 
-    /// Let the delivery `id` be claimed no earlier than `until`, unless [`HELD_BACK_LIMIT`]
-    /// are held back until after `expired` (`false`).
-    fn hold_back(&mut self, id: String, until: Timestamp, expired: Timestamp) -> bool {
+    /// Let the delivery `delivery_key` be claimed no earlier than `until`, unless
+    /// [`HELD_BACK_LIMIT`] are held back until after `expired` (`false`).
+    fn hold_back(&mut self, delivery_key: String, until: Timestamp, expired: Timestamp) -> bool {
         if !self.room_to_hold_back(expired) {
             return false;
         }
-        self.held_back.insert(id, until);
+        self.held_back.insert(delivery_key, until);
         true
     }
 
@@ -743,8 +815,8 @@ impl ClaimState {
         }
         let key = key?;
         state.waiting_len -= 1;
-        if let Some((_, id)) = keys::parse_timed(&key) {
-            self.waiting.remove(id);
+        if let Some((_, delivery_key)) = keys::parse_timed(&key) {
+            self.waiting.remove(delivery_key);
         }
         Some(key)
     }
@@ -761,7 +833,7 @@ impl ClaimState {
 /// read as. Dropping it releases the claim.
 struct SledLease {
     /// Its delivery's key.
-    id: String,
+    delivery_key: String,
     stored: IVec,
     claims: Claims,
     /// Its queue's [`slot`].
@@ -776,7 +848,7 @@ impl Lease for SledLease {
         state.queues[self.queue].cursor = None;
         // Held even past the limit: otherwise the worker would claim it again at once.
         state.room_to_hold_back(at);
-        state.held_back.insert(self.id.clone(), at);
+        state.held_back.insert(self.delivery_key.clone(), at);
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
@@ -787,7 +859,7 @@ impl Lease for SledLease {
 impl Drop for SledLease {
     fn drop(&mut self) {
         let mut state = self.claims.lock();
-        state.sending.remove(&self.id);
+        state.sending.remove(&self.delivery_key);
         if !self.recorded.load(Ordering::Acquire) {
             // Its entry is where it was, before where the scans go on from.
             state.queues[self.queue].cursor = None;
@@ -812,11 +884,17 @@ impl SledStore {
             .await
     }
 
-    /// The delivery `id` stored as `raw`, with its event's body, to be claimed: a JSON record
-    /// of the first layout (written by an earlier version) has its body moved out first, so
-    /// that recording the attempt, which writes the record without it, cannot lose it. Returns
-    /// the record's bytes as stored now. `bodies` are the event bodies this claim read already.
-    fn read_for_claim(&self, id: &str, raw: IVec, bodies: &mut Bodies) -> Result<(IVec, Delivery)> {
+    /// The delivery `delivery_key` stored as `raw`, with its event's body, to be claimed: a JSON
+    /// record of the first layout (written by an earlier version) has its body moved out first,
+    /// so that recording the attempt, which writes the record without it, cannot lose it.
+    /// Returns the record's bytes as stored now. `bodies` are the event bodies this claim read
+    /// already.
+    fn read_for_claim(
+        &self,
+        delivery_key: &str,
+        raw: IVec,
+        bodies: &mut Bodies,
+    ) -> Result<(IVec, Delivery)> {
         let mut decoded = decode_delivery(&raw)?;
         if decoded.payload.is_absent() {
             self.attach_body(&mut decoded, bodies)?;
@@ -828,7 +906,7 @@ impl SledStore {
         move_bodies_out(
             &self.deliveries,
             &self.events,
-            &[(IVec::from(id.as_bytes()), decoded.clone())],
+            &[(IVec::from(delivery_key.as_bytes()), decoded.clone())],
         )?;
         Ok((IVec::from(encode_delivery(&decoded, Body::Apart)), decoded))
     }
@@ -980,22 +1058,23 @@ impl SledStore {
         key: &IVec,
         claim: &mut Claim,
     ) -> Result<Option<(IVec, Delivery)>> {
-        let Some((_, id)) = keys::parse_timed(key) else {
+        let Some((_, delivery_key)) = keys::parse_timed(key) else {
             return Ok(None);
         };
-        state.held_back.remove(id);
-        let read = match self.deliveries.get(id)? {
+        state.held_back.remove(delivery_key);
+        let read = match self.deliveries.get(delivery_key)? {
             None => None,
-            Some(raw) => match self.read_for_claim(id, raw, &mut claim.bodies) {
+            Some(raw) => match self.read_for_claim(delivery_key, raw, &mut claim.bodies) {
                 Ok(read) => Some(read),
                 Err(StoreError::Corrupt(error)) => {
+                    let id = keys::last_part(delivery_key.as_bytes()).unwrap_or(delivery_key);
                     tracing::error!(
-                        delivery_id = keys::last_part(id.as_bytes()).unwrap_or(id),
+                        delivery_id = id,
                         %error,
                         "a stored delivery cannot be read; tried again in a minute"
                     );
                     let until = crate::clock::after(claim.now, UNREADABLE_HOLD);
-                    state.held_back.insert(id.to_owned(), until);
+                    state.held_back.insert(delivery_key.to_owned(), until);
                     // Held back behind where the scans go on from: the next one starts over.
                     state.rewind();
                     return Ok(None);
@@ -1004,7 +1083,7 @@ impl SledStore {
             },
         };
         let Some((raw, delivery)) = read else {
-            claim.stale.push((key.to_vec(), id.to_owned()));
+            claim.stale.push((key.to_vec(), delivery_key.to_owned()));
             return Ok(None);
         };
         if queue_key(&delivery).as_deref() != Some(&key[..]) {
@@ -1012,7 +1091,7 @@ impl SledStore {
             // from; or an entry left behind.
             state.rewind();
             if self.queue.contains_key(key)? {
-                claim.stale.push((key.to_vec(), id.to_owned()));
+                claim.stale.push((key.to_vec(), delivery_key.to_owned()));
             }
             return Ok(None);
         }
@@ -1028,12 +1107,12 @@ impl SledStore {
         raw: IVec,
         delivery: Delivery,
     ) -> Claimed {
-        let id = key_of(&delivery);
-        state.sending.insert(id.clone(), key.clone());
+        let delivery_key = key_of(&delivery);
+        state.sending.insert(delivery_key.clone(), key.clone());
         Claimed {
             delivery: Arc::new(delivery),
             lease: Box::new(SledLease {
-                id,
+                delivery_key,
                 stored: raw,
                 claims: self.claims.clone(),
                 queue: slot(queue),
@@ -1674,13 +1753,20 @@ mod tests {
             .complete_job(&done, fan_out.clone())
             .await
             .unwrap());
-        // A delivery stored later on its own (a resend) keeps the one-entry form.
+        // A delivery stored later on its own (a resend) keeps the one-entry form; it failed,
+        // to a subscription, which lists it among its dead letters.
+        let sub = stored_subscription(&store, &acme).await;
         let mut single = failed_delivery(&acme, start);
         single.job_id = Some(job.id.clone());
+        single.destination = Destination::subscription(&sub);
         api(&store)
             .insert_deliveries(vec![single.clone()])
             .await
             .unwrap();
+        assert_eq!(
+            indexed(&store, keys::SUBSCRIPTION_FAILED, &sub.id),
+            vec![single.id.to_string()]
+        );
 
         let prefix = keys::owner_prefix(keys::JOB_DELIVERIES, job.id.as_str());
         let entries: Vec<(IVec, IVec)> = store
@@ -1720,6 +1806,8 @@ mod tests {
             0,
             "no index entry left"
         );
+        assert!(indexed(&store, keys::SUBSCRIPTION_FAILED, &sub.id).is_empty());
+        assert!(store.deliveries.is_empty(), "every record removed");
         assert!(api(&store)
             .deliveries_of_job(&job.id)
             .await
@@ -2162,49 +2250,69 @@ mod tests {
             .is_empty());
     }
 
-    #[tokio::test]
-    async fn a_directory_of_layout_3_is_upgraded_in_place_records_keyed_by_tenant_and_failed_ones_indexed(
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let (acme, now) = (Tenant::parse("acme").unwrap(), chrono::Utc::now());
-        let globex = Tenant::parse("globex").unwrap();
-        let mut all: Vec<Delivery> = Vec::new();
-        let (sub, other) = {
-            let store = open_when_free(dir.path()).unwrap();
-            let sub = stored_subscription(&store, &acme).await;
-            let other = stored_subscription(&store, &globex).await;
-            // More than an upgrade batch, one failed among them, and one of another tenant.
-            all.extend(
-                (0..UPGRADE_BATCH + 10).map(|_| to_subscription(&sub, now, DeliveryState::Pending)),
-            );
-            all[UPGRADE_BATCH + 3].state = DeliveryState::Failed;
-            all[UPGRADE_BATCH + 3].next_attempt_at = None;
-            all.push(to_subscription(&other, now, DeliveryState::Failed));
-            all.push(to_subscription(&other, now, DeliveryState::Pending));
-            api(&store).insert_deliveries(all.clone()).await.unwrap();
-            // As layout 3 left them: records keyed by id, an entry per delivery under `ds`.
-            for d in &all {
-                let raw = store.deliveries.get(key_of(d)).unwrap().unwrap();
-                as_before_layout_4(&store, d, raw.to_vec());
-                let s = d.destination.subscription_id().unwrap().as_str();
-                let id = d.id.as_str();
-                store
-                    .index
-                    .remove(keys::owned(keys::SUBSCRIPTION_FAILED, s, id))
-                    .unwrap();
-                let old = keys::owned(keys::SUBSCRIPTION_DELIVERIES_BEFORE_4, s, id);
-                store.index.insert(old, &[]).unwrap();
+    /// A directory as layout 3 left it (`interrupted`: as an upgrade to layout 4 left it when
+    /// stopped after it had moved the first five records): more than an upgrade batch of
+    /// deliveries to a subscription of `acme`, one failed, and an unreadable record (the last
+    /// of them); two of `globex`, one failed. The deliveries, with `acme`'s subscription and
+    /// `globex`'s.
+    async fn layout_3_directory(
+        path: &std::path::Path,
+        interrupted: bool,
+    ) -> (Vec<Delivery>, Subscription, Subscription) {
+        let now = chrono::Utc::now();
+        let (acme, globex) = (
+            Tenant::parse("acme").unwrap(),
+            Tenant::parse("globex").unwrap(),
+        );
+        let store = open_when_free(path).unwrap();
+        let sub = stored_subscription(&store, &acme).await;
+        let other = stored_subscription(&store, &globex).await;
+        let mut all: Vec<Delivery> = (0..UPGRADE_BATCH + 10)
+            .map(|_| to_subscription(&sub, now, DeliveryState::Pending))
+            .collect();
+        all[UPGRADE_BATCH + 3].state = DeliveryState::Failed;
+        all[UPGRADE_BATCH + 3].next_attempt_at = None;
+        all.push(to_subscription(&other, now, DeliveryState::Failed));
+        all.push(to_subscription(&other, now, DeliveryState::Pending));
+        api(&store).insert_deliveries(all.clone()).await.unwrap();
+        let moved = if interrupted { 5 } else { 0 };
+        for (i, d) in all.iter().enumerate().skip(moved) {
+            // Records keyed by id, an entry per delivery under `ds`.
+            let mut raw = store.deliveries.get(key_of(d)).unwrap().unwrap().to_vec();
+            if i == UPGRADE_BATCH + 9 {
+                raw = b"\x02not a record".to_vec();
             }
-            let meta = store.db.open_tree("meta").unwrap();
+            as_before_layout_4(&store, d, raw);
+            let s = d.destination.subscription_id().unwrap().as_str();
+            let id = d.id.as_str();
+            store
+                .index
+                .remove(keys::owned(keys::SUBSCRIPTION_FAILED, s, id))
+                .unwrap();
+            let old = keys::owned(keys::SUBSCRIPTION_DELIVERIES_BEFORE_4, s, id);
+            store.index.insert(old, &[]).unwrap();
+        }
+        let meta = store.db.open_tree("meta").unwrap();
+        if interrupted {
+            meta.insert(LAYOUT_KEY, &b"4"[..]).unwrap();
+            meta.insert(UPGRADING_FROM_KEY, &b"3"[..]).unwrap();
+        } else {
             meta.insert(LAYOUT_KEY, &b"3"[..]).unwrap();
-            store.flush_now().unwrap();
-            (sub, other)
-        };
+        }
+        store.flush_now().unwrap();
+        (all, sub, other)
+    }
 
-        let store = open_when_free(dir.path()).unwrap();
+    /// Open a directory made by [`layout_3_directory`] and check that it is upgraded whole.
+    async fn upgraded_whole(path: &std::path::Path, all: &[Delivery], subs: [&Subscription; 2]) {
+        let (acme, globex) = (&subs[0].tenant, &subs[1].tenant);
+        let broken = &all[UPGRADE_BATCH + 9];
+        let store = open_when_free(path).unwrap();
         let meta = store.db.open_tree("meta").unwrap();
         assert_eq!(meta.get(LAYOUT_KEY).unwrap().as_deref(), Some(&b"4"[..]));
-        // Every record under its tenant's key; no index entry of the earlier layout left.
+        assert!(meta.get(UPGRADING_FROM_KEY).unwrap().is_none(), "finished");
+        // Every record under its tenant's key, the unreadable one as it was; no index entry of
+        // the earlier layout left.
         let record_keys: Vec<IVec> = store.deliveries.iter().keys().map(Result::unwrap).collect();
         let mut expected: Vec<String> = all.iter().map(key_of).collect();
         expected.sort();
@@ -2213,6 +2321,8 @@ mod tests {
             .map(|k| String::from_utf8(k.to_vec()).unwrap())
             .collect();
         assert_eq!(found, expected);
+        let kept = store.deliveries.get(key_of(broken)).unwrap().unwrap();
+        assert_eq!(&kept[..], b"\x02not a record");
         for old in [
             keys::SUBSCRIPTION_DELIVERIES_BEFORE_4,
             keys::TENANT_DELIVERIES_BEFORE_4,
@@ -2220,35 +2330,60 @@ mod tests {
             let prefix = [old.as_bytes(), &[keys::SEP]].concat();
             assert_eq!(store.index.scan_prefix(prefix).count(), 0, "{old}");
         }
-        // Failed ones indexed, each tenant's listed, the pending ones due and claimed.
+        // Failed ones indexed, each tenant's listed, the pending ones due and claimed whole.
         assert_eq!(
-            indexed(&store, keys::SUBSCRIPTION_FAILED, &sub.id),
+            indexed(&store, keys::SUBSCRIPTION_FAILED, &subs[0].id),
             vec![all[UPGRADE_BATCH + 3].id.to_string()]
         );
         let failed = api(&store)
-            .failed_deliveries_of_subscription(&other.id)
+            .failed_deliveries_of_subscription(&subs[1].id)
             .await
             .unwrap();
         assert_eq!(ids_of(&failed), vec![all[UPGRADE_BATCH + 10].id.clone()]);
-        let listed = |tenant: &Tenant| {
-            let page = store.list_deliveries(tenant, None, None, 1000).unwrap();
-            page.deliveries.len()
-        };
-        assert_eq!((listed(&acme), listed(&globex)), (UPGRADE_BATCH + 10, 2));
-        let pending = all.len() - 2;
-        assert_eq!(queued(&store, DeliveryQueue::Fresh), pending, "counts kept");
+        assert!(matches!(
+            store.list_deliveries(acme, None, None, 1000),
+            Err(StoreError::Corrupt(_))
+        ));
+        let listed = store.list_deliveries(globex, None, None, 1000).unwrap();
+        assert_eq!(listed.deliveries.len(), 2);
+        let now = chrono::Utc::now();
         let claimed = api(&store)
             .claim_due_deliveries(DeliveryQueue::Fresh, now, 1000, Room::unlimited())
             .await
             .unwrap();
-        assert_eq!(claimed.len(), pending);
-        for d in &all {
+        let readable = all.iter().filter(|d| d.id != broken.id);
+        let pending: Vec<&Delivery> = readable
+            .clone()
+            .filter(|d| d.state == DeliveryState::Pending)
+            .collect();
+        assert_eq!(claimed.len(), pending.len());
+        for c in &claimed {
+            let d = pending.iter().find(|d| d.id == c.delivery.id).unwrap();
+            assert_eq!(c.delivery.payload.json(), d.payload.json());
+            assert_eq!(c.delivery.message_id, d.message_id);
+        }
+        for d in readable {
             let read = store.delivery(&d.tenant, &d.id).unwrap().unwrap();
             assert_eq!(
-                (read.state, read.message_id.clone()),
-                (d.state, d.message_id.clone())
+                (read.state, read.payload.json()),
+                (d.state, d.payload.json())
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_directory_of_layout_3_is_upgraded_in_place_records_keyed_by_tenant_and_failed_ones_indexed(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (all, sub, other) = layout_3_directory(dir.path(), false).await;
+        upgraded_whole(dir.path(), &all, [&sub, &other]).await;
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_upgrade_goes_on_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (all, sub, other) = layout_3_directory(dir.path(), true).await;
+        upgraded_whole(dir.path(), &all, [&sub, &other]).await;
     }
 
     /// Record a claimed delivery's attempt as a success, as the worker does.

@@ -81,7 +81,7 @@ pub fn timed_upper(kind: u8, at: Timestamp) -> Vec<u8> {
     key
 }
 
-/// The due time and id of a queue entry.
+/// The due time and the rest of a queue entry: a job id (`due`), a delivery key (`queue`).
 pub fn parse_timed(key: &[u8]) -> Option<(u64, &str)> {
     let millis = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
     let id = std::str::from_utf8(key.get(9..)?).ok()?;

@@ -219,12 +219,11 @@ fn delete_job_tx(tx: &Tx<'_>, doomed: &Doomed, cutoff: Timestamp) -> TxResult<Op
             if delivery.state == DeliveryState::Pending {
                 return Ok(None);
             }
-            deliveries.push(delivery);
+            deliveries.push((key, delivery));
         }
     }
-    for delivery in &deliveries {
-        tx.deliveries
-            .remove(super::deliveries::key_of(delivery).as_str())?;
+    for (key, delivery) in &deliveries {
+        tx.deliveries.remove(key.as_str())?;
         tx.events.remove(delivery.event_id.as_str())?;
         if let Some(key) = super::deliveries::failed_key(delivery) {
             tx.index.remove(key)?;

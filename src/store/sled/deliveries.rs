@@ -333,24 +333,27 @@ fn move_bodies_out_of_records(trees: &super::writer::Trees) -> Result<usize> {
     }
 }
 
+/// The start of every index entry under the prefix `name` (`name \0 ...`).
+fn entries_of(name: &str) -> Vec<u8> {
+    [name.as_bytes(), &[keys::SEP]].concat()
+}
+
+/// The keys of the first [`UPGRADE_BATCH`] entries of `index` under `prefix` (an upgrade step
+/// removes the entries of each batch, so the next call finds the next ones).
+fn first_batch(index: &sled::Tree, prefix: &[u8]) -> Result<Vec<IVec>> {
+    let keys = index.scan_prefix(prefix).keys().take(UPGRADE_BATCH);
+    Ok(keys.collect::<std::result::Result<_, _>>()?)
+}
+
 /// Before layout 4: each delivery to a subscription had an index entry; now only a failed one
 /// has (under another prefix). Each batch of old entries is removed, with the new entries of
 /// its failed deliveries written, in one atomic batch. How many old entries went, and how many
 /// failed deliveries are indexed.
 fn index_failed_deliveries_only(trees: &super::writer::Trees) -> Result<(usize, usize)> {
-    let prefix = [
-        keys::SUBSCRIPTION_DELIVERIES_BEFORE_4.as_bytes(),
-        &[keys::SEP],
-    ]
-    .concat();
+    let prefix = entries_of(keys::SUBSCRIPTION_DELIVERIES_BEFORE_4);
     let (mut dropped, mut failed) = (0usize, 0usize);
     loop {
-        let old: Vec<IVec> = trees
-            .index
-            .scan_prefix(&prefix)
-            .keys()
-            .take(UPGRADE_BATCH)
-            .collect::<std::result::Result<_, _>>()?;
+        let old = first_batch(&trees.index, &prefix)?;
         if old.is_empty() {
             return Ok((dropped, failed));
         }
@@ -384,15 +387,10 @@ fn index_failed_deliveries_only(trees: &super::writer::Trees) -> Result<(usize, 
 /// by the first claim that meets it). Then any record still keyed by id alone, which no entry
 /// listed, moves if it can be decoded. How many moved.
 fn key_records_by_tenant(trees: &super::writer::Trees) -> Result<usize> {
-    let prefix = [keys::TENANT_DELIVERIES_BEFORE_4.as_bytes(), &[keys::SEP]].concat();
+    let prefix = entries_of(keys::TENANT_DELIVERIES_BEFORE_4);
     let mut moved = 0usize;
     loop {
-        let listed: Vec<IVec> = trees
-            .index
-            .scan_prefix(&prefix)
-            .keys()
-            .take(UPGRADE_BATCH)
-            .collect::<std::result::Result<_, _>>()?;
+        let listed = first_batch(&trees.index, &prefix)?;
         if listed.is_empty() {
             break;
         }

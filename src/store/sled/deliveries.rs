@@ -162,7 +162,7 @@ pub(super) fn insert_deliveries_tx(
 }
 
 /// The tenant of the job or subscription stored under `id` in `tree` (`None` if there is
-/// none), read without decoding the rest of it.
+/// none), the only field decoded.
 fn owner(tree: &sled::Tree, id: &str) -> Result<Option<Tenant>> {
     #[derive(serde::Deserialize)]
     struct Owned {
@@ -396,15 +396,17 @@ fn key_records_by_tenant(trees: &super::writer::Trees) -> Result<usize> {
         }
         moved += move_listed(trees, &prefix, &listed)?;
     }
-    let mut batch: Vec<(IVec, Delivery)> = Vec::with_capacity(UPGRADE_BATCH);
+    // Each with its tenant.
+    let mut batch: Vec<(String, Tenant)> = Vec::with_capacity(UPGRADE_BATCH);
     // One walk: a record moved lands under a key with a separator, which the walk passes over.
     let mut entries = trees.deliveries.iter();
     loop {
         let entry = entries.next().transpose()?;
         let done = entry.is_none();
         if let Some((key, raw)) = entry.filter(|(key, _)| !key.contains(&keys::SEP)) {
-            match decode_delivery(&raw) {
-                Ok(delivery) => batch.push((key, delivery)),
+            let id = std::str::from_utf8(&key).map_err(|e| StoreError::Corrupt(e.to_string()));
+            match id.and_then(|id| Ok((id.to_owned(), decode_delivery(&raw)?.tenant))) {
+                Ok(found) => batch.push(found),
                 // Left as it is: no one can read it, and nothing names its tenant.
                 Err(error) => tracing::error!(
                     delivery_id = %String::from_utf8_lossy(&key),
@@ -424,8 +426,8 @@ fn key_records_by_tenant(trees: &super::writer::Trees) -> Result<usize> {
     }
 }
 
-/// Move the records that the tenant entries `listed` (under `prefix`) name, with their queue
-/// entries, and remove the entries, in one transaction. How many records moved.
+/// Move the records that the tenant entries `listed` (under `prefix`) name ([`move_record_tx`]),
+/// and remove the entries, in one transaction. How many records moved.
 fn move_listed(trees: &super::writer::Trees, prefix: &[u8], listed: &[IVec]) -> Result<usize> {
     let trees = (&trees.deliveries, &trees.queue, &trees.index);
     let result = trees.transaction(|(deliveries, queue, index)| {
@@ -436,55 +438,52 @@ fn move_listed(trees: &super::writer::Trees, prefix: &[u8], listed: &[IVec]) -> 
             let Some((tenant, id)) = named.and_then(|n| n.split_once(char::from(keys::SEP))) else {
                 continue;
             };
-            let Some(raw) = deliveries.remove(id)? else {
-                continue;
-            };
-            let key = keys::delivery(tenant, id);
-            if let Ok(delivery) = decode_delivery(&raw) {
-                let entries = (
-                    queue_key_ending(&delivery, id),
-                    queue_key_ending(&delivery, &key),
-                );
-                if let (Some(old), Some(new)) = entries {
-                    if let Some(destination) = queue.remove(old)? {
-                        queue.insert(new, destination)?;
-                    }
-                }
+            if move_record_tx(deliveries, queue, tenant, id)? {
+                moved += 1;
             }
-            deliveries.insert(key.as_bytes(), raw)?;
-            moved += 1;
         }
         Ok(moved)
     });
     tx_result(result)
 }
 
-/// Move records keyed by id alone (`key`, as decoded) to their deliveries' keys, with their
-/// queue entries, and remove their tenant index entries, in one transaction.
-fn move_to_tenant_keys(trees: &super::writer::Trees, batch: &[(IVec, Delivery)]) -> Result<()> {
-    let trees = (&trees.deliveries, &trees.queue, &trees.index);
-    let result = trees.transaction(|(deliveries, queue, index)| {
-        for (key, delivery) in batch {
-            let Some(raw) = deliveries.remove(key)? else {
-                continue;
-            };
-            deliveries.insert(key_of(delivery).as_bytes(), raw)?;
-            let id = delivery.id.as_str();
-            let old_entry = queue_key_ending(delivery, id);
-            if let (Some(old), Some(new)) = (old_entry, queue_key(delivery)) {
-                if let Some(destination) = queue.remove(old)? {
-                    queue.insert(new, destination)?;
-                }
-            }
-            index.remove(keys::owned(
-                keys::TENANT_DELIVERIES_BEFORE_4,
-                delivery.tenant.as_str(),
-                id,
-            ))?;
+/// Move records keyed by id alone, each of `tenant` ([`move_record_tx`]), in one transaction.
+fn move_to_tenant_keys(trees: &super::writer::Trees, batch: &[(String, Tenant)]) -> Result<()> {
+    let trees = (&trees.deliveries, &trees.queue);
+    let result = trees.transaction(|(deliveries, queue)| {
+        for (id, tenant) in batch {
+            move_record_tx(deliveries, queue, tenant.as_str(), id)?;
         }
         Ok(())
     });
     tx_result(result)
+}
+
+/// Move the record keyed by `id` alone, as it is, to its delivery's key under `tenant`, with
+/// its queue entry when it can be decoded. Whether there was such a record.
+fn move_record_tx(
+    deliveries: &TransactionalTree,
+    queue: &TransactionalTree,
+    tenant: &str,
+    id: &str,
+) -> TxResult<bool> {
+    let Some(raw) = deliveries.remove(id)? else {
+        return Ok(false);
+    };
+    let key = keys::delivery(tenant, id);
+    if let Ok(delivery) = decode_delivery(&raw) {
+        let entries = (
+            queue_key_ending(&delivery, id),
+            queue_key_ending(&delivery, &key),
+        );
+        if let (Some(old), Some(new)) = entries {
+            if let Some(destination) = queue.remove(old)? {
+                queue.insert(new, destination)?;
+            }
+        }
+    }
+    deliveries.insert(key.as_bytes(), raw)?;
+    Ok(true)
 }
 
 /// Record that the directory has this build's layout, on disk before anything is written in it.
@@ -537,10 +536,11 @@ fn update_delivery_tx(
     let failed = |d: &Delivery| d.state == DeliveryState::Failed;
     if failed(&stored) != failed(&changed) {
         if let Some(key) = failed_key(&changed) {
-            match failed(&changed) {
-                true => tx.index.insert(key, &[])?,
-                false => tx.index.remove(key)?,
-            };
+            if failed(&changed) {
+                tx.index.insert(key, &[])?;
+            } else {
+                tx.index.remove(key)?;
+            }
         }
     }
     let (old_entry, new_entry) = (queue_entry(&stored), queue_entry(&changed));
@@ -2250,8 +2250,8 @@ mod tests {
 
     /// A directory as layout 3 left it (`interrupted`: as an upgrade to layout 4 left it when
     /// stopped after it had moved the first five records): more than an upgrade batch of
-    /// deliveries to a subscription of `acme`, one failed, and an unreadable record (the last
-    /// of them); two of `globex`, one failed. The deliveries, with `acme`'s subscription and
+    /// deliveries to a subscription of `acme`, one failed, one no tenant entry lists, and an
+    /// unreadable record (the last of them); two of `globex`, one failed. The deliveries, with `acme`'s subscription and
     /// `globex`'s.
     async fn layout_3_directory(
         path: &std::path::Path,
@@ -2289,6 +2289,12 @@ mod tests {
                 .unwrap();
             let old = keys::owned(keys::SUBSCRIPTION_DELIVERIES_BEFORE_4, s, id);
             store.index.insert(old, &[]).unwrap();
+            if i == moved + 7 {
+                // One whose tenant entry is missing: found by the walk over the records.
+                let tenant = d.tenant.as_str();
+                let listed = keys::owned(keys::TENANT_DELIVERIES_BEFORE_4, tenant, id);
+                store.index.remove(listed).unwrap();
+            }
         }
         let meta = store.db.open_tree("meta").unwrap();
         if interrupted {

@@ -38,6 +38,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("storage works again but must be reopened: exiting for the supervisor to restart the service")]
     StorageNeedsRestart,
+    #[error("storage stalled (writes stopped coming back): exiting for the supervisor to restart the service")]
+    StorageStalled,
 }
 
 /// The parts a running service is made of, ready to serve.
@@ -234,16 +236,14 @@ impl Application {
         };
         let watcher = {
             let signals = services.signals.clone();
-            tokio::spawn(
-                services
-                    .health
-                    .clone()
-                    .watch(services.store.clone(), async move {
-                        signals.shutdown_started().await
-                    }),
-            )
+            tokio::spawn(services.health.clone().watch(
+                services.store.clone(),
+                settings.storage.stall_timeout,
+                async move { signals.shutdown_started().await },
+            ))
         };
-        // A backend that recovers only when reopened: drain and exit non-zero.
+        // A backend that recovers only when reopened: drain and exit non-zero. Stalled
+        // storage: stop at once, since no request waiting for a write can be answered.
         {
             let (health, signals, handle) = (
                 services.health.clone(),
@@ -253,7 +253,7 @@ impl Application {
             tokio::spawn(async move {
                 health.wait_for_restart().await;
                 signals.begin_shutdown();
-                handle.stop(true).await;
+                handle.stop(!health.stalled()).await;
             });
         }
         Ok(Application {
@@ -292,6 +292,9 @@ impl Application {
     pub async fn run(self) -> Result<(), StartError> {
         self.server.await?;
         self.signals.begin_shutdown();
+        if self.health.stalled() {
+            return Err(abandon(self.store));
+        }
         // One deadline for every worker, not one each.
         let deadline = tokio::time::Instant::now() + self.settings.server.shutdown_grace;
         for worker in self.workers {
@@ -299,7 +302,18 @@ impl Application {
                 tracing::warn!("a worker did not stop within the grace period");
             }
         }
-        let closed = self.store.close().await;
+        // The watch for stalls has stopped with the workers: the final flush has a deadline
+        // of its own.
+        let closed = match self.settings.storage.stall_timeout {
+            limit if limit.is_zero() => self.store.close().await,
+            limit => match tokio::time::timeout(limit, self.store.close()).await {
+                Ok(closed) => closed,
+                Err(_) => {
+                    tracing::error!(stall_timeout = ?limit, "storage stalled: the final flush did not come back; exiting for the supervisor to restart the service");
+                    return Err(abandon(self.store));
+                }
+            },
+        };
         if self.health.restart_needed() {
             // What could not be written was answered 503 or is retried by its owner; the
             // next process opens the data as it is on disk.
@@ -318,6 +332,14 @@ impl Application {
             signals: self.signals.clone(),
         }
     }
+}
+
+/// Leave stalled storage as it is: nothing waiting for a write will finish, and closing would
+/// flush, which waits too (as would dropping a sled store's last handle, so it is kept: the
+/// process is about to end). The next process opens the data as it is on disk.
+fn abandon(store: Store) -> StartError {
+    std::mem::forget(store);
+    StartError::StorageStalled
 }
 
 #[derive(Clone)]

@@ -91,7 +91,7 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("start the async runtime");
-    match cli.command {
+    let code = match cli.command {
         Command::Serve { config, simulator } => runtime.block_on(serve(config, simulator)),
         Command::Sim(args) => runtime.block_on(simulate(args)),
         Command::Store {
@@ -113,7 +113,10 @@ pub fn main() -> ExitCode {
             signature,
             tolerance,
         } => verify(&secret, &id, &timestamp, &signature, tolerance),
-    }
+    };
+    // A task still blocked (on stalled storage, say) must not keep the process from ending.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 async fn serve(config: Option<PathBuf>, simulator: bool) -> ExitCode {

@@ -63,6 +63,10 @@ pub struct StorageSettings {
     /// Finished jobs older than this leave storage with their events, deliveries and attempts.
     #[serde(deserialize_with = "duration")]
     pub retention: Duration,
+    /// Writes under way with none coming back for this long: storage is stalled, the service
+    /// exits non-zero for its supervisor (zero: never).
+    #[serde(deserialize_with = "duration")]
+    pub stall_timeout: Duration,
     #[serde(default)]
     pub postgres: PostgresSettings,
 }

@@ -12,11 +12,20 @@
 //!   answers [`Writable::AfterRestart`] once the medium takes writes again: the service then
 //!   drains and exits non-zero, for its supervisor to start it afresh.
 //!
+//! - A write that does not come back is worse than one that fails: a disk that hangs (or
+//!   sled, which can leave a flush waiting forever once a write has failed) would hold every
+//!   request and worker behind it. When writes are under way and none has finished for
+//!   `storage.stall_timeout`, storage is declared **stalled**: the service stops at once,
+//!   without waiting for what it cannot finish, and exits non-zero for its supervisor.
+//!
 //! Reads that succeed say nothing: a full disk still reads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::*;
 
@@ -25,15 +34,43 @@ const PROBE_WHILE_HEALTHY: Duration = Duration::from_secs(5);
 /// How often a failing store is probed.
 const PROBE_WHILE_FAILING: Duration = Duration::from_secs(1);
 
+/// How often the stall watch looks at the writes under way.
+const STALL_CHECK: Duration = Duration::from_millis(250);
+
 /// Whether storage works, and what is wrong when it does not.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     fault: Mutex<Option<String>>,
     restart: AtomicBool,
+    /// Set with `restart` when writes stopped coming back (see [`Health::stalled`]).
+    stalled: AtomicBool,
+    /// Writes begun and writes ended (landed, failed or abandoned by their caller).
+    writes_begun: AtomicU64,
+    writes_ended: AtomicU64,
+    /// When a write last ended, or the first one began after none was under way: in
+    /// milliseconds since `epoch`.
+    progress_at: AtomicU64,
+    epoch: Instant,
     /// Wakes the watcher when storage starts failing.
     failed: tokio::sync::Notify,
     /// Wakes whoever waits for [`Health::restart_needed`].
     restart_wake: tokio::sync::Notify,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            fault: Mutex::default(),
+            restart: AtomicBool::default(),
+            stalled: AtomicBool::default(),
+            writes_begun: AtomicU64::default(),
+            writes_ended: AtomicU64::default(),
+            progress_at: AtomicU64::default(),
+            epoch: Instant::now(),
+            failed: tokio::sync::Notify::default(),
+            restart_wake: tokio::sync::Notify::default(),
+        }
+    }
 }
 
 impl Health {
@@ -86,6 +123,73 @@ impl Health {
         self.restart.load(Ordering::SeqCst)
     }
 
+    /// Whether writes stopped coming back (storage stalled): the process must go without
+    /// waiting for them, and without the flush a clean close would make.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+    }
+
+    fn ask_for_restart(&self) {
+        self.restart.store(true, Ordering::SeqCst);
+        self.restart_wake.notify_waiters();
+    }
+
+    fn now_millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Count `write` as under way until it ends (or its caller drops it).
+    pub async fn timed_write<T>(&self, write: impl Future<Output = T>) -> T {
+        let _under_way = self.write_begins();
+        write.await
+    }
+
+    fn write_begins(&self) -> WriteUnderWay<'_> {
+        if self.writes_begun.load(Ordering::SeqCst) == self.writes_ended.load(Ordering::SeqCst) {
+            // None under way: the time before this write is not a stall.
+            self.progress_at.store(self.now_millis(), Ordering::SeqCst);
+        }
+        self.writes_begun.fetch_add(1, Ordering::SeqCst);
+        WriteUnderWay(self)
+    }
+
+    /// How long writes have been under way with none ending, if any is under way.
+    fn waiting_for_writes(&self) -> Option<Duration> {
+        let ended = self.writes_ended.load(Ordering::SeqCst);
+        let since = self.progress_at.load(Ordering::SeqCst);
+        if self.writes_begun.load(Ordering::SeqCst) == ended {
+            return None;
+        }
+        Some(Duration::from_millis(
+            self.now_millis().saturating_sub(since),
+        ))
+    }
+
+    /// Declare storage stalled once writes have been under way for `limit` with none ending
+    /// (`limit` zero: never). Returns when it does.
+    async fn notice_a_stall(&self, limit: Duration) {
+        if limit.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(STALL_CHECK).await;
+            let Some(waiting) = self.waiting_for_writes() else {
+                continue;
+            };
+            if waiting >= limit {
+                let message = format!(
+                    "storage stalled: no write has come back for {}s",
+                    waiting.as_secs()
+                );
+                tracing::error!(stall_timeout = ?limit, "{message}; exiting at once for the supervisor to restart the service (what was not answered is retried by its owner; the data on disk is opened as it is)");
+                self.failing(&message);
+                self.stalled.store(true, Ordering::SeqCst);
+                self.ask_for_restart();
+                return;
+            }
+        }
+    }
+
     /// Wait until the backend asks for a fresh process.
     pub async fn wait_for_restart(&self) {
         loop {
@@ -99,10 +203,22 @@ impl Health {
         }
     }
 
-    /// Probe the store until `stop` resolves: every second while it fails, every few seconds
-    /// while it works.
-    pub async fn watch(self: Arc<Self>, store: Store, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
+    /// Until `stop` resolves: probe the store (every second while it fails, every few seconds
+    /// while it works), and watch for a stall of `stall_timeout`.
+    pub async fn watch(
+        self: Arc<Self>,
+        store: Store,
+        stall_timeout: Duration,
+        stop: impl Future<Output = ()>,
+    ) {
+        tokio::select! {
+            _ = stop => {}
+            _ = self.probe(store) => {}
+            _ = self.notice_a_stall(stall_timeout) => {}
+        }
+    }
+
+    async fn probe(&self, store: Store) {
         loop {
             let every = if self.is_healthy() {
                 PROBE_WHILE_HEALTHY
@@ -111,7 +227,6 @@ impl Health {
             };
             let failed = self.failed.notified();
             tokio::select! {
-                _ = &mut stop => return,
                 _ = tokio::time::sleep(every) => {}
                 // Just failed: the next probe is a second away, not a full healthy period.
                 _ = failed => { tokio::time::sleep(PROBE_WHILE_FAILING).await; }
@@ -123,13 +238,25 @@ impl Health {
                 Ok(Writable::Yes) => self.working(),
                 Ok(Writable::AfterRestart) => {
                     tracing::warn!("storage takes writes again, but this backend recovers only when reopened: draining and exiting for the supervisor to restart the service");
-                    self.restart.store(true, Ordering::SeqCst);
-                    self.restart_wake.notify_waiters();
+                    self.ask_for_restart();
                 }
                 Err(StoreError::Unavailable(message)) => self.failing(&message),
                 Err(error) => tracing::warn!(%error, "storage write probe failed"),
             }
         }
+    }
+}
+
+/// A write under way, until dropped.
+struct WriteUnderWay<'a>(&'a Health);
+
+impl Drop for WriteUnderWay<'_> {
+    fn drop(&mut self) {
+        let health = self.0;
+        health
+            .progress_at
+            .store(health.now_millis(), Ordering::SeqCst);
+        health.writes_ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -145,12 +272,14 @@ impl Watched {
         Watched { inner, health }
     }
 
-    fn read<T>(&self, result: Result<T>) -> Result<T> {
+    async fn read<T>(&self, read: impl Future<Output = Result<T>>) -> Result<T> {
+        let result = read.await;
         self.health.observe(&result, false);
         result
     }
 
-    fn write<T>(&self, result: Result<T>) -> Result<T> {
+    async fn write<T>(&self, write: impl Future<Output = Result<T>>) -> Result<T> {
+        let result = self.health.timed_write(write).await;
         self.health.observe(&result, true);
         result
     }
@@ -164,11 +293,12 @@ impl Storage for Watched {
         idempotency: Option<&IdempotencyKey>,
         key_ttl: std::time::Duration,
     ) -> Result<Admission> {
-        self.read(self.inner.begin_job(job, idempotency, key_ttl).await)
+        self.read(self.inner.begin_job(job, idempotency, key_ttl))
+            .await
     }
 
     async fn hold_job(&self, job: &Job, idempotency: Option<&IdempotencyKey>) -> Result<()> {
-        self.write(self.inner.hold_job(job, idempotency).await)
+        self.write(self.inner.hold_job(job, idempotency)).await
     }
 
     async fn accept_job(
@@ -177,7 +307,8 @@ impl Storage for Watched {
         held: bool,
         idempotency: Option<(IdempotencyKey, IdempotentResponse)>,
     ) -> Result<bool> {
-        self.write(self.inner.accept_job(job, held, idempotency).await)
+        self.write(self.inner.accept_job(job, held, idempotency))
+            .await
     }
 
     async fn refuse_job(
@@ -186,15 +317,16 @@ impl Storage for Watched {
         idempotency: Option<&IdempotencyKey>,
         response: Option<&IdempotentResponse>,
     ) -> Result<()> {
-        self.write(self.inner.refuse_job(job, idempotency, response).await)
+        self.write(self.inner.refuse_job(job, idempotency, response))
+            .await
     }
 
     async fn save_job(&self, job: &Job) -> Result<bool> {
-        self.write(self.inner.save_job(job).await)
+        self.write(self.inner.save_job(job)).await
     }
 
     async fn complete_job(&self, job: &Job, deliveries: Vec<Delivery>) -> Result<bool> {
-        self.write(self.inner.complete_job(job, deliveries).await)
+        self.write(self.inner.complete_job(job, deliveries)).await
     }
 
     async fn cancel_job(
@@ -203,19 +335,19 @@ impl Storage for Watched {
         id: &JobId,
         now: Timestamp,
     ) -> Result<Cancellation> {
-        self.write(self.inner.cancel_job(tenant, id, now).await)
+        self.write(self.inner.cancel_job(tenant, id, now)).await
     }
 
     async fn job(&self, tenant: &Tenant, id: &JobId) -> Result<Option<Job>> {
-        self.read(self.inner.job(tenant, id).await)
+        self.read(self.inner.job(tenant, id)).await
     }
 
     async fn job_by_id(&self, id: &JobId) -> Result<Option<Job>> {
-        self.read(self.inner.job_by_id(id).await)
+        self.read(self.inner.job_by_id(id)).await
     }
 
     async fn job_by_agent(&self, agent_id: &str) -> Result<Option<Job>> {
-        self.read(self.inner.job_by_agent(agent_id).await)
+        self.read(self.inner.job_by_agent(agent_id)).await
     }
 
     async fn list_jobs(
@@ -225,7 +357,8 @@ impl Storage for Watched {
         after: Option<&JobId>,
         limit: usize,
     ) -> Result<JobPage> {
-        self.read(self.inner.list_jobs(tenant, status, after, limit).await)
+        self.read(self.inner.list_jobs(tenant, status, after, limit))
+            .await
     }
 
     async fn purge_idempotency(
@@ -234,7 +367,8 @@ impl Storage for Watched {
         ttl: std::time::Duration,
         limit: usize,
     ) -> Result<usize> {
-        self.write(self.inner.purge_idempotency(now, ttl, limit).await)
+        self.write(self.inner.purge_idempotency(now, ttl, limit))
+            .await
     }
 
     async fn claim_due_jobs(
@@ -244,19 +378,16 @@ impl Storage for Watched {
         limit: usize,
         lease_until: Timestamp,
     ) -> Result<Vec<Job>> {
-        self.write(
-            self.inner
-                .claim_due_jobs(kind, now, limit, lease_until)
-                .await,
-        )
+        self.write(self.inner.claim_due_jobs(kind, now, limit, lease_until))
+            .await
     }
 
     async fn next_due_at(&self, kind: WorkKind) -> Result<Option<Timestamp>> {
-        self.read(self.inner.next_due_at(kind).await)
+        self.read(self.inner.next_due_at(kind)).await
     }
 
     async fn count_due(&self, kind: WorkKind, now: Timestamp, cap: usize) -> Result<usize> {
-        self.read(self.inner.count_due(kind, now, cap).await)
+        self.read(self.inner.count_due(kind, now, cap)).await
     }
 
     async fn claim_due_deliveries(
@@ -267,19 +398,16 @@ impl Storage for Watched {
         room: Room,
     ) -> Result<Vec<Claimed>> {
         // A delivery claim writes nothing in every backend we have: a read.
-        self.read(
-            self.inner
-                .claim_due_deliveries(queue, now, limit, room)
-                .await,
-        )
+        self.read(self.inner.claim_due_deliveries(queue, now, limit, room))
+            .await
     }
 
     async fn next_delivery_due_at(&self, queue: DeliveryQueue) -> Result<Option<Timestamp>> {
-        self.read(self.inner.next_delivery_due_at(queue).await)
+        self.read(self.inner.next_delivery_due_at(queue)).await
     }
 
     async fn insert_deliveries(&self, deliveries: Vec<Delivery>) -> Result<()> {
-        self.write(self.inner.insert_deliveries(deliveries).await)
+        self.write(self.inner.insert_deliveries(deliveries)).await
     }
 
     async fn update_claimed(
@@ -287,7 +415,7 @@ impl Storage for Watched {
         claim: Claimed,
         change: DeliveryChange,
     ) -> Result<Option<Recorded>> {
-        self.write(self.inner.update_claimed(claim, change).await)
+        self.write(self.inner.update_claimed(claim, change)).await
     }
 
     async fn update_delivery(
@@ -296,11 +424,12 @@ impl Storage for Watched {
         id: &DeliveryId,
         change: DeliveryChange,
     ) -> Result<DeliveryUpdate> {
-        self.write(self.inner.update_delivery(tenant, id, change).await)
+        self.write(self.inner.update_delivery(tenant, id, change))
+            .await
     }
 
     async fn delivery(&self, tenant: &Tenant, id: &DeliveryId) -> Result<Option<Delivery>> {
-        self.read(self.inner.delivery(tenant, id).await)
+        self.read(self.inner.delivery(tenant, id)).await
     }
 
     async fn list_deliveries(
@@ -310,26 +439,24 @@ impl Storage for Watched {
         after: Option<&DeliveryId>,
         limit: usize,
     ) -> Result<DeliveryPage> {
-        self.read(
-            self.inner
-                .list_deliveries(tenant, state, after, limit)
-                .await,
-        )
+        self.read(self.inner.list_deliveries(tenant, state, after, limit))
+            .await
     }
 
     async fn deliveries_of_job(&self, job: &JobId) -> Result<Vec<Delivery>> {
-        self.read(self.inner.deliveries_of_job(job).await)
+        self.read(self.inner.deliveries_of_job(job)).await
     }
 
     async fn failed_deliveries_of_subscription(
         &self,
         sub: &SubscriptionId,
     ) -> Result<Vec<Delivery>> {
-        self.read(self.inner.failed_deliveries_of_subscription(sub).await)
+        self.read(self.inner.failed_deliveries_of_subscription(sub))
+            .await
     }
 
     async fn save_subscription(&self, sub: &Subscription) -> Result<()> {
-        self.write(self.inner.save_subscription(sub).await)
+        self.write(self.inner.save_subscription(sub)).await
     }
 
     async fn subscription(
@@ -337,15 +464,15 @@ impl Storage for Watched {
         tenant: &Tenant,
         id: &SubscriptionId,
     ) -> Result<Option<Subscription>> {
-        self.read(self.inner.subscription(tenant, id).await)
+        self.read(self.inner.subscription(tenant, id)).await
     }
 
     async fn list_subscriptions(&self, tenant: &Tenant) -> Result<Vec<Subscription>> {
-        self.read(self.inner.list_subscriptions(tenant).await)
+        self.read(self.inner.list_subscriptions(tenant)).await
     }
 
     async fn delete_subscription(&self, tenant: &Tenant, id: &SubscriptionId) -> Result<bool> {
-        self.write(self.inner.delete_subscription(tenant, id).await)
+        self.write(self.inner.delete_subscription(tenant, id)).await
     }
 
     async fn update_subscription(
@@ -353,7 +480,7 @@ impl Storage for Watched {
         id: &SubscriptionId,
         change: SubscriptionChange,
     ) -> Result<Option<Subscription>> {
-        self.write(self.inner.update_subscription(id, change).await)
+        self.write(self.inner.update_subscription(id, change)).await
     }
 
     async fn callback_secrets(
@@ -361,7 +488,8 @@ impl Storage for Watched {
         tenant: &Tenant,
         generate: fn() -> String,
     ) -> Result<SecretSet> {
-        self.read(self.inner.callback_secrets(tenant, generate).await)
+        self.read(self.inner.callback_secrets(tenant, generate))
+            .await
     }
 
     async fn update_callback_secrets(
@@ -369,11 +497,13 @@ impl Storage for Watched {
         tenant: &Tenant,
         change: SecretsChange,
     ) -> Result<Option<SecretSet>> {
-        self.write(self.inner.update_callback_secrets(tenant, change).await)
+        self.write(self.inner.update_callback_secrets(tenant, change))
+            .await
     }
 
     async fn claim_job_for_poll(&self, id: &JobId, lease_until: Timestamp) -> Result<Option<Job>> {
-        self.write(self.inner.claim_job_for_poll(id, lease_until).await)
+        self.write(self.inner.claim_job_for_poll(id, lease_until))
+            .await
     }
 
     async fn pull_in_polls(
@@ -382,15 +512,16 @@ impl Storage for Watched {
         limit: usize,
         to: crate::store::JobTime,
     ) -> Result<usize> {
-        self.write(self.inner.pull_in_polls(later_than, limit, to).await)
+        self.write(self.inner.pull_in_polls(later_than, limit, to))
+            .await
     }
 
     async fn upstream_webhook(&self) -> Result<Option<crate::store::UpstreamWebhook>> {
-        self.read(self.inner.upstream_webhook().await)
+        self.read(self.inner.upstream_webhook()).await
     }
 
     async fn save_upstream_webhook(&self, webhook: &crate::store::UpstreamWebhook) -> Result<()> {
-        self.write(self.inner.save_upstream_webhook(webhook).await)
+        self.write(self.inner.save_upstream_webhook(webhook)).await
     }
 
     async fn prepare(&self) -> Result<()> {
@@ -436,7 +567,10 @@ impl Storage for Watched {
         after: Option<&JobId>,
         limit: usize,
     ) -> Result<PurgeReport> {
-        let result = self.inner.purge_finished_before(cutoff, after, limit).await;
+        let result = self
+            .health
+            .timed_write(self.inner.purge_finished_before(cutoff, after, limit))
+            .await;
         // A purge that found nothing to delete wrote nothing: it proves nothing either way.
         match &result {
             Ok(report) if report.jobs == 0 => {}
@@ -450,7 +584,7 @@ impl Storage for Watched {
     }
 
     async fn check_writable(&self) -> Result<Writable> {
-        let result = self.inner.check_writable().await;
+        let result = self.health.timed_write(self.inner.check_writable()).await;
         match &result {
             Ok(Writable::Yes) => self.health.working(),
             Err(StoreError::Unavailable(message)) => self.health.failing(message),
@@ -490,5 +624,72 @@ mod tests {
         assert!(health.is_healthy());
         health.observe::<()>(&Err(StoreError::Corrupt("bad record".into())), true);
         assert!(health.is_healthy(), "a bad record is not a failing disk");
+    }
+
+    /// Whether `notice_a_stall(limit)` declares a stall within `within`.
+    async fn stalls_within(health: &Health, limit: Duration, within: Duration) -> bool {
+        tokio::time::timeout(within, health.notice_a_stall(limit))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn writes_under_way_with_none_ending_for_the_limit_are_a_stall() {
+        let limit = Duration::from_secs(1);
+        let health = Arc::new(Health::default());
+        assert!(
+            !stalls_within(&health, limit, Duration::from_millis(1800)).await,
+            "idle is not a stall"
+        );
+
+        // Writes that keep ending, some of them slow, longer together than the limit.
+        let busy = {
+            let health = health.clone();
+            tokio::spawn(async move {
+                loop {
+                    let slow = tokio::time::sleep(Duration::from_millis(400));
+                    health.timed_write(slow).await;
+                }
+            })
+        };
+        assert!(!stalls_within(&health, limit, Duration::from_millis(1800)).await);
+        busy.abort();
+        let _ = busy.await;
+
+        // A write its caller gave up on has ended.
+        let abandoned = {
+            let health = health.clone();
+            tokio::spawn(async move { health.timed_write(std::future::pending::<()>()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        abandoned.abort();
+        let _ = abandoned.await;
+        assert!(!stalls_within(&health, limit, Duration::from_millis(1800)).await);
+        assert!(!health.stalled() && !health.restart_needed() && health.is_healthy());
+
+        let _hung = {
+            let health = health.clone();
+            tokio::spawn(async move { health.timed_write(std::future::pending::<()>()).await })
+        };
+        let started = Instant::now();
+        assert!(stalls_within(&health, limit, Duration::from_secs(5)).await);
+        assert!(started.elapsed() >= limit, "{:?}", started.elapsed());
+        assert!(health.stalled() && health.restart_needed());
+        assert!(
+            health.fault().unwrap_or_default().contains("stalled"),
+            "{:?}",
+            health.fault()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stall_timeout_of_zero_never_declares_one() {
+        let health = Arc::new(Health::default());
+        let _hung = {
+            let health = health.clone();
+            tokio::spawn(async move { health.timed_write(std::future::pending::<()>()).await })
+        };
+        assert!(!stalls_within(&health, Duration::ZERO, Duration::from_millis(1500)).await);
+        assert!(!health.stalled());
     }
 }

@@ -4,9 +4,10 @@
 //! Two ways to make storage fail:
 //! - [`FailingDisk`]: the real sled store behind a wrapper that fails on demand as a full disk
 //!   does (`StoreError::Unavailable("no space left on device")`), writes only, reads still
-//!   answer. It injects the disk's failure; everything above it is the real service.
-//! - a real 8 MiB `tmpfs` that fills up (as root; skipped with a message where mounting is not
-//!   permitted), with sled on it.
+//!   answer, or whose writes never come back, as on a disk that hangs. It injects the disk's
+//!   failure; everything above it is the real service, in this process.
+//! - a real 6 MiB `tmpfs` that fills up (as root; skipped with a message where mounting is not
+//!   permitted), with the real binary and sled on it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use agenthook::store::{
 };
 use serde_json::{json, Value};
 
-use crate::helpers::{fast_sim_config, spawn_sim, test_settings, KEY_A};
+use crate::helpers::{fast_sim_config, free_port, spawn_sim, test_settings, Process, KEY_A};
 use crate::receiver::Receiver;
 
 const ENOSPC: &str = "no space left on device";
@@ -40,6 +41,8 @@ struct FailingDisk {
     full: AtomicBool,
     /// Only the writes that store a job upstream accepted fail while set.
     full_for_accepts: AtomicBool,
+    /// Writes never come back while set, as on a disk that hangs.
+    hung: AtomicBool,
     /// The next this many attempt records fail.
     failing_attempt_records: AtomicUsize,
     /// Writes tried (failed or not) and claims made, to see that nothing spins.
@@ -53,6 +56,7 @@ impl FailingDisk {
             inner,
             full: AtomicBool::new(false),
             full_for_accepts: AtomicBool::new(false),
+            hung: AtomicBool::new(false),
             failing_attempt_records: AtomicUsize::new(0),
             writes: AtomicUsize::new(0),
             claims: AtomicUsize::new(0),
@@ -63,8 +67,11 @@ impl FailingDisk {
         self.full.store(full, Ordering::SeqCst);
     }
 
-    fn write(&self) -> Result<(), StoreError> {
+    async fn write(&self) -> Result<(), StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
+        if self.hung.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.full.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable(ENOSPC.into()));
         }
@@ -87,7 +94,7 @@ impl Storage for FailingDisk {
         job: &Job,
         idempotency: Option<&IdempotencyKey>,
     ) -> Result<(), StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.hold_job(job, idempotency).await
     }
     async fn accept_job(
@@ -96,7 +103,7 @@ impl Storage for FailingDisk {
         held: bool,
         idempotency: Option<(IdempotencyKey, IdempotentResponse)>,
     ) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         if self.full_for_accepts.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable(ENOSPC.into()));
         }
@@ -108,15 +115,15 @@ impl Storage for FailingDisk {
         idempotency: Option<&IdempotencyKey>,
         response: Option<&IdempotentResponse>,
     ) -> Result<(), StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.refuse_job(job, idempotency, response).await
     }
     async fn save_job(&self, job: &Job) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.save_job(job).await
     }
     async fn complete_job(&self, job: &Job, deliveries: Vec<Delivery>) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.complete_job(job, deliveries).await
     }
     async fn cancel_job(
@@ -125,7 +132,7 @@ impl Storage for FailingDisk {
         id: &JobId,
         now: Timestamp,
     ) -> Result<Cancellation, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.cancel_job(tenant, id, now).await
     }
     async fn job(&self, tenant: &Tenant, id: &JobId) -> Result<Option<Job>, StoreError> {
@@ -152,7 +159,7 @@ impl Storage for FailingDisk {
         ttl: Duration,
         limit: usize,
     ) -> Result<usize, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.purge_idempotency(now, ttl, limit).await
     }
     async fn claim_due_jobs(
@@ -163,7 +170,7 @@ impl Storage for FailingDisk {
         lease_until: Timestamp,
     ) -> Result<Vec<Job>, StoreError> {
         self.claims.fetch_add(1, Ordering::SeqCst);
-        self.write()?;
+        self.write().await?;
         self.inner
             .claim_due_jobs(kind, now, limit, lease_until)
             .await
@@ -198,7 +205,7 @@ impl Storage for FailingDisk {
         self.inner.next_delivery_due_at(queue).await
     }
     async fn insert_deliveries(&self, deliveries: Vec<Delivery>) -> Result<(), StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.insert_deliveries(deliveries).await
     }
     async fn update_claimed(
@@ -206,7 +213,7 @@ impl Storage for FailingDisk {
         claim: Claimed,
         change: DeliveryChange,
     ) -> Result<Option<Recorded>, StoreError> {
-        self.write()?;
+        self.write().await?;
         let take_one = |n: usize| n.checked_sub(1);
         if self
             .failing_attempt_records
@@ -225,7 +232,7 @@ impl Storage for FailingDisk {
         id: &DeliveryId,
         change: DeliveryChange,
     ) -> Result<DeliveryUpdate, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.update_delivery(tenant, id, change).await
     }
     async fn delivery(
@@ -256,7 +263,7 @@ impl Storage for FailingDisk {
         self.inner.failed_deliveries_of_subscription(sub).await
     }
     async fn save_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.save_subscription(sub).await
     }
     async fn subscription(
@@ -274,7 +281,7 @@ impl Storage for FailingDisk {
         tenant: &Tenant,
         id: &SubscriptionId,
     ) -> Result<bool, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.delete_subscription(tenant, id).await
     }
     async fn update_subscription(
@@ -282,7 +289,7 @@ impl Storage for FailingDisk {
         id: &SubscriptionId,
         change: SubscriptionChange,
     ) -> Result<Option<Subscription>, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.update_subscription(id, change).await
     }
     async fn callback_secrets(
@@ -297,7 +304,7 @@ impl Storage for FailingDisk {
         tenant: &Tenant,
         change: SecretsChange,
     ) -> Result<Option<SecretSet>, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.update_callback_secrets(tenant, change).await
     }
     async fn claim_job_for_poll(
@@ -305,7 +312,7 @@ impl Storage for FailingDisk {
         id: &JobId,
         lease_until: Timestamp,
     ) -> Result<Option<Job>, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.claim_job_for_poll(id, lease_until).await
     }
     async fn pull_in_polls(
@@ -314,7 +321,7 @@ impl Storage for FailingDisk {
         limit: usize,
         to: agenthook::store::JobTime,
     ) -> Result<usize, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.pull_in_polls(later_than, limit, to).await
     }
     async fn upstream_webhook(
@@ -326,7 +333,7 @@ impl Storage for FailingDisk {
         &self,
         webhook: &agenthook::store::UpstreamWebhook,
     ) -> Result<(), StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.save_upstream_webhook(webhook).await
     }
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -344,14 +351,14 @@ impl Storage for FailingDisk {
         after: Option<&JobId>,
         limit: usize,
     ) -> Result<PurgeReport, StoreError> {
-        self.write()?;
+        self.write().await?;
         self.inner.purge_finished_before(cutoff, after, limit).await
     }
     async fn stored_totals(&self) -> Result<StoredTotals, StoreError> {
         self.inner.stored_totals().await
     }
     async fn check_writable(&self) -> Result<Writable, StoreError> {
-        self.write()?;
+        self.write().await?;
         if self.full_for_accepts.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable(ENOSPC.into()));
         }
@@ -367,6 +374,7 @@ struct App {
     sim: agenthook::sim::SimServer,
     _dir: tempfile::TempDir,
     stop: agenthook::app::StopHandle,
+    running: Option<tokio::task::JoinHandle<Result<(), StartError>>>,
 }
 
 impl Drop for App {
@@ -377,9 +385,17 @@ impl Drop for App {
 }
 
 async fn spawn_on_failing_disk(sim_config: SimConfig) -> App {
+    spawn_on_failing_disk_with(sim_config, |_| {}).await
+}
+
+async fn spawn_on_failing_disk_with(
+    sim_config: SimConfig,
+    tweak: impl FnOnce(&mut agenthook::config::Settings),
+) -> App {
     let sim = spawn_sim(sim_config);
     let dir = tempfile::tempdir().unwrap();
-    let settings = test_settings(dir.path(), &sim);
+    let mut settings = test_settings(dir.path(), &sim);
+    tweak(&mut settings);
     let sled = agenthook::store::SledStore::open(dir.path(), 8 << 20).unwrap();
     let disk = FailingDisk::new(Arc::new(sled));
     let services = Services::with_store(settings, clock::system(), disk.clone());
@@ -387,9 +403,7 @@ async fn spawn_on_failing_disk(sim_config: SimConfig) -> App {
     let app = Application::start(services, listener).unwrap();
     let base = format!("http://{}", app.addr());
     let stop = app.stop_handle();
-    tokio::spawn(async move {
-        let _ = app.run().await;
-    });
+    let running = tokio::spawn(app.run());
     App {
         base,
         http: reqwest::Client::new(),
@@ -397,6 +411,7 @@ async fn spawn_on_failing_disk(sim_config: SimConfig) -> App {
         sim,
         _dir: dir,
         stop,
+        running: Some(running),
     }
 }
 
@@ -671,6 +686,48 @@ async fn a_delivery_whose_attempt_record_failed_is_sent_again_with_the_same_webh
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_writes_stop_coming_back_the_service_stops_at_once_and_says_why() {
+    let mut app = spawn_on_failing_disk_with(fast_sim_config(), |s| {
+        s.storage.stall_timeout = Duration::from_secs(2);
+        // Far longer than the stall: stopping must not wait for the requests it holds.
+        s.server.shutdown_grace = Duration::from_secs(60);
+    })
+    .await;
+    let (status, _) = app.post_job(json!({"prompt": "before"})).await;
+    assert_eq!(status, 202);
+
+    app.disk.hung.store(true, Ordering::SeqCst);
+    let stuck = {
+        let post = app
+            .http
+            .post(format!("{}/v1/jobs", app.base))
+            .bearer_auth(KEY_A)
+            .json(&json!({"prompt": "never answered"}));
+        tokio::spawn(post.send())
+    };
+    let hung_at = Instant::now();
+    let running = app.running.take().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the service stops once its writes stall")
+        .unwrap();
+    assert!(matches!(exit, Err(StartError::StorageStalled)), "{exit:?}");
+    let took = hung_at.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "not before the stall timeout: {took:?}"
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(5), stuck)
+        .await
+        .expect("the held request ends with the service")
+        .unwrap();
+    assert!(
+        answer.is_err(),
+        "a request whose write never came back is not answered as if it had: {answer:?}"
+    );
+}
+
 /// A `tmpfs` of `size` mounted on a fresh temporary directory, unmounted when dropped (even
 /// if the test fails). `None` when mounting is not permitted here.
 struct SmallDisk {
@@ -714,30 +771,84 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Run alone, in a process of its own (`.ci/run` does; `cargo test -- --ignored on_a_full_disk`):
-/// once the disk is full, sled can leave a flush waiting forever while it holds sled's
-/// process-wide lock, and every other sled store in the process then waits behind it (seen in
-/// 2 of 8 clean-clone CI runs, with unrelated tests hanging).
+/// The real binary on a real full disk (a small `tmpfs`), as a supervisor runs it: sled on a
+/// full disk keeps its I/O error until reopened, and once in a while leaves a flush waiting
+/// forever; either way the process exits 1, and the next one finds every job it accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run alone: a full disk can wedge sled's process-wide lock for other tests"]
 async fn on_a_full_disk_no_agent_is_made_without_a_job_and_a_restart_finds_every_job() {
     let Some(disk) = SmallDisk::mount("6m") else {
         eprintln!("skipped: mounting a small tmpfs is not permitted here (run as root)");
         return;
     };
-    let data = disk.path().join("data");
     let sim = spawn_sim(SimConfig {
         time_to_ready: Duration::from_secs(3600),
         ..fast_sim_config()
     });
-    let mut settings = test_settings(&data, &sim);
-    settings.storage.path = data.clone();
-    let app = Application::build(settings.clone(), clock::system())
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("agenthook.toml");
+    let log = config_dir.path().join("service.log");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+bind = "127.0.0.1:{port}"
+shutdown_grace = "5s"
+[storage]
+path = "{data}"
+cache_bytes = 8388608
+stall_timeout = "5s"
+[upstream]
+base_url = "{upstream}"
+api_secret = "{secret}"
+generate_per_minute = 600
+read_per_minute = 6000
+[poller]
+first_poll_after = "50ms"
+interval = "50ms"
+max_interval = "200ms"
+submit_retry_after = "100ms"
+[delivery]
+allow_private_networks = true
+[[auth.keys]]
+name = "tenant-a"
+key = "{KEY_A}"
+"#,
+            data = disk.path().join("data").display(),
+            upstream = sim.base_url,
+            secret = sim.state.config().api_secret,
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let serve = || async {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        Process::start_ready(
+            &["serve", "--config", config.to_str().unwrap()],
+            |command| {
+                command.stderr(log.try_clone().unwrap()).stdout(log);
+            },
+            &format!("{base}/readyz"),
+        )
         .await
+    };
+    let log_tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
+    let mut service = serve().await;
+    // A request's own deadline: one the service never answers fails the test rather than
+    // hanging it.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
         .unwrap();
-    let base = format!("http://{}", app.addr());
-    let running = tokio::spawn(app.run());
-    let http = reqwest::Client::new();
     let metadata = json!({"notes": "m".repeat(12 * 1024)});
     let post = |i: usize| {
         http.post(format!("{base}/v1/jobs"))
@@ -746,10 +857,23 @@ async fn on_a_full_disk_no_agent_is_made_without_a_job_and_a_restart_finds_every
             .send()
     };
 
+    // Fill the disk. The service answers 503 once it is full, or, should sled's flush never
+    // come back, stops within its stall timeout (the request then gets no answer).
     let mut accepted = 0;
+    let mut unanswered = 0;
     let mut first_refusal = None;
     for i in 0..5000 {
-        let res = post(i).await.unwrap();
+        let res = match post(i).await {
+            Ok(res) => res,
+            Err(e) => {
+                eprintln!(
+                    "no answer ({e}); the service stopped: {:?}",
+                    service.exited()
+                );
+                unanswered += 1;
+                break;
+            }
+        };
         let status = res.status().as_u16();
         if status == 202 {
             accepted += 1;
@@ -760,56 +884,59 @@ async fn on_a_full_disk_no_agent_is_made_without_a_job_and_a_restart_finds_every
         first_refusal = Some(body);
         break;
     }
-    let first_refusal = first_refusal.expect("the disk filled up");
-    eprintln!("disk full after {accepted} jobs: {first_refusal}");
+    assert!(accepted > 0, "{}", log_tail());
+    eprintln!("disk full after {accepted} jobs: {first_refusal:?}");
     let agents_when_full = sim.state.accepted_generates();
-    for i in 0..20 {
-        let res = post(10_000 + i).await.unwrap();
-        let status = res.status().as_u16();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
-        assert_eq!(status, 503, "{body}");
-        assert_eq!(body["code"], "UNAVAILABLE");
+    if first_refusal.is_some() {
+        for i in 0..20 {
+            let Ok(res) = post(10_000 + i).await else {
+                unanswered += 1;
+                break;
+            };
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["code"], "UNAVAILABLE");
+        }
+        if service.exited().is_none() {
+            let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+            assert_eq!(ready.status().as_u16(), 503);
+        }
     }
-    assert_eq!(
-        sim.state.accepted_generates(),
-        agents_when_full,
+    assert!(
+        sim.state.accepted_generates() <= agents_when_full + unanswered,
         "no agent for the jobs refused while the disk is full"
     );
-    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
 
-    // Room again: sled keeps its I/O error until reopened, so the service drains and exits
-    // non-zero for its supervisor.
+    // Room again: sled keeps its I/O error until reopened, so the service drains and exits 1
+    // for its supervisor (or has already, if its writes stalled).
     disk.grow("64m");
-    let exit = tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the service exits once the disk has room")
-        .unwrap();
+    let exit = service.wait_exit(Duration::from_secs(40)).await;
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(exit.code(), Some(1), "{}", log_tail());
+    let stalled = log_text.contains("storage stalled");
+    eprintln!(
+        "the service exited 1 ({})",
+        if stalled {
+            "its writes stalled"
+        } else {
+            "to reopen storage"
+        }
+    );
     assert!(
-        matches!(exit, Err(StartError::StorageNeedsRestart)),
-        "{exit:?}"
+        log_text.contains("storage must be reopened") || log_text.contains("storage stalled"),
+        "the log says why it stopped: {}",
+        log_tail()
     );
 
     // The supervisor starts it again: every job upstream accepted is there.
-    let restarting = Instant::now();
-    let app = loop {
-        match Application::build(settings.clone(), clock::system()).await {
-            Ok(app) => break app,
-            Err(e) if e.to_string().contains("lock") && restarting.elapsed().as_secs() < 20 => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("restart: {e}"),
-        }
-    };
-    let base = format!("http://{}", app.addr());
-    let stop = app.stop_handle();
-    let running = tokio::spawn(app.run());
-    crate::helpers::wait_ready(&format!("{base}/readyz")).await;
+    let _service = serve().await;
     // A job whose write failed after upstream had accepted it (answered 503 naming it) is
     // logged at error level with its agent when the process gives up; any other is stored.
     let slipped = usize::from(
-        first_refusal["error"]
-            .as_str()
+        first_refusal
+            .as_ref()
+            .and_then(|r| r["error"].as_str())
             .unwrap_or_default()
             .contains("was accepted upstream"),
     );
@@ -846,14 +973,15 @@ async fn on_a_full_disk_no_agent_is_made_without_a_job_and_a_restart_finds_every
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(
-        stored, accepted,
-        "every job answered 202 is there after the restart"
+    // A request that got no answer may or may not have been stored.
+    assert!(
+        (accepted..=accepted + unanswered).contains(&stored),
+        "every job answered 202 is there after the restart: {stored} stored, {accepted} accepted, {unanswered} unanswered"
     );
-    assert_eq!(
-        sim.state.accepted_generates(),
-        with_agent + slipped,
-        "no agent upstream without its job"
+    let agents = sim.state.accepted_generates();
+    assert!(
+        agents >= with_agent + slipped && agents <= with_agent + slipped + unanswered,
+        "no agent upstream without its job: {agents} agents, {with_agent} jobs with one, {slipped} slipped, {unanswered} unanswered"
     );
     let res = http
         .post(format!("{base}/v1/jobs"))
@@ -863,6 +991,4 @@ async fn on_a_full_disk_no_agent_is_made_without_a_job_and_a_restart_finds_every
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 202, "writes again after the restart");
-    stop.stop().await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), running).await;
 }

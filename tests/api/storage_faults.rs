@@ -840,7 +840,7 @@ key = "{KEY_A}"
     let log_tail = || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(80)..].join("\n")
     };
     let mut service = serve().await;
     // A request's own deadline: one the service never answers fails the test rather than
@@ -911,17 +911,19 @@ key = "{KEY_A}"
     // Room again: sled keeps its I/O error until reopened, so the service drains and exits 1
     // for its supervisor (or has already, if its writes stalled).
     disk.grow("64m");
+    let grown = Instant::now();
     let exit = service.wait_exit(Duration::from_secs(40)).await;
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(exit.code(), Some(1), "{}", log_tail());
     let stalled = log_text.contains("storage stalled");
     eprintln!(
-        "the service exited 1 ({})",
+        "the service exited 1 ({}) {:?} after the disk had room",
         if stalled {
             "its writes stalled"
         } else {
             "to reopen storage"
-        }
+        },
+        grown.elapsed()
     );
     assert!(
         log_text.contains("storage must be reopened") || log_text.contains("storage stalled"),
@@ -941,8 +943,8 @@ key = "{KEY_A}"
             .contains("was accepted upstream"),
     );
     let started = Instant::now();
-    let (stored, with_agent) = loop {
-        let (mut stored, mut with_agent, mut submitting) = (0, 0, 0);
+    let (stored, with_agent, submitting) = loop {
+        let (mut stored, mut with_agent, mut submitting) = (0, 0, Vec::new());
         let mut after: Option<String> = None;
         loop {
             let url = match &after {
@@ -961,18 +963,36 @@ key = "{KEY_A}"
             let jobs = page["data"].as_array().unwrap();
             stored += jobs.len();
             with_agent += jobs.iter().filter(|j| j["agent_id"].is_string()).count();
-            submitting += jobs.iter().filter(|j| j["status"] == "submitting").count();
+            submitting.extend(jobs.iter().filter(|j| j["status"] == "submitting").cloned());
             after = page["next"].as_str().map(str::to_owned);
             if after.is_none() {
                 break;
             }
         }
         // Jobs deferred before the disk filled are submitted by the restarted service.
-        if submitting == 0 || started.elapsed() > Duration::from_secs(30) {
-            break (stored, with_agent);
+        if submitting.is_empty() || started.elapsed() > Duration::from_secs(30) {
+            break (stored, with_agent, submitting);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    eprintln!(
+        "{stored} jobs stored, {with_agent} with an agent, {:?} after the restart",
+        started.elapsed()
+    );
+    let about_them: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| {
+            submitting
+                .iter()
+                .any(|j| line.contains(j["id"].as_str().unwrap_or("?")))
+        })
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        submitting.is_empty(),
+        "every job is submitted after the restart: {submitting:?}\n{about_them:#?}"
+    );
     // A request that got no answer may or may not have been stored.
     assert!(
         (accepted..=accepted + unanswered).contains(&stored),

@@ -804,11 +804,14 @@ base_url = "{upstream}"
 api_secret = "{secret}"
 generate_per_minute = 600
 read_per_minute = 6000
+timeout = "3s"
 [poller]
 first_poll_after = "50ms"
 interval = "50ms"
 max_interval = "200ms"
 submit_retry_after = "100ms"
+# A job held by a request the first process never finished comes back after this.
+lease = "4s"
 [delivery]
 allow_private_networks = true
 [[auth.keys]]

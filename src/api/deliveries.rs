@@ -3,14 +3,13 @@
 use actix_web::{get, post, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::jobs::{page_limit, query_param};
 use super::{ApiError, AppState, ErrorBody};
 use crate::domain::{
     Attempt, Delivery, DeliveryId, DeliveryState, Destination, EventId, EventType, JobId,
-    MessageId, Tenant,
+    MessageId, Payload, Tenant,
 };
 use crate::service;
 
@@ -57,15 +56,16 @@ pub struct DeliveryDetail {
     #[serde(flatten)]
     pub view: DeliveryView,
     /// The standard event body (`type`, `timestamp`, `data`); other formats are rendered from
-    /// it at send time.
-    pub payload: Value,
+    /// it at send time. Written as the text it is stored as.
+    #[schema(value_type = Object)]
+    pub payload: Payload,
 }
 
 impl DeliveryDetail {
     pub fn of(d: &Delivery) -> DeliveryDetail {
         DeliveryDetail {
             view: DeliveryView::of(d),
-            payload: d.payload.value().clone(),
+            payload: d.payload.clone(),
         }
     }
 }

@@ -82,12 +82,49 @@ const METHODS: [&str; 8] = [
 pub struct ApiDocument {
     json: web::Bytes,
     routes: Vec<(ResourceDef, Vec<Method>)>,
+    templates: Vec<Template>,
+}
+
+/// A documented path, matched segment by segment for [`ApiDocument::route_of`]: a
+/// `{parameter}` segment matches any one non-empty segment, as actix's does.
+struct Template {
+    path: String,
+    /// Each segment: its literal text, or `None` for a parameter.
+    segments: Vec<Option<String>>,
+    literals: usize,
+}
+
+impl Template {
+    fn new(path: &str) -> Template {
+        let segments: Vec<Option<String>> = path
+            .split('/')
+            .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
+            .collect();
+        let literals = segments.iter().flatten().count();
+        Template {
+            path: path.to_owned(),
+            segments,
+            literals,
+        }
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        let mut parts = path.split('/');
+        for segment in &self.segments {
+            match (parts.next(), segment) {
+                (Some(part), Some(literal)) if part == literal => {}
+                (Some(part), None) if !part.is_empty() => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
 }
 
 impl ApiDocument {
     pub fn new(doc: &utoipa::openapi::OpenApi) -> ApiDocument {
         let value = serde_json::to_value(doc).expect("the OpenAPI document serialises");
-        let routes = value["paths"]
+        let routes: Vec<(ResourceDef, Vec<Method>)> = value["paths"]
             .as_object()
             .into_iter()
             .flatten()
@@ -100,10 +137,26 @@ impl ApiDocument {
                 (ResourceDef::new(path.as_str()), methods)
             })
             .collect();
+        let templates = routes
+            .iter()
+            .map(|(def, _)| Template::new(def.pattern().unwrap_or_default()))
+            .collect();
         ApiDocument {
             json: serde_json::to_vec(&value).expect("JSON").into(),
             routes,
+            templates,
         }
+    }
+
+    /// The documented route `path` takes, as its template (`/v1/jobs/{id}`): the label of a
+    /// request in metrics. Compares segments, where actix's own `match_pattern` would run the
+    /// regular expression of every route again for each request.
+    pub fn route_of(&self, path: &str) -> Option<&str> {
+        self.templates
+            .iter()
+            .filter(|t| t.matches(path))
+            .max_by_key(|t| t.literals)
+            .map(|t| t.path.as_str())
     }
 
     /// The methods of the documented route that `path` matches, if any.
@@ -188,6 +241,34 @@ mod tests {
             }
         }
         found
+    }
+
+    #[test]
+    fn a_path_is_labelled_with_the_documented_route_actix_matches() {
+        let doc = ApiDocument::new(&crate::api::openapi_document());
+        assert!(doc.templates.len() > 20);
+        for template in &doc.templates {
+            let concrete = template.path.replace('{', "x_").replace('}', "");
+            assert_eq!(doc.route_of(&concrete), Some(template.path.as_str()));
+            let actix = doc.routes.iter().find(|(def, _)| def.is_match(&concrete));
+            assert_eq!(
+                actix.and_then(|(def, _)| def.pattern()),
+                Some(template.path.as_str())
+            );
+        }
+        assert_eq!(
+            doc.route_of("/v1/jobs/job_1/deliveries"),
+            Some("/v1/jobs/{id}/deliveries")
+        );
+        for unknown in [
+            "/v1/jobs/",
+            "/v1/jobs//deliveries",
+            "/v1/nothing",
+            "/ui/",
+            "",
+        ] {
+            assert_eq!(doc.route_of(unknown), None, "{unknown}");
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::HttpMessage;
+use actix_web::{web, HttpMessage};
+
+use super::openapi::ApiDocument;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -17,6 +19,16 @@ pub struct RequestId(pub String);
 
 fn acceptable(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The route `req` takes, as its template: looked up in the API document, or by actix for
+/// the few paths it does not name (the dashboard's).
+fn route_label(req: &ServiceRequest) -> String {
+    req.app_data::<web::Data<ApiDocument>>()
+        .and_then(|doc| doc.route_of(req.path()))
+        .map(str::to_owned)
+        .or_else(|| req.match_pattern())
+        .unwrap_or_else(|| "unmatched".to_owned())
 }
 
 pub async fn middleware(
@@ -33,9 +45,7 @@ pub async fn middleware(
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let path = req.path().to_owned();
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = route_label(&req);
     let started = Instant::now();
     let mut res = next.call(req).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {

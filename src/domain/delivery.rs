@@ -288,6 +288,17 @@ impl std::fmt::Debug for Payload {
     }
 }
 
+/// Written as the JSON text it is (the API's view of a delivery), without building the tree;
+/// a damaged text (see [`Payload::value`]) is written as `null`.
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match serde_json::from_str::<&RawValue>(self.json()) {
+            Ok(raw) => raw.serialize(serializer),
+            Err(_) => self.value().serialize(serializer),
+        }
+    }
+}
+
 /// Records of the first layout hold the body inside the delivery; it is read as it was
 /// written, as text.
 impl<'de> Deserialize<'de> for Payload {
@@ -328,6 +339,16 @@ mod tests {
         let read: Holder = serde_json::from_str(&record).unwrap();
         assert_eq!(read.payload.json(), value.to_string());
         assert_eq!(read.payload.value(), &value);
+    }
+
+    #[test]
+    fn a_payload_is_written_as_its_text_and_a_damaged_one_as_null() {
+        let value = json!({"type": "agent.ready", "data": {"s": "é\"", "n": 1.5}});
+        let payload = Payload::from(value.clone());
+        assert_eq!(serde_json::to_string(&payload).unwrap(), payload.json());
+        assert_eq!(serde_json::to_value(&payload).unwrap(), value);
+        let damaged = Payload::from_stored(b"{\"type\": ").unwrap();
+        assert_eq!(serde_json::to_string(&damaged).unwrap(), "null");
     }
 
     #[test]

@@ -77,8 +77,9 @@ async fn metrics_report_jobs_upstream_calls_queues_and_latencies() {
         "agenthook_queue_depth{queue=\"poll_due\"}",
         "agenthook_queue_depth{queue=\"deliveries_retry\"}",
         "agenthook_upstream_budget_tokens{bucket=\"read\"}",
-        "agenthook_http_requests_total",
-        "agenthook_http_request_duration_seconds_bucket",
+        "agenthook_http_requests_total{method=\"POST\",route=\"/v1/jobs\",status=\"202\"}",
+        "agenthook_http_requests_total{method=\"GET\",route=\"/v1/jobs/{id}\",status=\"200\"}",
+        "agenthook_http_request_duration_seconds_bucket{route=\"/v1/jobs/{id}\",",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }

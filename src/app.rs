@@ -50,6 +50,7 @@ pub struct Application {
     health: Arc<Health>,
     signals: Arc<Signals>,
     workers: Vec<JoinHandle<()>>,
+    stall_watch: JoinHandle<()>,
     settings: Arc<Settings>,
 }
 
@@ -236,11 +237,19 @@ impl Application {
         };
         let watcher = {
             let signals = services.signals.clone();
-            tokio::spawn(services.health.clone().watch(
-                services.store.clone(),
-                settings.storage.stall_timeout,
-                async move { signals.shutdown_started().await },
-            ))
+            tokio::spawn(
+                services
+                    .health
+                    .clone()
+                    .watch(services.store.clone(), async move {
+                        signals.shutdown_started().await
+                    }),
+            )
+        };
+        // Not one of the workers: it goes on through the shutdown, which waits on storage too.
+        let stall_watch = {
+            let (health, limit) = (services.health.clone(), settings.storage.stall_timeout);
+            tokio::spawn(async move { health.notice_a_stall(limit).await })
         };
         // A backend that recovers only when reopened: drain and exit non-zero. Stalled
         // storage: stop at once, since no request waiting for a write can be answered.
@@ -263,6 +272,7 @@ impl Application {
             store: services.store,
             signals: services.signals,
             workers: vec![poller, deliveries, maintenance, heartbeat, watcher, trimmer],
+            stall_watch,
             settings,
         })
     }
@@ -289,35 +299,57 @@ impl Application {
     }
 
     /// Serve until the server is stopped (by [`Application::stop_handle`] or a signal task).
+    /// Each step of the shutdown gives way to a stall of storage, after which nothing that
+    /// waits on it would end.
     pub async fn run(self) -> Result<(), StartError> {
-        self.server.await?;
-        self.signals.begin_shutdown();
-        if self.health.stalled() {
-            return Err(abandon(self.store));
+        let Application {
+            server,
+            store,
+            health,
+            signals,
+            workers,
+            stall_watch,
+            settings,
+            ..
+        } = self;
+        tokio::select! {
+            served = server => served?,
+            _ = health.wait_for_stall() => return Err(abandon(store)),
         }
+        signals.begin_shutdown();
         // One deadline for every worker, not one each.
-        let deadline = tokio::time::Instant::now() + self.settings.server.shutdown_grace;
-        for worker in self.workers {
-            if tokio::time::timeout_at(deadline, worker).await.is_err() {
-                tracing::warn!("a worker did not stop within the grace period");
+        let deadline = tokio::time::Instant::now() + settings.server.shutdown_grace;
+        let drained = async {
+            for worker in workers {
+                if tokio::time::timeout_at(deadline, worker).await.is_err() {
+                    tracing::warn!("a worker did not stop within the grace period");
+                }
             }
+        };
+        tokio::select! {
+            _ = drained => {}
+            _ = health.wait_for_stall() => return Err(abandon(store)),
         }
-        // The watch for stalls has stopped with the workers: the final flush has a deadline
-        // of its own.
-        let closed = match self.settings.storage.stall_timeout {
-            limit if limit.is_zero() => self.store.close().await,
-            limit => match tokio::time::timeout(limit, self.store.close()).await {
+        // The final flush (sled) or the pool's close (PostgreSQL), within the stall timeout.
+        let limit = settings.storage.stall_timeout;
+        let closed = if limit.is_zero() {
+            store.close().await
+        } else {
+            match tokio::time::timeout(limit, store.close()).await {
                 Ok(closed) => closed,
                 Err(_) => {
-                    tracing::error!(stall_timeout = ?limit, "storage stalled: the final flush did not come back; exiting for the supervisor to restart the service");
-                    return Err(abandon(self.store));
+                    tracing::error!(stall_timeout = ?limit, "storage stalled: closing it did not come back; exiting 1 for the supervisor to restart the service");
+                    return Err(abandon(store));
                 }
-            },
+            }
         };
-        if self.health.restart_needed() {
+        stall_watch.abort();
+        if health.restart_needed() {
             // What could not be written was answered 503 or is retried by its owner; the
-            // next process opens the data as it is on disk.
+            // next process opens the data as it is on disk. (Kept, not dropped: dropping a
+            // sled store flushes once more.)
             tracing::error!("stopped: storage must be reopened; exiting non-zero for the supervisor to restart the service");
+            std::mem::forget(store);
             return Err(StartError::StorageNeedsRestart);
         }
         closed.map_err(|e| StartError::Io(std::io::Error::other(e)))?;

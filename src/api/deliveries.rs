@@ -57,7 +57,7 @@ pub struct DeliveryDetail {
     pub view: DeliveryView,
     /// The standard event body (`type`, `timestamp`, `data`); other formats are rendered from
     /// it at send time. Written as the text it is stored as.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub payload: Payload,
 }
 

@@ -38,39 +38,22 @@ const PROBE_WHILE_FAILING: Duration = Duration::from_secs(1);
 const STALL_CHECK: Duration = Duration::from_millis(250);
 
 /// Whether storage works, and what is wrong when it does not.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Health {
     fault: Mutex<Option<String>>,
     restart: AtomicBool,
     /// Set with `restart` when writes stopped coming back (see [`Health::stalled`]).
     stalled: AtomicBool,
-    /// Writes begun and writes ended (landed, failed or abandoned by their caller).
+    /// Writes begun and writes ended (came back, or were dropped by their caller).
     writes_begun: AtomicU64,
     writes_ended: AtomicU64,
-    /// When a write last ended, or the first one began after none was under way: in
-    /// milliseconds since `epoch`.
-    progress_at: AtomicU64,
-    epoch: Instant,
+    /// Bumped when a write comes back (landed or failed), and when one begins with none under
+    /// way. A write dropped by its caller does not count: the backend may still be stuck on it.
+    progress: AtomicU64,
     /// Wakes the watcher when storage starts failing.
     failed: tokio::sync::Notify,
     /// Wakes whoever waits for [`Health::restart_needed`].
     restart_wake: tokio::sync::Notify,
-}
-
-impl Default for Health {
-    fn default() -> Health {
-        Health {
-            fault: Mutex::default(),
-            restart: AtomicBool::default(),
-            stalled: AtomicBool::default(),
-            writes_begun: AtomicU64::default(),
-            writes_ended: AtomicU64::default(),
-            progress_at: AtomicU64::default(),
-            epoch: Instant::now(),
-            failed: tokio::sync::Notify::default(),
-            restart_wake: tokio::sync::Notify::default(),
-        }
-    }
 }
 
 impl Health {
@@ -134,55 +117,60 @@ impl Health {
         self.restart_wake.notify_waiters();
     }
 
-    fn now_millis(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Count `write` as under way until it ends (or its caller drops it).
+    /// Count `write` as under way until it comes back (or its caller drops it).
     pub async fn timed_write<T>(&self, write: impl Future<Output = T>) -> T {
-        let _under_way = self.write_begins();
-        write.await
+        let mut under_way = self.write_begins();
+        let result = write.await;
+        under_way.came_back = true;
+        result
     }
 
     fn write_begins(&self) -> WriteUnderWay<'_> {
         if self.writes_begun.load(Ordering::SeqCst) == self.writes_ended.load(Ordering::SeqCst) {
             // None under way: the time before this write is not a stall.
-            self.progress_at.store(self.now_millis(), Ordering::SeqCst);
+            self.progress.fetch_add(1, Ordering::SeqCst);
         }
         self.writes_begun.fetch_add(1, Ordering::SeqCst);
-        WriteUnderWay(self)
-    }
-
-    /// How long writes have been under way with none ending, if any is under way.
-    fn waiting_for_writes(&self) -> Option<Duration> {
-        let ended = self.writes_ended.load(Ordering::SeqCst);
-        let since = self.progress_at.load(Ordering::SeqCst);
-        if self.writes_begun.load(Ordering::SeqCst) == ended {
-            return None;
+        WriteUnderWay {
+            health: self,
+            came_back: false,
         }
-        Some(Duration::from_millis(
-            self.now_millis().saturating_sub(since),
-        ))
     }
 
-    /// Declare storage stalled once writes have been under way for `limit` with none ending
-    /// (`limit` zero: never). Returns when it does.
-    async fn notice_a_stall(&self, limit: Duration) {
+    fn writes_under_way(&self) -> bool {
+        self.writes_begun.load(Ordering::SeqCst) != self.writes_ended.load(Ordering::SeqCst)
+    }
+
+    /// Declare storage stalled once writes have been under way for `limit` with none coming
+    /// back (`limit` zero: never). Returns when it does. The time is counted check by check,
+    /// at most two check periods at a time, so that a process paused as a whole (a stopped
+    /// container, a suspended VM) does not find its writes stalled when it resumes.
+    pub async fn notice_a_stall(&self, limit: Duration) {
         if limit.is_zero() {
             return std::future::pending().await;
         }
+        let mut stalled_for = Duration::ZERO;
+        let mut progress = self.progress.load(Ordering::SeqCst);
+        let mut checked = Instant::now();
         loop {
             tokio::time::sleep(STALL_CHECK).await;
-            let Some(waiting) = self.waiting_for_writes() else {
+            let now = Instant::now();
+            let since_last = now.duration_since(checked).min(2 * STALL_CHECK);
+            checked = now;
+            let seen = self.progress.load(Ordering::SeqCst);
+            if seen != progress || !self.writes_under_way() {
+                progress = seen;
+                stalled_for = Duration::ZERO;
                 continue;
-            };
-            if waiting >= limit {
+            }
+            stalled_for += since_last;
+            if stalled_for >= limit {
                 let message = format!(
                     "storage stalled: no write has come back for {}s",
-                    waiting.as_secs()
+                    stalled_for.as_secs()
                 );
-                tracing::error!(stall_timeout = ?limit, "{message}; exiting at once for the supervisor to restart the service (what was not answered is retried by its owner; the data on disk is opened as it is)");
-                self.failing(&message);
+                tracing::error!(stall_timeout = ?limit, "{message}; stopping at once and exiting 1 for the supervisor to restart the service");
+                *self.lock() = Some(message);
                 self.stalled.store(true, Ordering::SeqCst);
                 self.ask_for_restart();
                 return;
@@ -190,31 +178,35 @@ impl Health {
         }
     }
 
-    /// Wait until the backend asks for a fresh process.
+    /// Wait until storage is declared stalled (forever if it never is).
+    pub async fn wait_for_stall(&self) {
+        self.wait_until(Health::stalled).await
+    }
+
+    /// Wait until the backend asks for a fresh process (or storage stalls).
     pub async fn wait_for_restart(&self) {
+        self.wait_until(Health::restart_needed).await
+    }
+
+    async fn wait_until(&self, condition: fn(&Health) -> bool) {
         loop {
             let wake = self.restart_wake.notified();
             tokio::pin!(wake);
             wake.as_mut().enable();
-            if self.restart_needed() {
+            if condition(self) {
                 return;
             }
             wake.await;
         }
     }
 
-    /// Until `stop` resolves: probe the store (every second while it fails, every few seconds
-    /// while it works), and watch for a stall of `stall_timeout`.
-    pub async fn watch(
-        self: Arc<Self>,
-        store: Store,
-        stall_timeout: Duration,
-        stop: impl Future<Output = ()>,
-    ) {
+    /// Probe the store until `stop` resolves: every second while it fails, every few seconds
+    /// while it works. (The watch for a stall, [`Health::notice_a_stall`], runs apart: it must
+    /// go on through a shutdown, which waits on storage too.)
+    pub async fn watch(self: Arc<Self>, store: Store, stop: impl Future<Output = ()>) {
         tokio::select! {
             _ = stop => {}
             _ = self.probe(store) => {}
-            _ = self.notice_a_stall(stall_timeout) => {}
         }
     }
 
@@ -248,15 +240,17 @@ impl Health {
 }
 
 /// A write under way, until dropped.
-struct WriteUnderWay<'a>(&'a Health);
+struct WriteUnderWay<'a> {
+    health: &'a Health,
+    came_back: bool,
+}
 
 impl Drop for WriteUnderWay<'_> {
     fn drop(&mut self) {
-        let health = self.0;
-        health
-            .progress_at
-            .store(health.now_millis(), Ordering::SeqCst);
-        health.writes_ended.fetch_add(1, Ordering::SeqCst);
+        if self.came_back {
+            self.health.progress.fetch_add(1, Ordering::SeqCst);
+        }
+        self.health.writes_ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -633,47 +627,40 @@ mod tests {
             .is_ok()
     }
 
-    #[tokio::test]
-    async fn writes_under_way_with_none_ending_for_the_limit_are_a_stall() {
-        let limit = Duration::from_secs(1);
+    fn hang(health: &Arc<Health>) -> tokio::task::JoinHandle<()> {
+        let health = health.clone();
+        tokio::spawn(async move { health.timed_write(std::future::pending::<()>()).await })
+    }
+
+    // The clock is paused: it moves on only when every task waits, so these timings are exact.
+    #[tokio::test(start_paused = true)]
+    async fn writes_under_way_with_none_coming_back_for_the_limit_are_a_stall() {
+        let limit = Duration::from_secs(30);
         let health = Arc::new(Health::default());
         assert!(
-            !stalls_within(&health, limit, Duration::from_millis(1800)).await,
+            !stalls_within(&health, limit, Duration::from_secs(60)).await,
             "idle is not a stall"
         );
 
-        // Writes that keep ending, some of them slow, longer together than the limit.
+        // Writes that keep coming back, each slow, longer together than the limit.
         let busy = {
             let health = health.clone();
             tokio::spawn(async move {
                 loop {
-                    let slow = tokio::time::sleep(Duration::from_millis(400));
+                    let slow = tokio::time::sleep(Duration::from_secs(10));
                     health.timed_write(slow).await;
                 }
             })
         };
-        assert!(!stalls_within(&health, limit, Duration::from_millis(1800)).await);
+        let _hung_meanwhile = hang(&health);
+        assert!(!stalls_within(&health, limit, Duration::from_secs(60)).await);
         busy.abort();
         let _ = busy.await;
 
-        // A write its caller gave up on has ended.
-        let abandoned = {
-            let health = health.clone();
-            tokio::spawn(async move { health.timed_write(std::future::pending::<()>()).await })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        abandoned.abort();
-        let _ = abandoned.await;
-        assert!(!stalls_within(&health, limit, Duration::from_millis(1800)).await);
-        assert!(!health.stalled() && !health.restart_needed() && health.is_healthy());
-
-        let _hung = {
-            let health = health.clone();
-            tokio::spawn(async move { health.timed_write(std::future::pending::<()>()).await })
-        };
         let started = Instant::now();
-        assert!(stalls_within(&health, limit, Duration::from_secs(5)).await);
-        assert!(started.elapsed() >= limit, "{:?}", started.elapsed());
+        assert!(stalls_within(&health, limit, Duration::from_secs(60)).await);
+        let took = started.elapsed();
+        assert!(took >= limit && took <= limit + 2 * STALL_CHECK, "{took:?}");
         assert!(health.stalled() && health.restart_needed());
         assert!(
             health.fault().unwrap_or_default().contains("stalled"),
@@ -682,14 +669,42 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn a_write_its_caller_gave_up_on_neither_ends_a_stall_nor_starts_one() {
+        let limit = Duration::from_secs(30);
+        let health = Arc::new(Health::default());
+        let abandoned = hang(&health);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        abandoned.abort();
+        let _ = abandoned.await;
+        assert!(
+            !stalls_within(&health, limit, Duration::from_secs(60)).await,
+            "nothing under way"
+        );
+
+        // The backend is stuck: one write waits, and callers keep giving up on others.
+        let _stuck = hang(&health);
+        let impatient = {
+            let health = health.clone();
+            tokio::spawn(async move {
+                loop {
+                    let gave_up = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        health.timed_write(std::future::pending::<()>()),
+                    );
+                    let _ = gave_up.await;
+                }
+            })
+        };
+        assert!(stalls_within(&health, limit, Duration::from_secs(40)).await);
+        impatient.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_stall_timeout_of_zero_never_declares_one() {
         let health = Arc::new(Health::default());
-        let _hung = {
-            let health = health.clone();
-            tokio::spawn(async move { health.timed_write(std::future::pending::<()>()).await })
-        };
-        assert!(!stalls_within(&health, Duration::ZERO, Duration::from_millis(1500)).await);
+        let _hung = hang(&health);
+        assert!(!stalls_within(&health, Duration::ZERO, Duration::from_secs(3600)).await);
         assert!(!health.stalled());
     }
 }

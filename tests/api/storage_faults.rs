@@ -777,6 +777,11 @@ impl Drop for SmallDisk {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_disk_no_agent_is_made_without_a_job_and_a_restart_finds_every_job() {
     let Some(disk) = SmallDisk::mount("6m") else {
+        assert_ne!(
+            std::env::var("AGENTHOOK_DISK_TESTS").as_deref(),
+            Ok("required"),
+            "AGENTHOOK_DISK_TESTS=required, but a small tmpfs cannot be mounted here"
+        );
         eprintln!("skipped: mounting a small tmpfs is not permitted here (run as root)");
         return;
     };
@@ -901,8 +906,8 @@ key = "{KEY_A}"
             assert_eq!(status, 503, "{body}");
             assert_eq!(body["code"], "UNAVAILABLE");
         }
-        if service.exited().is_none() {
-            let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+        // Unless the service has stopped meanwhile (its writes stalled): then nothing answers.
+        if let Ok(ready) = http.get(format!("{base}/readyz")).send().await {
             assert_eq!(ready.status().as_u16(), 503);
         }
     }

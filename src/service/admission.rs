@@ -176,6 +176,11 @@ async fn submit_and_store(
             return Err(api_error);
         }
     }
+    if let Some(agent) = &job.agent_id {
+        // Before the write that records it: should storage stall there and the process go, this
+        // line is what ties the agent to its job (as the poller's "submitted upstream" does).
+        tracing::info!(job_id = %job.id, agent_id = %agent, "submitted upstream");
+    }
     let response = render(&job);
     let id = job.id.clone();
     let stored = job.clone();

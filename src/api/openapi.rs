@@ -8,7 +8,6 @@
 //! Types in bodies derive `utoipa::ToSchema`; they spell times `DateTime<Utc>`, which utoipa
 //! knows as `date-time`, rather than the `Timestamp` alias, which it cannot see through.
 
-use actix_web::dev::ResourceDef;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{get, web, HttpRequest, HttpResponse, ResponseError};
@@ -81,30 +80,32 @@ const METHODS: [&str; 8] = [
 /// The document as served, and the routes it names.
 pub struct ApiDocument {
     json: web::Bytes,
-    routes: Vec<(ResourceDef, Vec<Method>)>,
-    templates: Vec<Template>,
+    routes: Vec<Route>,
 }
 
-/// A documented path, matched segment by segment for [`ApiDocument::route_of`]: a
-/// `{parameter}` segment matches any one non-empty segment, as actix's does.
-struct Template {
+/// A documented path and its methods. The path is matched segment by segment: a
+/// `{parameter}` segment matches any one non-empty segment, as actix's router does, without
+/// a regular expression.
+struct Route {
     path: String,
     /// Each segment: its literal text, or `None` for a parameter.
     segments: Vec<Option<String>>,
     literals: usize,
+    methods: Vec<Method>,
 }
 
-impl Template {
-    fn new(path: &str) -> Template {
+impl Route {
+    fn new(path: &str, methods: Vec<Method>) -> Route {
         let segments: Vec<Option<String>> = path
             .split('/')
             .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
             .collect();
         let literals = segments.iter().flatten().count();
-        Template {
+        Route {
             path: path.to_owned(),
             segments,
             literals,
+            methods,
         }
     }
 
@@ -124,7 +125,7 @@ impl Template {
 impl ApiDocument {
     pub fn new(doc: &utoipa::openapi::OpenApi) -> ApiDocument {
         let value = serde_json::to_value(doc).expect("the OpenAPI document serialises");
-        let routes: Vec<(ResourceDef, Vec<Method>)> = value["paths"]
+        let routes = value["paths"]
             .as_object()
             .into_iter()
             .flatten()
@@ -134,37 +135,34 @@ impl ApiDocument {
                     .filter(|m| item.get(**m).is_some())
                     .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).unwrap())
                     .collect();
-                (ResourceDef::new(path.as_str()), methods)
+                Route::new(path, methods)
             })
-            .collect();
-        let templates = routes
-            .iter()
-            .map(|(def, _)| Template::new(def.pattern().unwrap_or_default()))
             .collect();
         ApiDocument {
             json: serde_json::to_vec(&value).expect("JSON").into(),
             routes,
-            templates,
         }
     }
 
-    /// The documented route `path` takes, as its template (`/v1/jobs/{id}`): the label of a
-    /// request in metrics. Compares segments, where actix's own `match_pattern` would run the
-    /// regular expression of every route again for each request.
-    pub fn route_of(&self, path: &str) -> Option<&str> {
-        self.templates
+    /// The documented route `path` takes (the one with the most literal segments, should
+    /// several match).
+    fn route(&self, path: &str) -> Option<&Route> {
+        self.routes
             .iter()
-            .filter(|t| t.matches(path))
-            .max_by_key(|t| t.literals)
-            .map(|t| t.path.as_str())
+            .filter(|r| r.matches(path))
+            .max_by_key(|r| r.literals)
+    }
+
+    /// The template of the documented route `path` takes (`/v1/jobs/{id}`): the label of a
+    /// request in metrics, where actix's own `match_pattern` would run the regular expression
+    /// of every route again for each request.
+    pub fn route_of(&self, path: &str) -> Option<&str> {
+        self.route(path).map(|r| r.path.as_str())
     }
 
     /// The methods of the documented route that `path` matches, if any.
     pub fn allowed_methods(&self, path: &str) -> Option<&[Method]> {
-        self.routes
-            .iter()
-            .find(|(def, _)| def.is_match(path))
-            .map(|(_, methods)| methods.as_slice())
+        self.route(path).map(|r| r.methods.as_slice())
     }
 }
 
@@ -223,6 +221,7 @@ pub(crate) fn property_names<T: utoipa::PartialSchema>() -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use actix_web::dev::ResourceDef;
     use serde_json::Value;
 
     use super::*;
@@ -246,14 +245,19 @@ mod tests {
     #[test]
     fn a_path_is_labelled_with_the_documented_route_actix_matches() {
         let doc = ApiDocument::new(&crate::api::openapi_document());
-        assert!(doc.templates.len() > 20);
-        for template in &doc.templates {
-            let concrete = template.path.replace('{', "x_").replace('}', "");
-            assert_eq!(doc.route_of(&concrete), Some(template.path.as_str()));
-            let actix = doc.routes.iter().find(|(def, _)| def.is_match(&concrete));
+        assert!(doc.routes.len() > 20);
+        let actix: Vec<ResourceDef> = doc
+            .routes
+            .iter()
+            .map(|r| ResourceDef::new(r.path.as_str()))
+            .collect();
+        for route in &doc.routes {
+            let concrete = route.path.replace('{', "x_").replace('}', "");
+            assert_eq!(doc.route_of(&concrete), Some(route.path.as_str()));
+            let matched = actix.iter().find(|def| def.is_match(&concrete));
             assert_eq!(
-                actix.and_then(|(def, _)| def.pattern()),
-                Some(template.path.as_str())
+                matched.and_then(|def| def.pattern()),
+                Some(route.path.as_str())
             );
         }
         assert_eq!(

@@ -312,10 +312,10 @@ impl Application {
             settings,
             ..
         } = self;
-        tokio::select! {
-            served = server => served?,
-            _ = health.wait_for_stall() => return Err(abandon(store)),
-        }
+        let Some(served) = unless_stalled(&health, server).await else {
+            return Err(abandon(store));
+        };
+        served?;
         signals.begin_shutdown();
         // One deadline for every worker, not one each.
         let deadline = tokio::time::Instant::now() + settings.server.shutdown_grace;
@@ -326,22 +326,13 @@ impl Application {
                 }
             }
         };
-        tokio::select! {
-            _ = drained => {}
-            _ = health.wait_for_stall() => return Err(abandon(store)),
+        if unless_stalled(&health, drained).await.is_none() {
+            return Err(abandon(store));
         }
-        // The final flush (sled) or the pool's close (PostgreSQL), within the stall timeout.
-        let limit = settings.storage.stall_timeout;
-        let closed = if limit.is_zero() {
-            store.close().await
-        } else {
-            match tokio::time::timeout(limit, store.close()).await {
-                Ok(closed) => closed,
-                Err(_) => {
-                    tracing::error!(stall_timeout = ?limit, "storage stalled: closing it did not come back; exiting 1 for the supervisor to restart the service");
-                    return Err(abandon(store));
-                }
-            }
+        // The final flush (sled) or the pool's close (PostgreSQL): a write like any other for
+        // the stall watch.
+        let Some(closed) = unless_stalled(&health, store.close()).await else {
+            return Err(abandon(store));
         };
         stall_watch.abort();
         if health.restart_needed() {
@@ -363,6 +354,17 @@ impl Application {
             server: self.server.handle(),
             signals: self.signals.clone(),
         }
+    }
+}
+
+/// `step` of a shutdown, unless storage stalls first (`None`).
+async fn unless_stalled<T>(
+    health: &Health,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        done = step => Some(done),
+        _ = health.wait_for_stall() => None,
     }
 }
 

@@ -552,7 +552,7 @@ impl Storage for Watched {
     }
 
     async fn close(&self) -> Result<()> {
-        self.inner.close().await
+        self.health.timed_write(self.inner.close()).await
     }
 
     async fn purge_finished_before(

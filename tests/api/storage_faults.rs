@@ -343,6 +343,8 @@ impl Storage for FailingDisk {
         self.inner.is_healthy().await
     }
     async fn close(&self) -> Result<(), StoreError> {
+        // The final flush is a write: it hangs with the others.
+        self.write().await?;
         self.inner.close().await
     }
     async fn purge_finished_before(
@@ -725,6 +727,32 @@ async fn when_writes_stop_coming_back_the_service_stops_at_once_and_says_why() {
     assert!(
         answer.is_err(),
         "a request whose write never came back is not answered as if it had: {answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_waits_on_stalled_storage_ends_at_the_stall_timeout_not_the_grace() {
+    let mut app = spawn_on_failing_disk_with(fast_sim_config(), |s| {
+        s.storage.stall_timeout = Duration::from_secs(2);
+        s.server.shutdown_grace = Duration::from_secs(60);
+    })
+    .await;
+    let (status, _) = app.post_job(json!({"prompt": "before"})).await;
+    assert_eq!(status, 202);
+
+    app.disk.hung.store(true, Ordering::SeqCst);
+    let stopping = Instant::now();
+    app.stop.stop().await;
+    let running = app.running.take().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the stop ends with the stall, long before the 60 s grace")
+        .unwrap();
+    assert!(matches!(exit, Err(StartError::StorageStalled)), "{exit:?}");
+    assert!(
+        stopping.elapsed() >= Duration::from_secs(2),
+        "not before the stall timeout: {:?}",
+        stopping.elapsed()
     );
 }
 

@@ -7,6 +7,11 @@
 //! run in this process. Receivers: one actix-web server on each of 127.0.0.2 … 127.0.0.9,
 //! answering 204 and keeping every `webhook-id` with its arrival instant.
 //!
+//! Each phase's service CPU per delivery is given whole and, in brackets, the part of it spent on
+//! the service's HTTP worker threads ("API threads": reading, routing, authenticating and
+//! answering the API's requests), which a fan-out shares among all of a job's deliveries and a
+//! test event or a manual retry spends on each.
+//!
 //! The service logs at its default level (`info`: a line per attempt) into a sink;
 //! `RBENCH_LOG=warn` leaves the per-attempt lines out.
 //!
@@ -50,7 +55,7 @@ use std::time::{Duration, Instant, SystemTime};
 use agenthook::sim::{SimConfig, SimServer};
 use common::fixtures::{free_port, spawn_sim, wait_ready, Process};
 use common::receivers::{self, Received};
-use common::{child_cpu, child_rss, env_usize, mib, percentile};
+use common::{child_cpu, child_rss, child_threads_cpu, env_usize, mib, percentile};
 use serde_json::{json, Value};
 
 const KEY: &str = "realpath-key-0123456789abcdef";
@@ -139,9 +144,13 @@ level = "{log}"
         }
     }
 
-    /// User plus system CPU time the service has used.
-    fn cpu(&self) -> Duration {
-        child_cpu(self.process.id())
+    /// User plus system CPU time the service has used: all of it, and its API's share.
+    fn cpu(&self) -> Cpu {
+        let pid = self.process.id();
+        Cpu {
+            total: child_cpu(pid),
+            api: child_threads_cpu(pid, API_THREADS),
+        }
     }
 
     fn rss(&self) -> u64 {
@@ -185,10 +194,40 @@ level = "{log}"
 // ---------------------------------------------------------------------------------------------
 // Phases
 
+/// The name (as `/proc` shows it, cut to 15 bytes) of the service's HTTP worker threads
+/// (actix's `actix-server worker N`), which read, route, authenticate and answer the API's
+/// requests. Storage and deliveries run on threads of their own (the writer, the blocking pool,
+/// the runtime's workers), so these threads' CPU is what the requests themselves cost.
+const API_THREADS: &str = "actix-server w";
+
+/// CPU time of the service: all of it, and that of its API request threads.
+#[derive(Clone, Copy)]
+struct Cpu {
+    total: Duration,
+    api: Duration,
+}
+
+impl Cpu {
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            total: self.total.saturating_sub(before.total),
+            api: self.api.saturating_sub(before.api),
+        }
+    }
+
+    /// Microseconds per delivery: all, and the API requests' part.
+    fn per(self, deliveries: usize) -> (f64, f64) {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / deliveries.max(1) as f64;
+        (us(self.total), us(self.api))
+    }
+}
+
 struct Rate {
     deliveries: usize,
     elapsed: Duration,
     cpu: Option<Duration>,
+    /// CPU of the service's API request threads, within `cpu`.
+    api_cpu: Option<Duration>,
 }
 
 impl Rate {
@@ -199,6 +238,13 @@ impl Rate {
     fn cpu_us(&self) -> Option<f64> {
         self.cpu
             .map(|c| c.as_secs_f64() * 1e6 / self.deliveries.max(1) as f64)
+    }
+
+    /// The API request threads' CPU per delivery.
+    fn api_us(&self) -> f64 {
+        self.api_cpu
+            .map(|c| c.as_secs_f64() * 1e6 / self.deliveries.max(1) as f64)
+            .unwrap_or_default()
     }
 }
 
@@ -258,6 +304,7 @@ async fn baseline(n: usize, receivers: &[SocketAddr], rx: &Received) -> Rate {
         elapsed: started.elapsed(),
         // This process hosts the receivers too: its CPU is the client's and the receivers'.
         cpu: Some(common::process_cpu().saturating_sub(cpu)),
+        api_cpu: None,
     }
 }
 
@@ -313,7 +360,7 @@ async fn fanout(jobs: usize, subs: usize, receivers: &[SocketAddr], rx: &Receive
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let last = rx.last.lock().unwrap().expect("a receipt");
-    let cpu = service.cpu().saturating_sub(cpu_before);
+    let cpu = service.cpu().since(cpu_before);
     // The first completion, as the service recorded it.
     let mut completions = Vec::with_capacity(jobs);
     for id in &ids {
@@ -380,7 +427,8 @@ async fn fanout(jobs: usize, subs: usize, receivers: &[SocketAddr], rx: &Receive
     Rate {
         deliveries: expected,
         elapsed: last.saturating_duration_since(first),
-        cpu: Some(cpu),
+        cpu: Some(cpu.total),
+        api_cpu: Some(cpu.api),
     }
 }
 
@@ -389,7 +437,7 @@ struct Timed {
     api: Vec<Duration>,
     receipt: Vec<Duration>,
     elapsed: Duration,
-    cpu: Duration,
+    cpu: Cpu,
 }
 
 /// Test events through the API from `clients` tasks, each waiting `period` between requests
@@ -452,7 +500,7 @@ async fn test_events(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = rx.last.lock().unwrap().expect("a receipt") - started;
-    let cpu = service.cpu().saturating_sub(cpu_before);
+    let cpu = service.cpu().since(cpu_before);
     assert_eq!(rx.duplicates(), 0, "a test event was received twice");
     let mut api: Vec<Duration> = sent.iter().map(|(_, _, api)| *api).collect();
     let mut receipt: Vec<Duration> = sent
@@ -588,7 +636,7 @@ async fn resend(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let last = rx.last.lock().unwrap().expect("a receipt");
-    let cpu = service.cpu().saturating_sub(cpu_before);
+    let cpu = service.cpu().since(cpu_before);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         rx.count.load(Ordering::SeqCst),
@@ -601,7 +649,8 @@ async fn resend(
         Rate {
             deliveries: n,
             elapsed: last.saturating_duration_since(started),
-            cpu: Some(cpu),
+            cpu: Some(cpu.total),
+            api_cpu: Some(cpu.api),
         },
         api,
     )
@@ -717,35 +766,40 @@ fn main() {
         if runs("fanout") {
             let mut rates = Vec::new();
             let mut cpus = Vec::new();
+            let mut apis = Vec::new();
             for round in 1..=rounds {
                 let rate = fanout(jobs, subs, &receivers, &rx).await;
                 println!(
-                    "fanout {round}/{rounds} (first completion -> last receipt): {} deliveries in {} = {:.0}/s{}; service CPU {:.1} µs per delivery (creation included)",
+                    "fanout {round}/{rounds} (first completion -> last receipt): {} deliveries in {} = {:.0}/s{}; service CPU {:.1} µs per delivery (creation included; API threads {:.1})",
                     rate.deliveries,
                     ms(rate.elapsed),
                     rate.per_second(),
                     base.map(|b| format!(" (ratio to bare client {:.2})", rate.per_second() / b))
                         .unwrap_or_default(),
-                    rate.cpu_us().unwrap_or_default()
+                    rate.cpu_us().unwrap_or_default(),
+                    rate.api_us()
                 );
                 rates.push(rate.per_second());
                 cpus.push(rate.cpu_us().unwrap_or_default());
+                apis.push(rate.api_us());
             }
             println!(
-                "fanout median of {rounds}: {:.0} deliveries/s, {:.1} µs of service CPU per delivery",
+                "fanout median of {rounds}: {:.0} deliveries/s, {:.1} µs of service CPU per delivery (API threads {:.1})",
                 common::median(rates).unwrap_or_default(),
                 common::median(cpus).unwrap_or_default(),
+                common::median(apis).unwrap_or_default(),
             );
         }
         if runs("recover") {
             let n = env_usize("RBENCH_RECOVER", 10_000);
             let (rate, api) = resend(n, Resend::Recover, &receivers, &rx).await;
             println!(
-                "recover ({n} dead letters over {HOSTS} subscriptions, recovered at once): {} in {} = {:.0}/s; service CPU {:.1} µs per delivery; recover API answered in {} to {}",
+                "recover ({n} dead letters over {HOSTS} subscriptions, recovered at once): {} in {} = {:.0}/s; service CPU {:.1} µs per delivery (API threads {:.1}); recover API answered in {} to {}",
                 rate.deliveries,
                 ms(rate.elapsed),
                 rate.per_second(),
                 rate.cpu_us().unwrap_or_default(),
+                rate.api_us(),
                 ms(api[0]),
                 ms(*api.last().unwrap()),
             );
@@ -754,11 +808,12 @@ fn main() {
             let n = env_usize("RBENCH_RECOVER", 10_000);
             let (rate, api) = resend(n, Resend::RetryEach, &receivers, &rx).await;
             println!(
-                "retry64 ({n} dead letters, each retried by its own request from 64 clients): {} in {} = {:.0}/s; service CPU {:.1} µs per delivery; API p50 {} p99 {}",
+                "retry64 ({n} dead letters, each retried by its own request from 64 clients): {} in {} = {:.0}/s; service CPU {:.1} µs per delivery (API threads {:.1}); API p50 {} p99 {}",
                 rate.deliveries,
                 ms(rate.elapsed),
                 rate.per_second(),
                 rate.cpu_us().unwrap_or_default(),
+                rate.api_us(),
                 ms(percentile(&api, 0.50)),
                 ms(percentile(&api, 0.99)),
             );
@@ -782,12 +837,14 @@ fn main() {
             }
             if runs("test64") {
                 let t = test_events(&service, &ids, &rx, 64, Duration::ZERO, test_secs).await;
+                let (cpu_us, api_us) = t.cpu.per(t.sent);
                 println!(
-                    "test64 (64 clients, test events as fast as answered): {} created and delivered in {} = {:.0}/s; service CPU {:.1} µs per delivery; API p50 {} p99 {}; request -> receipt p99 {}",
+                    "test64 (64 clients, test events as fast as answered): {} created and delivered in {} = {:.0}/s; service CPU {:.1} µs per delivery (API threads {:.1}); API p50 {} p99 {}; request -> receipt p99 {}",
                     t.sent,
                     ms(t.elapsed),
                     t.sent as f64 / t.elapsed.as_secs_f64(),
-                    t.cpu.as_secs_f64() * 1e6 / t.sent.max(1) as f64,
+                    cpu_us,
+                    api_us,
                     ms(percentile(&t.api, 0.50)),
                     ms(percentile(&t.api, 0.99)),
                     ms(percentile(&t.receipt, 0.99)),

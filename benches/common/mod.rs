@@ -46,7 +46,27 @@ pub fn child_rss(pid: u32) -> u64 {
 
 /// User plus system CPU time another process has used, from `/proc/<pid>/stat`.
 pub fn child_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// CPU time used so far by those threads of another process whose name begins with `prefix`
+/// (from `/proc/<pid>/task/*/stat`; a thread that has ended is no longer counted).
+pub fn child_threads_cpu(pid: u32, prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            let name = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')'));
+            name.is_some_and(|(name, _)| name.starts_with(prefix))
+        })
+        .map(|stat| stat_cpu(&stat))
+        .sum()
+}
+
+/// utime plus stime of a `stat` line (of a process or a thread).
+fn stat_cpu(stat: &str) -> Duration {
     // The fields after the command name (in parentheses): utime and stime are the 12th and
     // 13th of those.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

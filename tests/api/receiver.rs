@@ -138,7 +138,14 @@ async fn record(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
 impl Receiver {
     /// Listen on 127.0.0.1 on a free port; answer `200 ok` until scripted otherwise.
     pub async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Receiver::start_on(std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// [`Receiver::start`] on another loopback address (`127.0.0.x`), for deliveries spread
+    /// over several destination hosts.
+    pub async fn start_on(ip: std::net::Ipv4Addr) -> Receiver {
+        assert!(ip.is_loopback(), "tests talk to 127.0.0.0/8 only");
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let data = web::Data::from(state.clone());
@@ -181,6 +188,11 @@ impl Receiver {
     /// Everything received so far, in order of arrival.
     pub fn requests(&self) -> Vec<Received> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// How many requests have arrived so far.
+    pub fn count(&self) -> usize {
+        self.state.requests.lock().unwrap().len()
     }
 
     /// Everything received so far on `path`.

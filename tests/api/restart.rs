@@ -153,3 +153,165 @@ async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
         "one agent per job: {stats}"
     );
 }
+
+/// Issue 15's check, as a user would run it: completions fanned out to subscriptions on several
+/// loopback addresses, the service killed with SIGKILL twice mid-drain and started again on the
+/// same directory. Every (event, subscription) pair arrives, every receipt of one pair carries
+/// the same `webhook-id`, and the only repeats are what was in flight at a kill.
+#[tokio::test]
+async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event_and_destination() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::Ipv4Addr;
+
+    use crate::receiver::{Receiver, Reply};
+
+    const JOBS: usize = 60;
+    const SUBS: usize = 12;
+    const EXPECTED: usize = JOBS * SUBS;
+    /// `delivery.concurrency` (the default): attempts in flight at once.
+    const IN_FLIGHT: usize = 64;
+    const KILLS: usize = 2;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sim_port = free_port();
+    let port = free_port();
+    let config = dir.path().join("agenthook.toml");
+    write_config(&config, port, sim_port, &dir.path().join("data"));
+    let sim_addr = format!("127.0.0.1:{sim_port}");
+    let _sim = Process::start(
+        &[
+            "sim",
+            "--bind",
+            &sim_addr,
+            "--time-to-ready",
+            "1s",
+            "--generate-per-minute",
+            "6000",
+            "--read-per-minute",
+            "60000",
+        ],
+        |_| {},
+    );
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("http://{sim_addr}/_sim/health")).await;
+    // Four destination hosts, each answering after 40 ms: at 8 requests per host at once the
+    // drain takes seconds, so the kills land in the middle of it.
+    let mut receivers = Vec::new();
+    for host in 2..6 {
+        let receiver = Receiver::start_on(Ipv4Addr::new(127, 0, 0, host)).await;
+        receiver.set_default(Reply::status(204).delay(Duration::from_millis(40)));
+        receivers.push(receiver);
+    }
+    let received = |receivers: &[Receiver]| receivers.iter().map(Receiver::count).sum::<usize>();
+
+    let config_arg = config.to_str().unwrap();
+    let ready = format!("{base}/readyz");
+    let mut service =
+        Process::start_ready(&["serve", "--config", config_arg], |_| {}, &ready).await;
+    for i in 0..SUBS {
+        let url = receivers[i % receivers.len()].url(&format!("/hooks/{i}"));
+        let res = client
+            .post(format!("{base}/v1/subscriptions"))
+            .bearer_auth(KEY)
+            .json(&json!({ "url": url }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 201, "create a subscription");
+    }
+    for i in 0..JOBS {
+        let res = client
+            .post(format!("{base}/v1/jobs"))
+            .bearer_auth(KEY)
+            .json(&json!({ "prompt": format!("fan-out {i}") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 202, "create a job");
+    }
+
+    for kill in 1..=KILLS {
+        // Mid-drain: some of the deliveries have arrived, most have not.
+        let target = EXPECTED * kill / (KILLS + 2);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while received(&receivers) < target {
+            assert!(
+                Instant::now() < deadline,
+                "deliveries stalled at {} of {target} before kill {kill}",
+                received(&receivers)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        service.kill();
+        let at_kill = received(&receivers);
+        assert!(
+            at_kill < EXPECTED,
+            "kill {kill} came after the drain ({at_kill} received)"
+        );
+        eprintln!("kill {kill}: {at_kill} of {EXPECTED} received");
+        service = Process::start_ready(&["serve", "--config", config_arg], |_| {}, &ready).await;
+    }
+
+    // Every (event, subscription) pair, with the webhook-ids it arrived with.
+    let arrived = || {
+        let mut pairs: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        let mut total = 0;
+        for receiver in &receivers {
+            for request in receiver.requests() {
+                let event = request.json();
+                assert_eq!(event["type"], "agent.ready", "{event}");
+                let job = event["data"]["job_id"].as_str().expect("job_id").to_owned();
+                let destination = format!("{}{}", receiver.addr, request.path);
+                pairs
+                    .entry((job, destination))
+                    .or_default()
+                    .insert(request.header("webhook-id").to_owned());
+                total += 1;
+            }
+        }
+        (pairs, total)
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (pairs, total) = loop {
+        let (pairs, total) = arrived();
+        if pairs.len() >= EXPECTED {
+            break (pairs, total);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {EXPECTED} (event, subscription) pairs arrived",
+            pairs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        pairs.len(),
+        EXPECTED,
+        "no pair beyond the jobs and subscriptions"
+    );
+    let jobs: BTreeSet<&String> = pairs.keys().map(|(job, _)| job).collect();
+    assert_eq!(jobs.len(), JOBS, "every job's event");
+    for ((job, destination), ids) in &pairs {
+        assert_eq!(
+            ids.len(),
+            1,
+            "{job} to {destination} arrived with more than one webhook-id: {ids:?}"
+        );
+    }
+    // A repeat is an attempt in flight (or answered, its record not yet on disk) when the
+    // process was killed: at most the worker's slots' worth, twice over, per kill.
+    let repeats = total - EXPECTED;
+    eprintln!("{EXPECTED} pairs, {total} receipts, {repeats} repeats");
+    assert!(
+        repeats <= KILLS * 2 * IN_FLIGHT,
+        "{repeats} repeats after {KILLS} kills"
+    );
+    // Nothing more arrives once the drain is over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        arrived().1,
+        total,
+        "a delivery was sent again after it was recorded"
+    );
+}

@@ -40,37 +40,64 @@ key = "{KEY}"
     std::fs::write(path, config).unwrap();
 }
 
+/// The simulator as a process (agents ready `time_to_ready` after they are made) and a
+/// service's config file and data directory pointing at it, for services started and killed in
+/// turn.
+struct Setup {
+    _dir: tempfile::TempDir,
+    _sim: Process,
+    config: String,
+    /// The simulator's base URL.
+    sim: String,
+    /// The service's base URL.
+    base: String,
+}
+
+impl Setup {
+    async fn new(time_to_ready: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let (sim_port, port) = (free_port(), free_port());
+        let config = dir.path().join("agenthook.toml");
+        write_config(&config, port, sim_port, &dir.path().join("data"));
+        let sim_addr = format!("127.0.0.1:{sim_port}");
+        let sim = Process::start(
+            &[
+                "sim",
+                "--bind",
+                &sim_addr,
+                "--time-to-ready",
+                time_to_ready,
+                "--generate-per-minute",
+                "6000",
+                "--read-per-minute",
+                "60000",
+            ],
+            |_| {},
+        );
+        let setup = Setup {
+            config: config.display().to_string(),
+            sim: format!("http://{sim_addr}"),
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+            _sim: sim,
+        };
+        wait_ready(&format!("{}/_sim/health", setup.sim)).await;
+        setup
+    }
+
+    /// `agenthook serve` on the directory, once it is ready.
+    async fn serve(&self) -> Process {
+        let ready = format!("{}/readyz", self.base);
+        Process::start_ready(&["serve", "--config", &self.config], |_| {}, &ready).await
+    }
+}
+
 #[tokio::test]
 async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let sim_port = free_port();
-    let port = free_port();
-    let config = dir.path().join("agenthook.toml");
-    write_config(&config, port, sim_port, &dir.path().join("data"));
-    let sim_addr = format!("127.0.0.1:{sim_port}");
-    let _sim = Process::start(
-        &[
-            "sim",
-            "--bind",
-            &sim_addr,
-            "--time-to-ready",
-            "3s",
-            "--generate-per-minute",
-            "6000",
-            "--read-per-minute",
-            "60000",
-        ],
-        |_| {},
-    );
+    let setup = Setup::new("3s").await;
     let client = reqwest::Client::new();
-    let sim = format!("http://{sim_addr}");
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("{sim}/_sim/health")).await;
-
-    let config_arg = config.to_str().unwrap();
-    let ready = format!("{base}/readyz");
-    let mut service =
-        Process::start_ready(&["serve", "--config", config_arg], |_| {}, &ready).await;
+    let (sim, base) = (&setup.sim, &setup.base);
+    let mut service = setup.serve().await;
 
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -119,7 +146,7 @@ async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
         .await
         .unwrap();
     drop(service);
-    let _service = Process::start_ready(&["serve", "--config", config_arg], |_| {}, &ready).await;
+    let _service = setup.serve().await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &ids {
@@ -172,29 +199,9 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
     const IN_FLIGHT: usize = 64;
     const KILLS: usize = 2;
 
-    let dir = tempfile::tempdir().unwrap();
-    let sim_port = free_port();
-    let port = free_port();
-    let config = dir.path().join("agenthook.toml");
-    write_config(&config, port, sim_port, &dir.path().join("data"));
-    let sim_addr = format!("127.0.0.1:{sim_port}");
-    let _sim = Process::start(
-        &[
-            "sim",
-            "--bind",
-            &sim_addr,
-            "--time-to-ready",
-            "1s",
-            "--generate-per-minute",
-            "6000",
-            "--read-per-minute",
-            "60000",
-        ],
-        |_| {},
-    );
+    let setup = Setup::new("1s").await;
     let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("http://{sim_addr}/_sim/health")).await;
+    let base = &setup.base;
     // Four destination hosts, each answering after 40 ms: at 8 requests per host at once the
     // drain takes seconds, so the kills land in the middle of it.
     let mut receivers = Vec::new();
@@ -205,10 +212,7 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
     }
     let received = |receivers: &[Receiver]| receivers.iter().map(Receiver::count).sum::<usize>();
 
-    let config_arg = config.to_str().unwrap();
-    let ready = format!("{base}/readyz");
-    let mut service =
-        Process::start_ready(&["serve", "--config", config_arg], |_| {}, &ready).await;
+    let mut service = setup.serve().await;
     for i in 0..SUBS {
         let url = receivers[i % receivers.len()].url(&format!("/hooks/{i}"));
         let res = client
@@ -250,7 +254,7 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
             "kill {kill} came after the drain ({at_kill} received)"
         );
         eprintln!("kill {kill}: {at_kill} of {EXPECTED} received");
-        service = Process::start_ready(&["serve", "--config", config_arg], |_| {}, &ready).await;
+        service = setup.serve().await;
     }
 
     // Every (event, subscription) pair, with the webhook-ids it arrived with.

@@ -1,5 +1,6 @@
-//! A webhook receiver for tests: a real HTTP server on 127.0.0.1 that records every request
-//! (lower-cased headers, exact body bytes, arrival time) and answers from a script.
+//! A webhook receiver for tests: a real HTTP server on loopback (127.0.0.1, or another 127.0.0.x)
+//! that records every request (lower-cased headers, exact body bytes, arrival time) and answers
+//! from a script.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
@@ -170,7 +171,7 @@ impl Receiver {
         }
     }
 
-    /// `http://127.0.0.1:PORT{path}`.
+    /// `http://ADDRESS:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -44,8 +44,8 @@ key = "{KEY}"
 /// service's config file and data directory pointing at it, for services started and killed in
 /// turn.
 struct Setup {
-    _dir: tempfile::TempDir,
     _sim: Process,
+    _dir: tempfile::TempDir,
     config: String,
     /// The simulator's base URL.
     sim: String,
@@ -183,8 +183,10 @@ async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
 
 /// Issue 15's check, as a user would run it: completions fanned out to subscriptions on several
 /// loopback addresses, the service killed with SIGKILL twice mid-drain and started again on the
-/// same directory. Every (event, subscription) pair arrives, every receipt of one pair carries
-/// the same `webhook-id`, and the only repeats are what was in flight at a kill.
+/// same directory. At each kill every destination host holds as many requests as the service
+/// sends it at once, unanswered. Every (event, subscription) pair arrives, every receipt of one
+/// pair carries the same `webhook-id`, the requests cut off by a kill are sent again, and no
+/// process sends a pair more than once.
 #[tokio::test]
 async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event_and_destination() {
     use std::collections::{BTreeMap, BTreeSet};
@@ -194,23 +196,42 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
 
     const JOBS: usize = 60;
     const SUBS: usize = 12;
+    const HOSTS: u8 = 4;
     const EXPECTED: usize = JOBS * SUBS;
-    /// `delivery.concurrency` (the default): attempts in flight at once.
-    const IN_FLIGHT: usize = 64;
+    /// `delivery.per_destination_concurrency` (the default): requests to one host at once.
+    const PER_HOST: usize = 8;
     const KILLS: usize = 2;
+    /// (event, destination) → the webhook-ids it arrived with, and how many times.
+    type Pairs = BTreeMap<(String, String), (BTreeSet<String>, usize)>;
 
-    let setup = Setup::new("1s").await;
+    let answer = Reply::status(204).delay(Duration::from_millis(40));
+    let hang = Reply::status(204).delay(Duration::from_secs(30));
+    // Agents are ready only when told: the fan-out starts once every job exists.
+    let setup = Setup::new("1h").await;
     let client = reqwest::Client::new();
     let base = &setup.base;
-    // Four destination hosts, each answering after 40 ms: at 8 requests per host at once the
-    // drain takes seconds, so the kills land in the middle of it.
     let mut receivers = Vec::new();
-    for host in 2..6 {
+    for host in 2..2 + HOSTS {
         let receiver = Receiver::start_on(Ipv4Addr::new(127, 0, 0, host)).await;
-        receiver.set_default(Reply::status(204).delay(Duration::from_millis(40)));
+        receiver.set_default(answer.clone());
         receivers.push(receiver);
     }
-    let received = |receivers: &[Receiver]| receivers.iter().map(Receiver::count).sum::<usize>();
+    let arrived = |receivers: &[Receiver], from: &[usize]| {
+        let mut pairs = Pairs::new();
+        for (receiver, &from) in receivers.iter().zip(from) {
+            for request in receiver.requests().into_iter().skip(from) {
+                let event = request.json();
+                assert_eq!(event["type"], "agent.ready", "{event}");
+                let job = event["data"]["job_id"].as_str().expect("job_id").to_owned();
+                let destination = format!("{}{}", receiver.addr, request.path);
+                let (ids, times) = pairs.entry((job, destination)).or_default();
+                ids.insert(request.header("webhook-id").to_owned());
+                *times += 1;
+            }
+        }
+        pairs
+    };
+    let all = [0; HOSTS as usize];
 
     let mut service = setup.serve().await;
     for i in 0..SUBS {
@@ -224,71 +245,107 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
             .unwrap();
         assert_eq!(res.status().as_u16(), 201, "create a subscription");
     }
+    let mut agents = Vec::new();
     for i in 0..JOBS {
-        let res = client
+        let job: Value = client
             .post(format!("{base}/v1/jobs"))
             .bearer_auth(KEY)
             .json(&json!({ "prompt": format!("fan-out {i}") }))
             .send()
             .await
+            .unwrap()
+            .json()
+            .await
             .unwrap();
-        assert_eq!(res.status().as_u16(), 202, "create a job");
+        let agent = job["agent_id"].as_str().expect("submitted upstream");
+        agents.push(agent.to_owned());
+    }
+    for agent in &agents {
+        let res = client
+            .post(format!("{}/_sim/agents/{agent}", setup.sim))
+            .json(&json!({"status": "ready"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "make {agent} ready");
     }
 
+    let mut cut_off = BTreeSet::new();
     for kill in 1..=KILLS {
-        // Mid-drain: some of the deliveries have arrived, most have not.
+        // Mid-drain: some pairs have arrived, most have not.
         let target = EXPECTED * kill / (KILLS + 2);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while received(&receivers) < target {
+        while arrived(&receivers, &all).len() < target {
+            assert!(Instant::now() < deadline, "stalled before kill {kill}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Every host stops answering until it holds as many requests as it is sent at once.
+        let before: Vec<usize> = receivers.iter().map(Receiver::count).collect();
+        for receiver in &receivers {
+            receiver.set_default(hang.clone());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while receivers
+            .iter()
+            .zip(&before)
+            .any(|(r, &before)| r.count() - before < PER_HOST)
+        {
             assert!(
                 Instant::now() < deadline,
-                "deliveries stalled at {} of {target} before kill {kill}",
-                received(&receivers)
+                "hosts never held {PER_HOST} requests each before kill {kill}"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         service.kill();
-        let at_kill = received(&receivers);
+        let held = arrived(&receivers, &before);
         assert!(
-            at_kill < EXPECTED,
-            "kill {kill} came after the drain ({at_kill} received)"
+            held.len() >= PER_HOST * HOSTS as usize,
+            "kill {kill} cut off {} requests",
+            held.len()
         );
-        eprintln!("kill {kill}: {at_kill} of {EXPECTED} received");
+        cut_off.extend(held.into_keys());
+        eprintln!(
+            "kill {kill}: {} of {EXPECTED} pairs arrived, {} cut off so far",
+            arrived(&receivers, &all).len(),
+            cut_off.len()
+        );
+        for receiver in &receivers {
+            receiver.set_default(answer.clone());
+        }
         service = setup.serve().await;
     }
 
-    // Every (event, subscription) pair, with the webhook-ids it arrived with.
-    let arrived = || {
-        let mut pairs: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-        let mut total = 0;
-        for receiver in &receivers {
-            for request in receiver.requests() {
-                let event = request.json();
-                assert_eq!(event["type"], "agent.ready", "{event}");
-                let job = event["data"]["job_id"].as_str().expect("job_id").to_owned();
-                let destination = format!("{}{}", receiver.addr, request.path);
-                pairs
-                    .entry((job, destination))
-                    .or_default()
-                    .insert(request.header("webhook-id").to_owned());
-                total += 1;
-            }
-        }
-        (pairs, total)
-    };
     let deadline = Instant::now() + Duration::from_secs(90);
-    let (pairs, total) = loop {
-        let (pairs, total) = arrived();
-        if pairs.len() >= EXPECTED {
-            break (pairs, total);
-        }
+    while arrived(&receivers, &all).len() < EXPECTED {
         assert!(
             Instant::now() < deadline,
             "only {} of {EXPECTED} (event, subscription) pairs arrived",
-            pairs.len()
+            arrived(&receivers, &all).len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    // Once no delivery is pending, nothing more may arrive.
+    loop {
+        let pending: Value = client
+            .get(format!("{base}/v1/deliveries?state=pending&limit=1"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if pending["data"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries still pending: {pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pairs = arrived(&receivers, &all);
     assert_eq!(
         pairs.len(),
         EXPECTED,
@@ -296,26 +353,21 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
     );
     let jobs: BTreeSet<&String> = pairs.keys().map(|(job, _)| job).collect();
     assert_eq!(jobs.len(), JOBS, "every job's event");
-    for ((job, destination), ids) in &pairs {
-        assert_eq!(
-            ids.len(),
-            1,
-            "{job} to {destination} arrived with more than one webhook-id: {ids:?}"
+    let mut repeats = 0;
+    for (pair, (ids, times)) in &pairs {
+        assert_eq!(ids.len(), 1, "{pair:?} arrived with webhook-ids {ids:?}");
+        // Each process sends a pair at most once (the receivers answer 2xx).
+        assert!(*times <= KILLS + 1, "{pair:?} arrived {times} times");
+        repeats += times - 1;
+    }
+    for pair in &cut_off {
+        assert!(
+            pairs[pair].1 >= 2,
+            "{pair:?} was cut off by a kill and never sent again"
         );
     }
-    // A repeat is an attempt in flight (or answered, its record not yet on disk) when the
-    // process was killed: at most the worker's slots' worth, twice over, per kill.
-    let repeats = total - EXPECTED;
-    eprintln!("{EXPECTED} pairs, {total} receipts, {repeats} repeats");
-    assert!(
-        repeats <= KILLS * 2 * IN_FLIGHT,
-        "{repeats} repeats after {KILLS} kills"
-    );
-    // Nothing more arrives once the drain is over.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        arrived().1,
-        total,
-        "a delivery was sent again after it was recorded"
+    eprintln!(
+        "{EXPECTED} pairs; {repeats} repeats, {} of them cut off by a kill",
+        cut_off.len()
     );
 }

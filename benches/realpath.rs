@@ -10,7 +10,8 @@
 //! Each phase's service CPU per delivery is given whole and, in brackets, the part of it spent on
 //! the service's HTTP worker threads ("API threads": reading, routing, authenticating and
 //! answering the API's requests), which a fan-out shares among all of a job's deliveries and a
-//! test event or a manual retry spends on each.
+//! test event or a manual retry spends on each. It is a lower bound of what a request costs:
+//! the reads and writes a request hands to storage's threads count in the rest.
 //!
 //! The service logs at its default level (`info`: a line per attempt) into a sink;
 //! `RBENCH_LOG=warn` leaves the per-attempt lines out.
@@ -197,7 +198,8 @@ level = "{log}"
 /// The name (as `/proc` shows it, cut to 15 bytes) of the service's HTTP worker threads
 /// (actix's `actix-server worker N`), which read, route, authenticate and answer the API's
 /// requests. Storage and deliveries run on threads of their own (the writer, the blocking pool,
-/// the runtime's workers), so these threads' CPU is what the requests themselves cost.
+/// the runtime's workers): these threads' CPU is the requests' own work, without the reads and
+/// writes they hand over.
 const API_THREADS: &str = "actix-server w";
 
 /// CPU time of the service: all of it, and that of its API request threads.

@@ -136,6 +136,21 @@ impl Services {
             })
     }
 
+    /// The polls a stopped process had claimed are due now, not when their leases end, where
+    /// storage can tell that their holder is gone ([`crate::store::Storage::release_leases`]).
+    /// Called before this process claims anything.
+    pub async fn take_back_leases(&self) {
+        let now = self.clock.now();
+        let horizon = crate::clock::after(now, self.settings.poller.lease);
+        match self.store.release_leases(now, horizon).await {
+            Ok(0) => {}
+            Ok(jobs) => tracing::info!(jobs, "polls claimed by a stopped process are due again"),
+            Err(error) => {
+                tracing::warn!(%error, "polls claimed by a stopped process wait for their leases")
+            }
+        }
+    }
+
     /// Wake this instance's workers when any instance sharing the store writes work.
     pub fn watch_wakeups(&self) {
         let signals = self.signals.clone();
@@ -183,6 +198,7 @@ impl Application {
     ) -> Result<Application, StartError> {
         let services = Services::build(settings, clock)?;
         services.prepare_storage().await?;
+        services.take_back_leases().await;
         if let Some(url) = services.settings.upstream.webhooks.public_url() {
             crate::push::ensure_registration(&services.lifecycle, url).await;
         }

@@ -376,6 +376,10 @@ impl Storage for Watched {
             .await
     }
 
+    async fn release_leases(&self, now: Timestamp, horizon: Timestamp) -> Result<usize> {
+        self.write(self.inner.release_leases(now, horizon)).await
+    }
+
     async fn next_due_at(&self, kind: WorkKind) -> Result<Option<Timestamp>> {
         self.read(self.inner.next_due_at(kind)).await
     }

@@ -445,6 +445,13 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
         lease_until: Timestamp,
     ) -> Result<Vec<Job>>;
 
+    /// At the start of a process: the jobs leased by a process that has stopped, whose leases
+    /// end after `now` and at or before `horizon`, are due at `now` instead of when their
+    /// leases end. Only storage that one process alone can open knows such a lease's holder is
+    /// gone (sled); storage shared by instances (PostgreSQL) leaves them to end, since their
+    /// holder may be running. How many were released.
+    async fn release_leases(&self, now: Timestamp, horizon: Timestamp) -> Result<usize>;
+
     /// When the earliest job of `kind` is due, if any is pending.
     async fn next_due_at(&self, kind: WorkKind) -> Result<Option<Timestamp>>;
 

@@ -10,7 +10,7 @@ use crate::helpers::{free_port, wait_ready, Process};
 
 const KEY: &str = "restart-test-key-0123456789";
 
-fn write_config(path: &Path, port: u16, sim_port: u16, data: &Path) {
+fn write_config(path: &Path, port: u16, sim_port: u16, data: &Path, lease: &str) {
     let config = format!(
         r#"
 [server]
@@ -28,7 +28,7 @@ first_poll_after = "200ms"
 interval = "200ms"
 max_interval = "500ms"
 submit_retry_after = "200ms"
-lease = "4s"
+lease = "{lease}"
 [delivery]
 allow_private_networks = true
 [[auth.keys]]
@@ -54,11 +54,12 @@ struct Setup {
 }
 
 impl Setup {
-    async fn new(time_to_ready: &str) -> Setup {
+    /// With `poller.lease` at `lease`.
+    async fn new(time_to_ready: &str, lease: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let (sim_port, port) = (free_port(), free_port());
         let config = dir.path().join("agenthook.toml");
-        write_config(&config, port, sim_port, &dir.path().join("data"));
+        write_config(&config, port, sim_port, &dir.path().join("data"), lease);
         let sim_addr = format!("127.0.0.1:{sim_port}");
         let sim = Process::start(
             &[
@@ -94,7 +95,7 @@ impl Setup {
 
 #[tokio::test]
 async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
-    let setup = Setup::new("3s").await;
+    let setup = Setup::new("3s", "4s").await;
     let client = reqwest::Client::new();
     let (sim, base) = (&setup.sim, &setup.base);
     let mut service = setup.serve().await;
@@ -207,7 +208,7 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
     let answer = Reply::status(204).delay(Duration::from_millis(40));
     let hang = Reply::status(204).delay(Duration::from_secs(30));
     // Agents are ready only when told: the fan-out starts once every job exists.
-    let setup = Setup::new("1h").await;
+    let setup = Setup::new("1h", "4s").await;
     let client = reqwest::Client::new();
     let base = &setup.base;
     let mut receivers = Vec::new();
@@ -370,4 +371,102 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
         "{EXPECTED} pairs; {repeats} repeats, {} of them cut off by a kill",
         cut_off.len()
     );
+}
+
+/// A poll in flight when the process is killed: its job is leased for a minute to a process
+/// that is gone. The next start polls it at once, not when the lease ends.
+#[tokio::test]
+async fn after_kill_9_a_job_the_dead_process_was_polling_is_polled_at_once_not_after_its_lease() {
+    const JOBS: usize = 5;
+    let setup = Setup::new("1h", "60s").await;
+    let (sim, base) = (&setup.sim, &setup.base);
+    let client = reqwest::Client::new();
+    let mut service = setup.serve().await;
+    let mut jobs = Vec::new();
+    for i in 0..JOBS {
+        let job: Value = client
+            .post(format!("{base}/v1/jobs"))
+            .bearer_auth(KEY)
+            .json(&json!({ "prompt": format!("leased {i}") }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let agent = job["agent_id"]
+            .as_str()
+            .expect("submitted upstream")
+            .to_owned();
+        jobs.push((job["id"].as_str().unwrap().to_owned(), agent));
+    }
+    // Status reads hang: the next poll round holds its jobs' leases (60 s) and waits. Wait
+    // until a job shows one.
+    client
+        .post(format!("{sim}/_sim/config"))
+        .json(&json!({"latency": "20s"}))
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    'leased: loop {
+        for (id, _) in &jobs {
+            let job: Value = client
+                .get(format!("{base}/v1/jobs/{id}"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let next: chrono::DateTime<chrono::Utc> =
+                job["next_poll_at"].as_str().unwrap().parse().unwrap();
+            if next - chrono::Utc::now() > chrono::Duration::seconds(30) {
+                break 'leased;
+            }
+        }
+        assert!(Instant::now() < deadline, "no poll was ever in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.kill();
+    client
+        .post(format!("{sim}/_sim/config"))
+        .json(&json!({"latency": "0s"}))
+        .send()
+        .await
+        .unwrap();
+    for (_, agent) in &jobs {
+        client
+            .post(format!("{sim}/_sim/agents/{agent}"))
+            .json(&json!({"status": "ready"}))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let restarted = Instant::now();
+    let _service = setup.serve().await;
+    for (id, _) in &jobs {
+        loop {
+            let job: Value = client
+                .get(format!("{base}/v1/jobs/{id}"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if job["status"] == "ready" {
+                break;
+            }
+            // Well inside the minute the leases would have held them.
+            assert!(
+                restarted.elapsed() < Duration::from_secs(20),
+                "job {id} waited for its lease: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

@@ -175,6 +175,14 @@ impl Storage for FailingDisk {
             .claim_due_jobs(kind, now, limit, lease_until)
             .await
     }
+    async fn release_leases(
+        &self,
+        now: Timestamp,
+        horizon: Timestamp,
+    ) -> Result<usize, StoreError> {
+        self.write().await?;
+        self.inner.release_leases(now, horizon).await
+    }
     async fn next_due_at(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
         self.inner.next_due_at(kind).await
     }

@@ -156,6 +156,16 @@ impl Storage for SledStore {
         self.claim_jobs(due, lease_until).await
     }
 
+    async fn release_leases(&self, now: Timestamp, horizon: Timestamp) -> Result<usize> {
+        let leased = self
+            .blocking(move |s| s.leased_between(now, horizon))
+            .await?;
+        if leased.is_empty() {
+            return Ok(0);
+        }
+        self.release_leased(leased, now).await
+    }
+
     async fn next_due_at(&self, kind: WorkKind) -> Result<Option<Timestamp>> {
         self.blocking(move |s| s.next_due_at(kind)).await
     }

@@ -1367,7 +1367,7 @@ mod tests {
             DeliveryQueue::Retry => counts.deliveries_retry,
         }) as usize
     }
-    use crate::store::sled::test_support::temp_store;
+    use crate::store::sled::test_support::{reopen, temp_store};
 
     fn failed_delivery(tenant: &Tenant, now: Timestamp) -> Delivery {
         let event = Event::test(tenant.clone(), now);
@@ -1951,16 +1951,6 @@ mod tests {
     }
 
     /// Open `path` again once the previous store's writer thread has let go of it.
-    fn reopen(path: &std::path::Path) -> SledStore {
-        for _ in 0..200 {
-            match SledStore::open(path, 8 * 1024 * 1024) {
-                Ok(store) => return store,
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        }
-        panic!("the store stayed locked");
-    }
-
     #[tokio::test]
     async fn an_event_body_is_stored_once_for_all_its_deliveries_and_not_in_their_records() {
         let (store, _dir) = temp_store();

@@ -22,6 +22,12 @@ fn work_tag(kind: WorkKind) -> u8 {
     }
 }
 
+/// The value of a job's entry in `due` while a claim holds it (a lease: the entry sits at the
+/// lease's end); a scheduled entry's value is empty. Any other write of the job moves its entry
+/// and drops the mark. Only one process opens a sled directory, so at the start of the next one
+/// a marked entry is a lease whose holder is gone ([`SledStore::release_leases`]).
+const LEASED: &[u8] = b"leased";
+
 fn due_key(job: &Job) -> Option<Vec<u8>> {
     let kind = WorkKind::of(job)?;
     let at = job.next_poll_at?;
@@ -387,10 +393,65 @@ impl SledStore {
                     }
                     let mut job = stored.clone();
                     job.next_poll_at = Some(lease_until);
-                    put_job(tx, Some(&stored), &job, &encode(&job))?;
+                    put_leased(tx, &stored, &job)?;
                     claimed.push(job);
                 }
                 Ok(claimed)
+            })
+            .await
+    }
+
+    /// The entries leased by a claim that end after `now` and at or before `horizon`, with
+    /// their job ids.
+    pub fn leased_between(
+        &self,
+        now: Timestamp,
+        horizon: Timestamp,
+    ) -> Result<Vec<(Vec<u8>, String)>> {
+        let mut found = Vec::new();
+        for kind in [WorkKind::Submit, WorkKind::Poll] {
+            let tag = work_tag(kind);
+            let range = keys::timed_upper(tag, now)..keys::timed_upper(tag, horizon);
+            for entry in self.due.range(range) {
+                let (key, value) = entry?;
+                if &value[..] != LEASED {
+                    continue;
+                }
+                if let Some((_, id)) = keys::parse_timed(&key) {
+                    found.push((key.to_vec(), id.to_owned()));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Make the jobs of these leased entries ([`SledStore::leased_between`]) due at `now`:
+    /// their claims were made by a process that has stopped. An entry no longer leased (its
+    /// job has moved on) is left alone. How many were released.
+    pub async fn release_leased(
+        &self,
+        leased: Vec<(Vec<u8>, String)>,
+        now: Timestamp,
+    ) -> Result<usize> {
+        self.writer
+            .write_rows(leased.len(), move |tx| {
+                let mut released = 0;
+                for (key, id) in &leased {
+                    if tx.due.get(key)?.as_deref() != Some(LEASED) {
+                        continue;
+                    }
+                    let Some(stored) = stored_job(tx.jobs, &JobId::from_stored(id.clone()))? else {
+                        continue;
+                    };
+                    if due_key(&stored).as_deref() != Some(&key[..]) {
+                        continue;
+                    }
+                    let mut job = stored.clone();
+                    job.next_poll_at = Some(now);
+                    put_job(tx, Some(&stored), &job, &encode(&job))?;
+                    released += 1;
+                }
+                Ok(released)
             })
             .await
     }
@@ -508,6 +569,15 @@ fn put_job(tx: &Tx<'_>, old: Option<&Job>, job: &Job, bytes: &[u8]) -> TxResult<
     Ok(())
 }
 
+/// [`put_job`] for a claim: `job` is `stored` leased, its entry marked [`LEASED`].
+fn put_leased(tx: &Tx<'_>, stored: &Job, job: &Job) -> TxResult<()> {
+    put_job(tx, Some(stored), job, &encode(job))?;
+    if let Some(key) = due_key(job) {
+        tx.mark_due(&key, LEASED)?;
+    }
+    Ok(())
+}
+
 fn stored_job(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {
     jobs.get(id.as_str())?
         .map(|raw| decode_tx(&raw))
@@ -539,7 +609,7 @@ impl SledStore {
                 }
                 let mut job = stored.clone();
                 job.next_poll_at = Some(lease_until);
-                put_job(tx, Some(&stored), &job, &encode(&job))?;
+                put_leased(tx, &stored, &job)?;
                 Ok(Some(job))
             })
             .await
@@ -592,5 +662,99 @@ impl SledStore {
                 Ok(moved)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::after;
+    use crate::store::sled::test_support::{reopen, temp_store};
+    use crate::store::Storage;
+
+    /// A job accepted upstream, first polled at `first_poll`.
+    async fn processing(store: &SledStore, agent: &str, first_poll: Timestamp) -> Job {
+        let now = chrono::Utc::now();
+        let mut job = Job::new(
+            Tenant::parse("acme").unwrap(),
+            Default::default(),
+            None,
+            Default::default(),
+            now,
+        );
+        job.accepted(agent.into(), first_poll, now);
+        assert!(Storage::accept_job(store, job.clone(), false, None)
+            .await
+            .unwrap());
+        job
+    }
+
+    fn due_ids(store: &SledStore, at: Timestamp) -> Vec<String> {
+        store
+            .due_jobs(WorkKind::Poll, at, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn leases_of_a_stopped_process_are_released_at_the_next_start_and_schedules_are_not() {
+        let (store, dir) = temp_store();
+        let now = chrono::Utc::now();
+        let lease = Duration::from_secs(60);
+        let leased = processing(&store, "A1", now).await;
+        let scheduled = processing(&store, "A2", after(now, Duration::from_secs(30))).await;
+        let polled = processing(&store, "A3", now).await;
+        let claimed = Storage::claim_due_jobs(&store, WorkKind::Poll, now, 10, after(now, lease))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2, "A1 and A3 were due");
+        // A3's poll is answered: it is scheduled again, no longer leased.
+        let mut answered = claimed
+            .into_iter()
+            .find(|j| j.id == polled.id)
+            .expect("A3 claimed");
+        answered.next_poll_at = Some(after(now, Duration::from_secs(45)));
+        Storage::save_job(&store, &answered).await.unwrap();
+        assert_eq!(
+            due_ids(&store, after(now, Duration::from_secs(59))).len(),
+            2,
+            "A1 is leased past 59 s"
+        );
+
+        // The process stops with A1's claim open; the next one opens the directory.
+        drop(store);
+        let store = reopen(dir.path());
+        let later = after(now, Duration::from_secs(1));
+        let released = Storage::release_leases(&store, later, after(later, lease))
+            .await
+            .unwrap();
+        assert_eq!(released, 1, "only A1 was leased");
+        assert_eq!(due_ids(&store, later), vec![leased.id.to_string()]);
+        assert_eq!(
+            Storage::next_due_at(&store, WorkKind::Poll)
+                .await
+                .unwrap()
+                .map(|t| t.timestamp_millis()),
+            Some(later.timestamp_millis()),
+            "due now, not at the lease's end"
+        );
+        let by_45s = due_ids(&store, after(now, Duration::from_secs(45)));
+        assert_eq!(
+            by_45s.len(),
+            3,
+            "A2 at 30 s and A3 at 45 s keep their schedules"
+        );
+        assert!(by_45s.contains(&scheduled.id.to_string()));
+        assert_eq!(
+            Storage::release_leases(&store, later, after(later, lease))
+                .await
+                .unwrap(),
+            0,
+            "a released lease is a schedule like any other"
+        );
     }
 }

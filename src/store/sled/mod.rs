@@ -204,4 +204,16 @@ pub(crate) mod test_support {
         let store = SledStore::open(dir.path(), 8 * 1024 * 1024).expect("open store");
         (store, dir)
     }
+
+    /// Open the store at `path` again, once the last process-wide handle of the one before
+    /// (its writer thread's) has let go of the directory's lock.
+    pub fn reopen(path: &std::path::Path) -> SledStore {
+        for _ in 0..200 {
+            match SledStore::open(path, 8 * 1024 * 1024) {
+                Ok(store) => return store,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        panic!("the store stayed locked");
+    }
 }

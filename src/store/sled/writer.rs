@@ -62,6 +62,12 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Give a job's entry in `due`, already there, another value (counts unchanged).
+    pub fn mark_due(&self, key: &[u8], value: &[u8]) -> TxResult<()> {
+        self.due.insert(key, value)?;
+        Ok(())
+    }
+
     /// Take a job's entry out of `due`, counted.
     pub fn remove_due(&self, key: &[u8]) -> TxResult<()> {
         let old = self.due.remove(key)?;

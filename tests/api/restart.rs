@@ -51,6 +51,7 @@ struct Setup {
     sim: String,
     /// The service's base URL.
     base: String,
+    client: reqwest::Client,
 }
 
 impl Setup {
@@ -79,11 +80,64 @@ impl Setup {
             config: config.display().to_string(),
             sim: format!("http://{sim_addr}"),
             base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
             _dir: dir,
             _sim: sim,
         };
         wait_ready(&format!("{}/_sim/health", setup.sim)).await;
         setup
+    }
+
+    /// `POST` to the service's `path` with the test's key: the status and the JSON answer.
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let res = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST` to the simulator's control route `path` (`/_sim/...`); it must succeed.
+    async fn steer(&self, path: &str, body: Value) {
+        let res = self
+            .client
+            .post(format!("{}{path}", self.sim))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+    }
+
+    /// `GET` the service's `path` with the test's key: the JSON answer.
+    async fn get(&self, path: &str) -> Value {
+        let res = self.client.get(format!("{}{path}", self.base));
+        res.bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Wait until every job of `ids` is `ready`; panics once `deadline` has passed.
+    async fn wait_all_ready(&self, ids: &[String], deadline: Instant) {
+        for id in ids {
+            loop {
+                let job = self.get(&format!("/v1/jobs/{id}")).await;
+                if job["status"] == "ready" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "job {id} stuck: {job}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 
     /// `agenthook serve` on the directory, once it is ready.
@@ -96,43 +150,24 @@ impl Setup {
 #[tokio::test]
 async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
     let setup = Setup::new("3s", "4s").await;
-    let client = reqwest::Client::new();
-    let (sim, base) = (&setup.sim, &setup.base);
+    let client = &setup.client;
+    let sim = &setup.sim;
     let mut service = setup.serve().await;
 
     let mut ids = Vec::new();
     for i in 0..10 {
-        let job: Value = client
-            .post(format!("{base}/v1/jobs"))
-            .bearer_auth(KEY)
-            .json(&json!({"prompt": format!("accepted {i}")}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, job) = setup
+            .post("/v1/jobs", json!({"prompt": format!("accepted {i}")}))
+            .await;
         assert_eq!(job["status"], "processing");
         ids.push(job["id"].as_str().unwrap().to_owned());
     }
     // Upstream goes down: these wait in `submitting`.
-    client
-        .post(format!("{sim}/_sim/outage"))
-        .json(&json!({"on": true}))
-        .send()
-        .await
-        .unwrap();
+    setup.steer("/_sim/outage", json!({"on": true})).await;
     for i in 0..5 {
-        let job: Value = client
-            .post(format!("{base}/v1/jobs"))
-            .bearer_auth(KEY)
-            .json(&json!({"prompt": format!("deferred {i}")}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, job) = setup
+            .post("/v1/jobs", json!({"prompt": format!("deferred {i}")}))
+            .await;
         assert_eq!(job["status"], "submitting");
         ids.push(job["id"].as_str().unwrap().to_owned());
     }
@@ -140,34 +175,13 @@ async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
 
     // Crash, with jobs mid-poll and mid-submission.
     service.kill();
-    client
-        .post(format!("{sim}/_sim/outage"))
-        .json(&json!({"on": false}))
-        .send()
-        .await
-        .unwrap();
+    setup.steer("/_sim/outage", json!({"on": false})).await;
     drop(service);
     let _service = setup.serve().await;
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for id in &ids {
-        loop {
-            let job: Value = client
-                .get(format!("{base}/v1/jobs/{id}"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if job["status"] == "ready" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "job {id} stuck: {job}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    setup
+        .wait_all_ready(&ids, Instant::now() + Duration::from_secs(60))
+        .await;
     let stats: Value = client
         .get(format!("{sim}/_sim/stats"))
         .send()
@@ -209,8 +223,6 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
     let hang = Reply::status(204).delay(Duration::from_secs(30));
     // Agents are ready only when told: the fan-out starts once every job exists.
     let setup = Setup::new("1h", "4s").await;
-    let client = reqwest::Client::new();
-    let base = &setup.base;
     let mut receivers = Vec::new();
     for host in 2..2 + HOSTS {
         let receiver = Receiver::start_on(Ipv4Addr::new(127, 0, 0, host)).await;
@@ -237,38 +249,21 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
     let mut service = setup.serve().await;
     for i in 0..SUBS {
         let url = receivers[i % receivers.len()].url(&format!("/hooks/{i}"));
-        let res = client
-            .post(format!("{base}/v1/subscriptions"))
-            .bearer_auth(KEY)
-            .json(&json!({ "url": url }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status().as_u16(), 201, "create a subscription");
+        let (status, _) = setup.post("/v1/subscriptions", json!({ "url": url })).await;
+        assert_eq!(status, 201, "create a subscription");
     }
     let mut agents = Vec::new();
     for i in 0..JOBS {
-        let job: Value = client
-            .post(format!("{base}/v1/jobs"))
-            .bearer_auth(KEY)
-            .json(&json!({ "prompt": format!("fan-out {i}") }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, job) = setup
+            .post("/v1/jobs", json!({ "prompt": format!("fan-out {i}") }))
+            .await;
         let agent = job["agent_id"].as_str().expect("submitted upstream");
         agents.push(agent.to_owned());
     }
     for agent in &agents {
-        let res = client
-            .post(format!("{}/_sim/agents/{agent}", setup.sim))
-            .json(&json!({"status": "ready"}))
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success(), "make {agent} ready");
+        setup
+            .steer(&format!("/_sim/agents/{agent}"), json!({"status": "ready"}))
+            .await;
     }
 
     let mut cut_off = BTreeSet::new();
@@ -327,15 +322,7 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
     }
     // Once no delivery is pending, nothing more may arrive.
     loop {
-        let pending: Value = client
-            .get(format!("{base}/v1/deliveries?state=pending&limit=1"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let pending = setup.get("/v1/deliveries?state=pending&limit=1").await;
         if pending["data"].as_array().is_some_and(Vec::is_empty) {
             break;
         }
@@ -379,21 +366,12 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
 async fn after_kill_9_a_job_the_dead_process_was_polling_is_polled_at_once_not_after_its_lease() {
     const JOBS: usize = 5;
     let setup = Setup::new("1h", "60s").await;
-    let (sim, base) = (&setup.sim, &setup.base);
-    let client = reqwest::Client::new();
     let mut service = setup.serve().await;
     let mut jobs = Vec::new();
     for i in 0..JOBS {
-        let job: Value = client
-            .post(format!("{base}/v1/jobs"))
-            .bearer_auth(KEY)
-            .json(&json!({ "prompt": format!("leased {i}") }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, job) = setup
+            .post("/v1/jobs", json!({ "prompt": format!("leased {i}") }))
+            .await;
         let agent = job["agent_id"]
             .as_str()
             .expect("submitted upstream")
@@ -402,24 +380,11 @@ async fn after_kill_9_a_job_the_dead_process_was_polling_is_polled_at_once_not_a
     }
     // Status reads hang: the next poll round holds its jobs' leases (60 s) and waits. Wait
     // until a job shows one.
-    client
-        .post(format!("{sim}/_sim/config"))
-        .json(&json!({"latency": "20s"}))
-        .send()
-        .await
-        .unwrap();
+    setup.steer("/_sim/config", json!({"latency": "20s"})).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     'leased: loop {
         for (id, _) in &jobs {
-            let job: Value = client
-                .get(format!("{base}/v1/jobs/{id}"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let job = setup.get(&format!("/v1/jobs/{id}")).await;
             let next: chrono::DateTime<chrono::Utc> =
                 job["next_poll_at"].as_str().unwrap().parse().unwrap();
             if next - chrono::Utc::now() > chrono::Duration::seconds(30) {
@@ -430,43 +395,16 @@ async fn after_kill_9_a_job_the_dead_process_was_polling_is_polled_at_once_not_a
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     service.kill();
-    client
-        .post(format!("{sim}/_sim/config"))
-        .json(&json!({"latency": "0s"}))
-        .send()
-        .await
-        .unwrap();
+    setup.steer("/_sim/config", json!({"latency": "0s"})).await;
     for (_, agent) in &jobs {
-        client
-            .post(format!("{sim}/_sim/agents/{agent}"))
-            .json(&json!({"status": "ready"}))
-            .send()
-            .await
-            .unwrap();
+        setup
+            .steer(&format!("/_sim/agents/{agent}"), json!({"status": "ready"}))
+            .await;
     }
 
-    let restarted = Instant::now();
+    // Well inside the minute the lease would have held its job.
+    let deadline = Instant::now() + Duration::from_secs(20);
     let _service = setup.serve().await;
-    for (id, _) in &jobs {
-        loop {
-            let job: Value = client
-                .get(format!("{base}/v1/jobs/{id}"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if job["status"] == "ready" {
-                break;
-            }
-            // Well inside the minute the leases would have held them.
-            assert!(
-                restarted.elapsed() < Duration::from_secs(20),
-                "job {id} waited for its lease: {job}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let ids: Vec<String> = jobs.into_iter().map(|(id, _)| id).collect();
+    setup.wait_all_ready(&ids, deadline).await;
 }

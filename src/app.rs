@@ -136,7 +136,7 @@ impl Services {
             })
     }
 
-    /// The polls a stopped process had claimed are due now, not when their leases end, where
+    /// The polls a stopped process had leased are due now, not when their leases end, where
     /// storage can tell that their holder is gone ([`crate::store::Storage::release_leases`]).
     /// Called before this process claims anything.
     pub async fn take_back_leases(&self) {
@@ -144,9 +144,9 @@ impl Services {
         let horizon = crate::clock::after(now, self.settings.poller.lease);
         match self.store.release_leases(now, horizon).await {
             Ok(0) => {}
-            Ok(jobs) => tracing::info!(jobs, "polls claimed by a stopped process are due again"),
+            Ok(jobs) => tracing::info!(jobs, "polls leased by a stopped process are due again"),
             Err(error) => {
-                tracing::warn!(%error, "polls claimed by a stopped process wait for their leases")
+                tracing::warn!(%error, "polls leased by a stopped process wait for their leases")
             }
         }
     }
@@ -205,7 +205,9 @@ impl Application {
         Self::start(services, listener)
     }
 
-    /// Start serving with already-built services on an already-bound listener.
+    /// Start serving with already-built services on an already-bound listener. On a directory
+    /// another process used before, call [`Services::take_back_leases`] first, as
+    /// [`Application::build_on`] does.
     pub fn start(services: Services, listener: TcpListener) -> Result<Application, StartError> {
         let addr = listener.local_addr()?;
         let settings = services.settings.clone();

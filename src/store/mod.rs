@@ -445,11 +445,14 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
         lease_until: Timestamp,
     ) -> Result<Vec<Job>>;
 
-    /// At the start of a process: the jobs leased by a process that has stopped, whose leases
-    /// end after `now` and at or before `horizon`, are due at `now` instead of when their
-    /// leases end. Only storage that one process alone can open knows such a lease's holder is
-    /// gone (sled); storage shared by instances (PostgreSQL) leaves them to end, since their
-    /// holder may be running. How many were released.
+    /// At the start of a process: the polls leased by a process that has stopped, whose
+    /// leases end after `now` and at or before `horizon` (now plus `poller.lease`: as far as a
+    /// lease reaches, which keeps the look short; one taken under a longer setting ends by
+    /// itself), are due at `now` instead of when their leases end. Submissions keep their
+    /// leases (the stopped process's generate call may still be under way upstream). Only
+    /// storage that one process alone can open knows a lease's holder is gone (sled); storage
+    /// shared by instances (PostgreSQL) leaves them to end, since their holder may be running.
+    /// How many were released.
     async fn release_leases(&self, now: Timestamp, horizon: Timestamp) -> Result<usize>;
 
     /// When the earliest job of `kind` is due, if any is pending.

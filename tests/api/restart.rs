@@ -10,7 +10,20 @@ use crate::helpers::{free_port, wait_ready, Process};
 
 const KEY: &str = "restart-test-key-0123456789";
 
-fn write_config(path: &Path, port: u16, sim_port: u16, data: &Path, lease: &str) {
+/// The poller's lease and upstream's timeout in a test's config.
+#[derive(Clone, Copy)]
+struct Timing {
+    lease: &'static str,
+    upstream_timeout: &'static str,
+}
+
+/// Short enough for a test to wait out a lease.
+const QUICK: Timing = Timing {
+    lease: "4s",
+    upstream_timeout: "3s",
+};
+
+fn write_config(path: &Path, port: u16, sim_port: u16, data: &Path, timing: Timing) {
     let config = format!(
         r#"
 [server]
@@ -22,7 +35,7 @@ base_url = "http://127.0.0.1:{sim_port}"
 api_secret = "sim-secret"
 generate_per_minute = 6000
 read_per_minute = 60000
-timeout = "3s"
+timeout = "{timeout}"
 [poller]
 first_poll_after = "200ms"
 interval = "200ms"
@@ -35,7 +48,9 @@ allow_private_networks = true
 name = "restart"
 key = "{KEY}"
 "#,
-        data = data.display()
+        data = data.display(),
+        lease = timing.lease,
+        timeout = timing.upstream_timeout,
     );
     std::fs::write(path, config).unwrap();
 }
@@ -55,12 +70,11 @@ struct Setup {
 }
 
 impl Setup {
-    /// With `poller.lease` at `lease`.
-    async fn new(time_to_ready: &str, lease: &str) -> Setup {
+    async fn new(time_to_ready: &str, timing: Timing) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let (sim_port, port) = (free_port(), free_port());
         let config = dir.path().join("agenthook.toml");
-        write_config(&config, port, sim_port, &dir.path().join("data"), lease);
+        write_config(&config, port, sim_port, &dir.path().join("data"), timing);
         let sim_addr = format!("127.0.0.1:{sim_port}");
         let sim = Process::start(
             &[
@@ -114,6 +128,13 @@ impl Setup {
         assert!(res.status().is_success(), "{path}: {}", res.status());
     }
 
+    /// `POST /v1/jobs` with `body`, answered 202: the job.
+    async fn create_job(&self, body: Value) -> Value {
+        let (status, job) = self.post("/v1/jobs", body).await;
+        assert_eq!(status, 202, "create a job: {job}");
+        job
+    }
+
     /// `GET` the service's `path` with the test's key: the JSON answer.
     async fn get(&self, path: &str) -> Value {
         let res = self.client.get(format!("{}{path}", self.base));
@@ -149,15 +170,15 @@ impl Setup {
 
 #[tokio::test]
 async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
-    let setup = Setup::new("3s", "4s").await;
+    let setup = Setup::new("3s", QUICK).await;
     let client = &setup.client;
     let sim = &setup.sim;
     let mut service = setup.serve().await;
 
     let mut ids = Vec::new();
     for i in 0..10 {
-        let (_, job) = setup
-            .post("/v1/jobs", json!({"prompt": format!("accepted {i}")}))
+        let job = setup
+            .create_job(json!({"prompt": format!("accepted {i}")}))
             .await;
         assert_eq!(job["status"], "processing");
         ids.push(job["id"].as_str().unwrap().to_owned());
@@ -165,8 +186,8 @@ async fn after_kill_9_every_pending_job_resumes_and_finishes_exactly_once() {
     // Upstream goes down: these wait in `submitting`.
     setup.steer("/_sim/outage", json!({"on": true})).await;
     for i in 0..5 {
-        let (_, job) = setup
-            .post("/v1/jobs", json!({"prompt": format!("deferred {i}")}))
+        let job = setup
+            .create_job(json!({"prompt": format!("deferred {i}")}))
             .await;
         assert_eq!(job["status"], "submitting");
         ids.push(job["id"].as_str().unwrap().to_owned());
@@ -222,7 +243,7 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
     let answer = Reply::status(204).delay(Duration::from_millis(40));
     let hang = Reply::status(204).delay(Duration::from_secs(30));
     // Agents are ready only when told: the fan-out starts once every job exists.
-    let setup = Setup::new("1h", "4s").await;
+    let setup = Setup::new("1h", QUICK).await;
     let mut receivers = Vec::new();
     for host in 2..2 + HOSTS {
         let receiver = Receiver::start_on(Ipv4Addr::new(127, 0, 0, host)).await;
@@ -254,8 +275,8 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
     }
     let mut agents = Vec::new();
     for i in 0..JOBS {
-        let (_, job) = setup
-            .post("/v1/jobs", json!({ "prompt": format!("fan-out {i}") }))
+        let job = setup
+            .create_job(json!({ "prompt": format!("fan-out {i}") }))
             .await;
         let agent = job["agent_id"].as_str().expect("submitted upstream");
         agents.push(agent.to_owned());
@@ -365,12 +386,19 @@ async fn killed_mid_fan_out_every_delivery_arrives_with_one_webhook_id_per_event
 #[tokio::test]
 async fn after_kill_9_a_job_the_dead_process_was_polling_is_polled_at_once_not_after_its_lease() {
     const JOBS: usize = 5;
-    let setup = Setup::new("1h", "60s").await;
+    let setup = Setup::new(
+        "1h",
+        Timing {
+            lease: "60s",
+            upstream_timeout: "30s",
+        },
+    )
+    .await;
     let mut service = setup.serve().await;
     let mut jobs = Vec::new();
     for i in 0..JOBS {
-        let (_, job) = setup
-            .post("/v1/jobs", json!({ "prompt": format!("leased {i}") }))
+        let job = setup
+            .create_job(json!({ "prompt": format!("leased {i}") }))
             .await;
         let agent = job["agent_id"]
             .as_str()
@@ -378,8 +406,8 @@ async fn after_kill_9_a_job_the_dead_process_was_polling_is_polled_at_once_not_a
             .to_owned();
         jobs.push((job["id"].as_str().unwrap().to_owned(), agent));
     }
-    // Status reads hang: the next poll round holds its jobs' leases (60 s) and waits. Wait
-    // until a job shows one.
+    // Status reads hang (20 s, inside the upstream timeout of 30 s): the next poll round
+    // holds its jobs' leases (60 s) and waits. Wait until a job shows one.
     setup.steer("/_sim/config", json!({"latency": "20s"})).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     'leased: loop {

@@ -1950,7 +1950,6 @@ mod tests {
         assert_eq!(ids, expected);
     }
 
-    /// Open `path` again once the previous store's writer thread has let go of it.
     #[tokio::test]
     async fn an_event_body_is_stored_once_for_all_its_deliveries_and_not_in_their_records() {
         let (store, _dir) = temp_store();

@@ -23,9 +23,9 @@ fn work_tag(kind: WorkKind) -> u8 {
 }
 
 /// The value of a job's entry in `due` while a claim holds it (a lease: the entry sits at the
-/// lease's end); a scheduled entry's value is empty. Any other write of the job moves its entry
-/// and drops the mark. Only one process opens a sled directory, so at the start of the next one
-/// a marked entry is a lease whose holder is gone ([`SledStore::release_leases`]).
+/// lease's end); a scheduled entry's value is empty, and every other write of the job writes
+/// its entry empty. Only one process opens a sled directory, so at the start of the next one a
+/// marked entry is a lease whose holder is gone ([`SledStore::leased_between`]).
 const LEASED: &[u8] = b"leased";
 
 fn due_key(job: &Job) -> Option<Vec<u8>> {
@@ -401,25 +401,24 @@ impl SledStore {
             .await
     }
 
-    /// The entries leased by a claim that end after `now` and at or before `horizon`, with
-    /// their job ids.
+    /// The polls leased by a claim that end after `now` and at or before `horizon`, with
+    /// their job ids. Submissions are left to their leases: a generate call is not a read, and
+    /// the one the stopped process made may still be under way upstream.
     pub fn leased_between(
         &self,
         now: Timestamp,
         horizon: Timestamp,
     ) -> Result<Vec<(Vec<u8>, String)>> {
+        let tag = work_tag(WorkKind::Poll);
+        let range = keys::timed_upper(tag, now)..keys::timed_upper(tag, horizon);
         let mut found = Vec::new();
-        for kind in [WorkKind::Submit, WorkKind::Poll] {
-            let tag = work_tag(kind);
-            let range = keys::timed_upper(tag, now)..keys::timed_upper(tag, horizon);
-            for entry in self.due.range(range) {
-                let (key, value) = entry?;
-                if &value[..] != LEASED {
-                    continue;
-                }
-                if let Some((_, id)) = keys::parse_timed(&key) {
-                    found.push((key.to_vec(), id.to_owned()));
-                }
+        for entry in self.due.range(range) {
+            let (key, value) = entry?;
+            if &value[..] != LEASED {
+                continue;
+            }
+            if let Some((_, id)) = keys::parse_timed(&key) {
+                found.push((key.to_vec(), id.to_owned()));
             }
         }
         Ok(found)
@@ -544,22 +543,24 @@ fn idempotency_entry(
 /// Write `job` (encoded as `bytes`) over `old`, the version storage had, if any: the record,
 /// its queue entry, its agent index and, for a new job, its tenant's listing.
 fn put_job(tx: &Tx<'_>, old: Option<&Job>, job: &Job, bytes: &[u8]) -> TxResult<()> {
+    put_job_as(tx, old, job, bytes, &[])
+}
+
+/// [`put_job`] with `due_value` as the value of its entry in `due`.
+fn put_job_as(
+    tx: &Tx<'_>,
+    old: Option<&Job>,
+    job: &Job,
+    bytes: &[u8],
+    due_value: &[u8],
+) -> TxResult<()> {
     if old.is_none() {
         tx.index.insert(
             keys::owned(keys::TENANT_JOBS, job.tenant.as_str(), job.id.as_str()),
             &[],
         )?;
     }
-    let old_due = old.and_then(due_key);
-    let new_due = due_key(job);
-    if old_due != new_due {
-        if let Some(key) = old_due {
-            tx.remove_due(&key)?;
-        }
-        if let Some(key) = &new_due {
-            tx.put_due(key)?;
-        }
-    }
+    put_job_due(tx, old, job, due_value)?;
     if let Some(agent) = &job.agent_id {
         if old.and_then(|o| o.agent_id.as_ref()) != Some(agent) {
             tx.index.insert(keys::agent(agent), job.id.as_str())?;
@@ -571,11 +572,23 @@ fn put_job(tx: &Tx<'_>, old: Option<&Job>, job: &Job, bytes: &[u8]) -> TxResult<
 
 /// [`put_job`] for a claim: `job` is `stored` leased, its entry marked [`LEASED`].
 fn put_leased(tx: &Tx<'_>, stored: &Job, job: &Job) -> TxResult<()> {
-    put_job(tx, Some(stored), job, &encode(job))?;
-    if let Some(key) = due_key(job) {
-        tx.mark_due(&key, LEASED)?;
+    put_job_as(tx, Some(stored), job, &encode(job), LEASED)
+}
+
+/// Move the job's entry in `due` from where `old` had it to where `job` has it, with `value`
+/// (written again when the place is the same: a lease's mark never outlives its lease).
+fn put_job_due(tx: &Tx<'_>, old: Option<&Job>, job: &Job, value: &[u8]) -> TxResult<()> {
+    let new_due = due_key(job);
+    if let Some(key) = old
+        .and_then(due_key)
+        .filter(|old| Some(old) != new_due.as_ref())
+    {
+        tx.remove_due(&key)?;
     }
-    Ok(())
+    match new_due {
+        Some(key) => tx.put_due(&key, value),
+        None => Ok(()),
+    }
 }
 
 fn stored_job(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {
@@ -708,17 +721,26 @@ mod tests {
         let leased = processing(&store, "A1", now).await;
         let scheduled = processing(&store, "A2", after(now, Duration::from_secs(30))).await;
         let polled = processing(&store, "A3", now).await;
+        let on_time = processing(&store, "A4", now).await;
         let claimed = Storage::claim_due_jobs(&store, WorkKind::Poll, now, 10, after(now, lease))
             .await
             .unwrap();
-        assert_eq!(claimed.len(), 2, "A1 and A3 were due");
-        // A3's poll is answered: it is scheduled again, no longer leased.
-        let mut answered = claimed
-            .into_iter()
-            .find(|j| j.id == polled.id)
-            .expect("A3 claimed");
-        answered.next_poll_at = Some(after(now, Duration::from_secs(45)));
-        Storage::save_job(&store, &answered).await.unwrap();
+        assert_eq!(claimed.len(), 3, "A1, A3 and A4 were due");
+        let answer = |job: &Job, next: Timestamp| {
+            let mut answered = claimed
+                .iter()
+                .find(|j| j.id == job.id)
+                .expect("claimed")
+                .clone();
+            answered.next_poll_at = Some(next);
+            answered
+        };
+        // A3's poll is answered: it is scheduled again, no longer leased. So is A4's, due
+        // again exactly when its lease would have ended: the same entry, no longer leased.
+        let a3 = answer(&polled, after(now, Duration::from_secs(45)));
+        Storage::save_job(&store, &a3).await.unwrap();
+        let a4 = answer(&on_time, after(now, lease));
+        Storage::save_job(&store, &a4).await.unwrap();
         assert_eq!(
             due_ids(&store, after(now, Duration::from_secs(59))).len(),
             2,
@@ -732,7 +754,7 @@ mod tests {
         let released = Storage::release_leases(&store, later, after(later, lease))
             .await
             .unwrap();
-        assert_eq!(released, 1, "only A1 was leased");
+        assert_eq!(released, 1, "only A1 is still leased");
         assert_eq!(due_ids(&store, later), vec![leased.id.to_string()]);
         assert_eq!(
             Storage::next_due_at(&store, WorkKind::Poll)

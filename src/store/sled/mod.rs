@@ -7,7 +7,8 @@
 //!   subscription
 //! - `index`: secondary keys, by prefix (see [`keys`]): a tenant's jobs and subscriptions,
 //!   agent id → job id, a job's deliveries, a subscription's failed deliveries
-//! - `due`: the scheduler's queue, `kind | due millis | job id`
+//! - `due`: the scheduler's queue, `kind | due millis | job id` → empty, or `leased` while a
+//!   claim holds the job (`jobs::LEASED`)
 //! - `queue`: the delivery worker's queue, `fresh|retry | due millis | tenant \0 delivery id`
 //!   → the delivery's destination key (see `deliveries::Claims`)
 //! - `idempotency`: `tenant \0 key` → record; `secrets`: tenant → callback signing secrets

@@ -55,16 +55,11 @@ pub(crate) struct Tx<'a> {
 }
 
 impl Tx<'_> {
-    /// Queue a job (`due`), counted.
-    pub fn put_due(&self, key: &[u8]) -> TxResult<()> {
-        let old = self.due.insert(key, &[])?;
+    /// Queue a job (`due`), counted; `value` says whether a claim holds it (see
+    /// `jobs::LEASED`).
+    pub fn put_due(&self, key: &[u8], value: &[u8]) -> TxResult<()> {
+        let old = self.due.insert(key, value)?;
         self.deltas.borrow_mut().inserted(key, old.is_some());
-        Ok(())
-    }
-
-    /// Give a job's entry in `due`, already there, another value (counts unchanged).
-    pub fn mark_due(&self, key: &[u8], value: &[u8]) -> TxResult<()> {
-        self.due.insert(key, value)?;
         Ok(())
     }
 

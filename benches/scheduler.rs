@@ -5,10 +5,9 @@
 //! (a) 100,000 pending jobs (status `processing`, each with an agent id, due one every 36 ms
 //!     over an hour that starts ten minutes from now): resident memory, idle CPU of the real
 //!     `Poller::run` loop, the time of one scheduling round with nothing due and with 1,000
-//!     due, and start-up (open the store, take back the leases of a stopped process, first
-//!     `next_due_at`). The jobs are written by a child process (this binary, re-run with
-//!     `--populate`), so that the measuring process starts as a restarted service would: with
-//!     a full directory and nothing in memory. The
+//!     due, and start-up (open the store + first `next_due_at`). The jobs are written by a
+//!     child process (this binary, re-run with `--populate`), so that the measuring process
+//!     starts as a restarted service would: with a full directory and nothing in memory. The
 //!     simulator runs in another child (`--serve-sim`): its memory and CPU are not agenthook's.
 //! (b) 1,000 pending jobs against the simulator with a read budget of R per minute, on a manual
 //!     clock advanced 10 ms per step for ten simulated minutes: the achieved read rate as a
@@ -71,11 +70,6 @@ fn main() {
         let store = agenthook::store::SledStore::open(dir, DEFAULT_CACHE).expect("open");
         let open = t.elapsed();
         let t = Instant::now();
-        // As a start does: the leases of a stopped process (none here), then the next due.
-        let now = chrono::Utc::now();
-        store
-            .leased_between(now, now + chrono::Duration::seconds(60))
-            .expect("leases");
         store.next_due_at(WorkKind::Poll).expect("next due");
         store.next_due_at(WorkKind::Submit).expect("next due");
         let resume = t.elapsed();
@@ -423,7 +417,6 @@ fn measure(dir: &Path, base: Timestamp, idle: Duration) -> PartA {
     a.open = t.elapsed();
     groups.claim_new("store (sled) threads started by open");
     let t = Instant::now();
-    rt.block_on(services.take_back_leases());
     let next_poll = rt
         .block_on(services.store.next_due_at(WorkKind::Poll))
         .expect("next due");
@@ -692,7 +685,7 @@ fn report(a: &PartA, b: &[BudgetRun], jobs: usize, minutes: usize) {
         a.open.as_secs_f64() * 1e3
     );
     println!(
-        "| start-up: resume (leases taken back, first `next_due_at`, both kinds) | {:.3} ms | | |",
+        "| start-up: resume (first `next_due_at`, both kinds) | {:.3} ms | | |",
         a.resume.as_secs_f64() * 1e3
     );
     println!(

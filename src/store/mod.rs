@@ -446,9 +446,10 @@ pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
     ) -> Result<Vec<Job>>;
 
     /// At the start of a process: the polls leased by a process that has stopped, whose
-    /// leases end after `now` and at or before `horizon` (now plus `poller.lease`: as far as a
-    /// lease reaches, which keeps the look short; one taken under a longer setting ends by
-    /// itself), are due at `now` instead of when their leases end. Submissions keep their
+    /// leases end after `now` and at or before `horizon`, are due at `now` instead of when
+    /// their leases end. `horizon` is this process's start plus `poller.lease`, less a
+    /// millisecond: as far as an earlier process's lease reaches, short of this one's own (a
+    /// lease taken under a longer setting ends by itself). Submissions keep their
     /// leases (the stopped process's generate call may still be under way upstream). Only
     /// storage that one process alone can open knows a lease's holder is gone (sled); storage
     /// shared by instances (PostgreSQL) leaves them to end, since their holder may be running.

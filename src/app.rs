@@ -147,7 +147,10 @@ impl Services {
         let horizon = crate::clock::after(started, lease) - chrono::Duration::milliseconds(1);
         match self.store.release_leases(now, horizon).await {
             Ok(0) => {}
-            Ok(jobs) => tracing::info!(jobs, "polls leased by a stopped process are due again"),
+            Ok(jobs) => {
+                tracing::info!(jobs, "polls leased by a stopped process are due again");
+                self.signals.poller_wake.notify_one();
+            }
             Err(error) => {
                 tracing::warn!(%error, "polls leased by a stopped process wait for their leases")
             }

@@ -696,18 +696,38 @@ async fn a_delivery_whose_attempt_record_failed_is_sent_again_with_the_same_webh
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_writes_stop_coming_back_the_service_stops_at_once_and_says_why() {
-    let mut app = spawn_on_failing_disk_with(fast_sim_config(), |s| {
-        s.storage.stall_timeout = Duration::from_secs(2);
-        // Far longer than the stall: stopping must not wait for the requests it holds.
+/// The stall timeout of the tests below.
+const STALL: Duration = Duration::from_secs(2);
+
+/// A service with a stall timeout of [`STALL`] and a grace period far longer (stopping must
+/// not wait for what storage holds), one job written, then its disk hung: no write comes back.
+async fn on_a_disk_that_hangs() -> App {
+    let app = spawn_on_failing_disk_with(fast_sim_config(), |s| {
+        s.storage.stall_timeout = STALL;
         s.server.shutdown_grace = Duration::from_secs(60);
     })
     .await;
     let (status, _) = app.post_job(json!({"prompt": "before"})).await;
     assert_eq!(status, 202);
-
     app.disk.hung.store(true, Ordering::SeqCst);
+    app
+}
+
+/// Wait for `app` to end with [`StartError::StorageStalled`], not before [`STALL`] from `since`.
+async fn ends_stalled(app: &mut App, since: Instant, why: &str) {
+    let running = app.running.take().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect(why)
+        .unwrap();
+    assert!(matches!(exit, Err(StartError::StorageStalled)), "{exit:?}");
+    let took = since.elapsed();
+    assert!(took >= STALL, "not before the stall timeout: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_writes_stop_coming_back_the_service_stops_at_once_and_says_why() {
+    let mut app = on_a_disk_that_hangs().await;
     let stuck = {
         let post = app
             .http
@@ -717,17 +737,7 @@ async fn when_writes_stop_coming_back_the_service_stops_at_once_and_says_why() {
         tokio::spawn(post.send())
     };
     let hung_at = Instant::now();
-    let running = app.running.take().unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .expect("the service stops once its writes stall")
-        .unwrap();
-    assert!(matches!(exit, Err(StartError::StorageStalled)), "{exit:?}");
-    let took = hung_at.elapsed();
-    assert!(
-        took >= Duration::from_secs(2),
-        "not before the stall timeout: {took:?}"
-    );
+    ends_stalled(&mut app, hung_at, "the service stops once its writes stall").await;
     let answer = tokio::time::timeout(Duration::from_secs(5), stuck)
         .await
         .expect("the held request ends with the service")
@@ -740,28 +750,11 @@ async fn when_writes_stop_coming_back_the_service_stops_at_once_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_that_waits_on_stalled_storage_ends_at_the_stall_timeout_not_the_grace() {
-    let mut app = spawn_on_failing_disk_with(fast_sim_config(), |s| {
-        s.storage.stall_timeout = Duration::from_secs(2);
-        s.server.shutdown_grace = Duration::from_secs(60);
-    })
-    .await;
-    let (status, _) = app.post_job(json!({"prompt": "before"})).await;
-    assert_eq!(status, 202);
-
-    app.disk.hung.store(true, Ordering::SeqCst);
+    let mut app = on_a_disk_that_hangs().await;
     let stopping = Instant::now();
     app.stop.stop().await;
-    let running = app.running.take().unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .expect("the stop ends with the stall, long before the 60 s grace")
-        .unwrap();
-    assert!(matches!(exit, Err(StartError::StorageStalled)), "{exit:?}");
-    assert!(
-        stopping.elapsed() >= Duration::from_secs(2),
-        "not before the stall timeout: {:?}",
-        stopping.elapsed()
-    );
+    let why = "the stop ends with the stall, long before the 60 s grace";
+    ends_stalled(&mut app, stopping, why).await;
 }
 
 /// A `tmpfs` of `size` mounted on a fresh temporary directory, unmounted when dropped (even

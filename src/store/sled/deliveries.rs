@@ -1367,7 +1367,7 @@ mod tests {
             DeliveryQueue::Retry => counts.deliveries_retry,
         }) as usize
     }
-    use crate::store::sled::test_support::{reopen, temp_store};
+    use crate::store::sled::test_support::{open_when_free, reopen, temp_store};
 
     fn failed_delivery(tenant: &Tenant, now: Timestamp) -> Delivery {
         let event = Event::test(tenant.clone(), now);
@@ -2078,20 +2078,6 @@ mod tests {
         let tenant = delivery.tenant.as_str();
         let listed = keys::owned(keys::TENANT_DELIVERIES_BEFORE_4, tenant, id);
         store.index.insert(listed, &[]).unwrap();
-    }
-
-    /// Open the store at `path` once the last one let go of it (its threads end a little after
-    /// it is dropped).
-    fn open_when_free(path: &std::path::Path) -> Result<SledStore> {
-        for _ in 0..200 {
-            match SledStore::open(path, 8 * 1024 * 1024) {
-                Err(e) if e.to_string().contains("lock") => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                other => return other,
-            }
-        }
-        panic!("the store stayed locked");
     }
 
     #[tokio::test]

@@ -382,15 +382,11 @@ impl SledStore {
                     if tx.due.get(key)?.is_none() {
                         continue;
                     }
-                    let Some(stored) = stored_job(tx.jobs, &JobId::from_stored(id.clone()))? else {
+                    let Some(stored) = job_of_entry(tx, key, id)? else {
+                        // A stray entry (its job gone, or moved on): drop it.
                         tx.remove_due(key)?;
                         continue;
                     };
-                    if due_key(&stored).as_deref() != Some(&key[..]) {
-                        // A stray entry (its job moved on): drop it, the job has its own.
-                        tx.remove_due(key)?;
-                        continue;
-                    }
                     let mut job = stored.clone();
                     job.next_poll_at = Some(lease_until);
                     put_leased(tx, &stored, &job)?;
@@ -439,12 +435,9 @@ impl SledStore {
                     if tx.due.get(key)?.as_deref() != Some(LEASED) {
                         continue;
                     }
-                    let Some(stored) = stored_job(tx.jobs, &JobId::from_stored(id.clone()))? else {
+                    let Some(stored) = job_of_entry(tx, key, id)? else {
                         continue;
                     };
-                    if due_key(&stored).as_deref() != Some(&key[..]) {
-                        continue;
-                    }
                     let mut job = stored.clone();
                     job.next_poll_at = Some(now);
                     put_job(tx, Some(&stored), &job, &encode(&job))?;
@@ -589,6 +582,13 @@ fn put_job_due(tx: &Tx<'_>, old: Option<&Job>, job: &Job, value: &[u8]) -> TxRes
         Some(key) => tx.put_due(&key, value),
         None => Ok(()),
     }
+}
+
+/// Job `id`, if its entry in `due` is `key`: `None` when the job is gone or its entry is now
+/// elsewhere (`key` is a stray).
+fn job_of_entry(tx: &Tx<'_>, key: &[u8], id: &str) -> TxResult<Option<Job>> {
+    let stored = stored_job(tx.jobs, &JobId::from_stored(id.to_owned()))?;
+    Ok(stored.filter(|job| due_key(job).as_deref() == Some(key)))
 }
 
 fn stored_job(jobs: &TransactionalTree, id: &JobId) -> TxResult<Option<Job>> {

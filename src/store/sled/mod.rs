@@ -206,15 +206,22 @@ pub(crate) mod test_support {
         (store, dir)
     }
 
-    /// Open the store at `path` again, once the last process-wide handle of the one before
-    /// (its writer thread's) has let go of the directory's lock.
-    pub fn reopen(path: &std::path::Path) -> SledStore {
+    /// Open the store at `path` once the one before let go of the directory's lock (its
+    /// writer thread ends a little after it is dropped); any other error is returned.
+    pub fn open_when_free(path: &std::path::Path) -> super::Result<SledStore> {
         for _ in 0..200 {
             match SledStore::open(path, 8 * 1024 * 1024) {
-                Ok(store) => return store,
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(e) if e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other,
             }
         }
         panic!("the store stayed locked");
+    }
+
+    /// [`open_when_free`], which must succeed.
+    pub fn reopen(path: &std::path::Path) -> SledStore {
+        open_when_free(path).expect("reopen the store")
     }
 }
